@@ -1,0 +1,103 @@
+/**
+ * createApp: the HTTP application. Mounts the /v2/ routes, /metrics, /healthz and /readyz, request
+ * metrics and logs, and the one error handler that turns every error into an OCI envelope.
+ */
+import { randomUUID } from 'node:crypto';
+import { Hono } from 'hono';
+import type { Registry as PromRegistry } from 'prom-client';
+import { errorResponse } from './http/errors.js';
+import { mountRoutes, type Env } from './http/routes.js';
+import type { Metrics } from './metrics.js';
+import { RegistryError } from './registry/errors.js';
+import type { Logger } from './registry/context.js';
+import type { Registry } from './registry/service.js';
+
+export interface Readiness {
+  /** Storage is writable (required for ready). */
+  storage(): Promise<boolean>;
+  /** Upstream reachability as last observed (reported, not required). */
+  upstreams(): Record<string, 'up' | 'down' | 'unknown'>;
+}
+
+export interface AppDeps {
+  registry: Registry;
+  metrics: Metrics;
+  promRegistry: PromRegistry;
+  logger: Logger;
+  readiness: Readiness;
+}
+
+export function createApp(deps: AppDeps): Hono<Env> {
+  const { metrics, logger } = deps;
+  const app = new Hono<Env>();
+
+  app.use('*', async (c, next) => {
+    const started = performance.now();
+    const id = sanitizeId(c.req.header('x-request-id')) ?? randomUUID();
+    c.set('route', 'other');
+    const common: Record<string, string> = { 'x-request-id': id };
+    if (c.req.path.startsWith('/v2')) common['docker-distribution-api-version'] = 'registry/2.0';
+    // Streamed bodies write their headers straight to Node's response: give it these first.
+    const out = c.env?.outgoing;
+    if (out && typeof out.setHeader === 'function') for (const [k, v] of Object.entries(common)) out.setHeader(k, v);
+    await next();
+    if (!c.res.headers.get('x-hono-already-sent')) for (const [k, v] of Object.entries(common)) c.header(k, v);
+    const route = c.get('route');
+    const seconds = (performance.now() - started) / 1000;
+    const status = c.res.status === 200 && c.res.headers.get('x-hono-already-sent') ? (c.env?.outgoing?.statusCode ?? 200) : c.res.status;
+    metrics.httpRequests.inc({ route, method: c.req.method, status: String(status) });
+    metrics.httpDuration.observe({ route, method: c.req.method }, seconds);
+    const log = () =>
+      logger.info(
+        {
+          reqId: id,
+          method: c.req.method,
+          route,
+          repo: c.get('repo'),
+          digest: c.get('digest'),
+          status,
+          cache: c.get('cache'),
+          bytes: c.get('bytes'),
+          ms: Math.round((performance.now() - started) * 10) / 10,
+        },
+        'request',
+      );
+    if (out && !out.writableFinished && typeof out.once === 'function') out.once('close', log);
+    else log();
+  });
+
+  app.onError((err, c) => {
+    if (!(err instanceof RegistryError)) logger.error({ err: { message: err.message, stack: err.stack } }, 'unexpected error');
+    const r = errorResponse(err);
+    return new Response(c.req.method === 'HEAD' ? null : r.body, { status: r.status, headers: { ...r.headers, 'docker-distribution-api-version': 'registry/2.0' } });
+  });
+
+  app.notFound((c) => {
+    const r = errorResponse(new RegistryError('UNSUPPORTED', 'not found', { status: 404, detail: { path: c.req.path.slice(0, 300) } }));
+    return c.body(r.body, 404, r.headers);
+  });
+
+  app.get('/healthz', (c) => {
+    c.set('route', 'health');
+    return c.json({ status: 'ok' });
+  });
+
+  app.get('/readyz', async (c) => {
+    c.set('route', 'health');
+    const storage = await deps.readiness.storage().catch(() => false);
+    const body = { status: storage ? 'ready' : 'not ready', storage: storage ? 'writable' : 'unwritable', upstreams: deps.readiness.upstreams() };
+    return c.json(body, storage ? 200 : 503);
+  });
+
+  app.get('/metrics', async (c) => {
+    c.set('route', 'metrics');
+    return c.body(await deps.promRegistry.metrics(), 200, { 'content-type': deps.promRegistry.contentType });
+  });
+
+  mountRoutes(app, deps.registry, (source, n) => metrics.servedBytes.inc({ source }, n));
+  return app;
+}
+
+function sanitizeId(v: string | undefined): string | undefined {
+  return v && /^[A-Za-z0-9._-]{1,128}$/.test(v) ? v : undefined;
+}

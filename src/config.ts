@@ -1,0 +1,229 @@
+/**
+ * The one typed configuration object: the embedded YAML default, a user file merged over it, then
+ * environment overrides; validated with messages that name the offending key.
+ */
+import { readFileSync } from 'node:fs';
+import { parse as parseYaml } from 'yaml';
+
+export interface UpstreamConfig {
+  /** The key clients use for this registry (`docker.io`, `ghcr.io`): in `ns=`, path prefixes, disk layout. */
+  name: string;
+  /** Base URL of the registry API (without /v2). */
+  url: string;
+  /** Other host names that route here (`registry-1.docker.io`). */
+  aliases: string[];
+  /** One-part names get `library/` (Docker Hub). */
+  libraryPrefix: boolean;
+  username?: string;
+  password?: string;
+  /** Seconds a tag is trusted without revalidation. */
+  tagTtl: number;
+}
+
+export type LogLevel = 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent';
+
+export interface Config {
+  listen: { host: string; port: number };
+  dataDir: string;
+  offline: boolean;
+  defaultRegistry: string;
+  log: { level: LogLevel; format: 'json' | 'pretty' };
+  cache: { tagTtl: number; memoryBytes: number };
+  limits: { maxManifestBytes: number; maxPageSize: number };
+  timeouts: { connect: number; headers: number; bodyIdle: number };
+  tls?: { cert: string; key: string };
+  upstreams: Record<string, UpstreamConfig>;
+}
+
+export class ConfigError extends Error {
+  constructor(readonly key: string, message: string) {
+    super(`config: ${key}: ${message}`);
+    this.name = 'ConfigError';
+  }
+}
+
+type Raw = Record<string, unknown>;
+
+const isObject = (v: unknown): v is Raw => typeof v === 'object' && v !== null && !Array.isArray(v);
+
+export function parseYamlConfig(text: string, source: string): Raw {
+  let doc: unknown;
+  try {
+    doc = parseYaml(text);
+  } catch (e) {
+    throw new ConfigError(source, `not valid YAML: ${(e as Error).message}`);
+  }
+  if (doc === null || doc === undefined) return {};
+  if (!isObject(doc)) throw new ConfigError(source, 'the top level must be a mapping');
+  return doc;
+}
+
+/** Merges `over` onto `base`: mappings recursively, except `upstreams`, which is replaced whole. */
+export function mergeRaw(base: Raw, over: Raw, path = ''): Raw {
+  const out: Raw = { ...base };
+  for (const [k, v] of Object.entries(over)) {
+    const key = path ? `${path}.${k}` : k;
+    out[k] = isObject(v) && isObject(base[k]) && key !== 'upstreams' ? mergeRaw(base[k] as Raw, v, key) : v;
+  }
+  return out;
+}
+
+/** Applies MIRROR_* variables to the raw tree (so validation names the key they set). */
+export function applyEnv(raw: Raw, env: Record<string, string | undefined>): Raw {
+  const out = mergeRaw(raw, {});
+  const set = (path: string[], value: unknown) => {
+    let node: Raw = out;
+    for (const p of path.slice(0, -1)) {
+      node[p] = isObject(node[p]) ? { ...(node[p] as Raw) } : {};
+      node = node[p] as Raw;
+    }
+    node[path[path.length - 1]!] = value;
+  };
+  if (env.MIRROR_LISTEN !== undefined) set(['listen'], env.MIRROR_LISTEN);
+  if (env.MIRROR_DATA_DIR !== undefined) set(['dataDir'], env.MIRROR_DATA_DIR);
+  if (env.MIRROR_OFFLINE !== undefined) set(['offline'], env.MIRROR_OFFLINE);
+  if (env.MIRROR_TAG_TTL !== undefined) set(['cache', 'tagTtl'], env.MIRROR_TAG_TTL);
+  if (env.MIRROR_LOG_LEVEL !== undefined) set(['log', 'level'], env.MIRROR_LOG_LEVEL);
+  if (env.MIRROR_LOG_FORMAT !== undefined) set(['log', 'format'], env.MIRROR_LOG_FORMAT);
+  if (env.MIRROR_DEFAULT_REGISTRY !== undefined) set(['defaultRegistry'], env.MIRROR_DEFAULT_REGISTRY);
+  const upstreams = isObject(out.upstreams) ? out.upstreams : {};
+  for (const name of Object.keys(upstreams)) {
+    const key = envKey(name);
+    const fields: Array<[string, string]> = [['URL', 'url'], ['USERNAME', 'username'], ['PASSWORD', 'password'], ['TAG_TTL', 'tagTtl']];
+    for (const [suffix, field] of fields) {
+      const v = env[`MIRROR_UPSTREAM_${key}_${suffix}`];
+      if (v !== undefined) set(['upstreams', name, field], v);
+    }
+  }
+  return out;
+}
+
+export const envKey = (upstreamName: string) => upstreamName.toUpperCase().replace(/[^A-Z0-9]/g, '_');
+
+/** Turns the raw tree into a Config or throws a ConfigError naming the key. */
+export function validateConfig(raw: Raw): Config {
+  const str = (key: string, v: unknown): string => {
+    if (typeof v !== 'string' || v === '') throw new ConfigError(key, 'must be a non-empty string');
+    return v;
+  };
+  const num = (key: string, v: unknown, min: number, max = Number.MAX_SAFE_INTEGER): number => {
+    const n = typeof v === 'string' && v.trim() !== '' ? Number(v) : v;
+    if (typeof n !== 'number' || !Number.isFinite(n) || n < min || n > max) throw new ConfigError(key, `must be a number between ${min} and ${max}`);
+    return n;
+  };
+  const bool = (key: string, v: unknown): boolean => {
+    if (typeof v === 'boolean') return v;
+    if (v === 'true' || v === '1') return true;
+    if (v === 'false' || v === '0') return false;
+    throw new ConfigError(key, 'must be true or false');
+  };
+  const obj = (key: string, v: unknown): Raw => {
+    if (v === undefined || v === null) return {};
+    if (!isObject(v)) throw new ConfigError(key, 'must be a mapping');
+    return v;
+  };
+  const known = (key: string, o: Raw, keys: string[]) => {
+    for (const k of Object.keys(o)) if (!keys.includes(k)) throw new ConfigError(key ? `${key}.${k}` : k, 'unknown key');
+  };
+
+  known('', raw, ['listen', 'dataDir', 'offline', 'defaultRegistry', 'log', 'cache', 'limits', 'timeouts', 'tls', 'upstreams']);
+  const listen = parseListen(str('listen', raw.listen));
+  const log = obj('log', raw.log);
+  known('log', log, ['level', 'format']);
+  const level = str('log.level', log.level ?? 'info');
+  if (!['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'].includes(level)) throw new ConfigError('log.level', 'must be one of fatal, error, warn, info, debug, trace, silent');
+  const format = str('log.format', log.format ?? 'json');
+  if (format !== 'json' && format !== 'pretty') throw new ConfigError('log.format', 'must be json or pretty');
+  const cache = obj('cache', raw.cache);
+  known('cache', cache, ['tagTtl', 'memoryBytes']);
+  const tagTtl = num('cache.tagTtl', cache.tagTtl ?? 300, 0, 365 * 86400);
+  const limits = obj('limits', raw.limits);
+  known('limits', limits, ['maxManifestBytes', 'maxPageSize']);
+  const timeouts = obj('timeouts', raw.timeouts);
+  known('timeouts', timeouts, ['connect', 'headers', 'bodyIdle']);
+  const tlsRaw = raw.tls === undefined || raw.tls === null ? undefined : obj('tls', raw.tls);
+  if (tlsRaw) known('tls', tlsRaw, ['cert', 'key']);
+
+  const upstreamsRaw = obj('upstreams', raw.upstreams);
+  const upstreams: Record<string, UpstreamConfig> = {};
+  for (const [name, v] of Object.entries(upstreamsRaw)) {
+    const key = `upstreams.${name}`;
+    if (!/^[a-z0-9.-]+(:[0-9]+)?$/.test(name)) throw new ConfigError(key, 'an upstream key must be a registry host name like docker.io');
+    const u = obj(key, v);
+    known(key, u, ['url', 'aliases', 'libraryPrefix', 'username', 'password', 'tagTtl']);
+    const url = str(`${key}.url`, u.url);
+    let parsed: URL;
+    try {
+      parsed = new URL(url);
+    } catch {
+      throw new ConfigError(`${key}.url`, 'must be an http(s) URL');
+    }
+    if (parsed.protocol !== 'http:' && parsed.protocol !== 'https:') throw new ConfigError(`${key}.url`, 'must be an http(s) URL');
+    const aliases = u.aliases ?? [];
+    if (!Array.isArray(aliases) || aliases.some((a) => typeof a !== 'string')) throw new ConfigError(`${key}.aliases`, 'must be a list of host names');
+    const username = u.username === undefined || u.username === null ? undefined : str(`${key}.username`, u.username);
+    const password = u.password === undefined || u.password === null ? undefined : str(`${key}.password`, u.password);
+    if ((username === undefined) !== (password === undefined)) throw new ConfigError(`${key}.password`, 'username and password go together');
+    upstreams[name] = {
+      name,
+      url: url.replace(/\/+$/, ''),
+      aliases: (aliases as string[]).map((a) => a.toLowerCase()),
+      libraryPrefix: bool(`${key}.libraryPrefix`, u.libraryPrefix ?? false),
+      tagTtl: num(`${key}.tagTtl`, u.tagTtl ?? tagTtl, 0, 365 * 86400),
+      ...(username !== undefined ? { username, password: password! } : {}),
+    };
+  }
+  if (Object.keys(upstreams).length === 0) throw new ConfigError('upstreams', 'at least one upstream is needed');
+  const defaultRegistry = str('defaultRegistry', raw.defaultRegistry ?? 'docker.io');
+  if (!upstreams[defaultRegistry]) throw new ConfigError('defaultRegistry', `names ${defaultRegistry}, which is not among the upstreams`);
+
+  return {
+    listen,
+    dataDir: str('dataDir', raw.dataDir),
+    offline: bool('offline', raw.offline ?? false),
+    defaultRegistry,
+    log: { level: level as LogLevel, format },
+    cache: { tagTtl, memoryBytes: num('cache.memoryBytes', cache.memoryBytes ?? 64 * 1024 * 1024, 0) },
+    limits: {
+      maxManifestBytes: num('limits.maxManifestBytes', limits.maxManifestBytes ?? 4 * 1024 * 1024, 1024),
+      maxPageSize: num('limits.maxPageSize', limits.maxPageSize ?? 10000, 1),
+    },
+    timeouts: {
+      connect: num('timeouts.connect', timeouts.connect ?? 5000, 1),
+      headers: num('timeouts.headers', timeouts.headers ?? 30000, 1),
+      bodyIdle: num('timeouts.bodyIdle', timeouts.bodyIdle ?? 30000, 1),
+    },
+    ...(tlsRaw ? { tls: { cert: str('tls.cert', tlsRaw.cert), key: str('tls.key', tlsRaw.key) } } : {}),
+    upstreams,
+  };
+}
+
+function parseListen(s: string): { host: string; port: number } {
+  const m = /^(?:\[([0-9a-fA-F:]+)\]|([^:]*)):(\d+)$/.exec(s) ?? /^()()(\d+)$/.exec(s);
+  if (!m) throw new ConfigError('listen', 'must be host:port or a port');
+  const port = Number(m[3]);
+  if (port > 65535) throw new ConfigError('listen', 'port must be at most 65535');
+  return { host: m[1] || m[2] || '0.0.0.0', port };
+}
+
+export interface LoadOptions {
+  /** The embedded default YAML text. */
+  defaults: string;
+  /** A user config file to merge over the defaults. */
+  file?: string;
+  env?: Record<string, string | undefined>;
+}
+
+export function loadConfig(opts: LoadOptions): Config {
+  let raw = parseYamlConfig(opts.defaults, 'default config');
+  if (opts.file) {
+    let text: string;
+    try {
+      text = readFileSync(opts.file, 'utf8');
+    } catch (e) {
+      throw new ConfigError('--config', `cannot read ${opts.file}: ${(e as Error).message}`);
+    }
+    raw = mergeRaw(raw, parseYamlConfig(text, opts.file));
+  }
+  return validateConfig(applyEnv(raw, opts.env ?? {}));
+}

@@ -1,0 +1,158 @@
+/**
+ * The /v2/ endpoints (GET and HEAD): parse and validate the request, call the registry, write
+ * headers, stream bodies. Errors are thrown as RegistryErrors and answered once, in app.ts.
+ */
+import type { Context, Hono } from 'hono';
+import { RegistryError } from '../registry/errors.js';
+import { parseAccept } from '../registry/manifest.js';
+import { parseRange } from '../registry/range.js';
+import type { Page, Registry } from '../registry/service.js';
+import { sendStream, type StreamSink } from './send.js';
+
+export type Env = { Bindings: StreamSink; Variables: { route: string; repo?: string; digest?: string; cache?: string; bytes?: number } };
+
+const API_PATH = /^\/v2\/(.+)\/(manifests|blobs|tags|referrers)\/([^/]+(?:\/[^/]+)?)$/;
+
+export function mountRoutes(app: Hono<Env>, registry: Registry, onServed: (source: 'cache' | 'upstream', n: number) => void): void {
+  app.on(['GET', 'HEAD'], '/v2', (c) => base(c));
+  app.on(['GET', 'HEAD'], '/v2/', (c) => base(c));
+
+  app.on(['GET', 'HEAD'], '/v2/_catalog', async (c) => {
+    c.set('route', 'catalog');
+    const { n, last } = pageParams(c);
+    const page = await registry.catalog(n, last);
+    return listResponse(c, { repositories: page.items }, page, '/v2/_catalog', n);
+  });
+
+  app.all('/v2/*', async (c) => {
+    const path = rawPath(c.req.url);
+    const m = API_PATH.exec(path);
+    c.set('route', m ? routeOf(m[2]!) : 'unknown');
+    if (c.req.method !== 'GET' && c.req.method !== 'HEAD') {
+      throw new RegistryError('UNSUPPORTED', 'this mirror is read-only: only GET and HEAD are supported', { status: 405, detail: { method: c.req.method } });
+    }
+    if (!m) throw new RegistryError('NAME_INVALID', 'not a registry API path', { status: 404, detail: { path: path.slice(0, 300) } });
+    const [, name, kind, rest] = m as unknown as [string, string, string, string];
+    const ref = registry.route(name, c.req.query('ns'));
+    c.set('repo', `${ref.upstream}/${ref.repo}`);
+    const head = c.req.method === 'HEAD';
+    switch (kind) {
+      case 'manifests':
+        return manifest(c, registry, ref, rest, head, onServed);
+      case 'blobs':
+        if (rest.startsWith('uploads')) throw new RegistryError('UNSUPPORTED', 'this mirror is read-only: pushes are not supported', { status: 405 });
+        return blob(c, registry, ref, rest, head, onServed);
+      case 'tags': {
+        if (rest !== 'list') throw new RegistryError('NAME_INVALID', 'not a registry API path', { status: 404 });
+        const { n, last } = pageParams(c);
+        const page = await registry.listTags(ref, n, last);
+        if (page.stale) c.header('x-mirror-cache', 'stale');
+        return listResponse(c, { name, tags: page.items }, page, `/v2/${name}/tags/list`, n);
+      }
+      default: {
+        c.set('digest', rest);
+        const artifactType = c.req.query('artifactType');
+        const res = await registry.referrers(ref, rest, artifactType);
+        const headers: Record<string, string> = { 'content-type': 'application/vnd.oci.image.index.v1+json' };
+        if (res.filtered) headers['oci-filters-applied'] = 'artifactType';
+        if (res.stale) headers['x-mirror-cache'] = 'stale';
+        return new Response(head ? null : JSON.stringify(res.index), { status: 200, headers });
+      }
+    }
+  });
+}
+
+function base(c: Context<Env>): Response {
+  c.set('route', 'base');
+  return c.json({}, 200);
+}
+
+async function manifest(c: Context<Env>, registry: Registry, ref: ReturnType<Registry['route']>, reference: string, head: boolean, onServed: (s: 'cache' | 'upstream', n: number) => void): Promise<Response> {
+  if (reference.includes('/')) throw new RegistryError('MANIFEST_UNKNOWN', 'invalid manifest reference', { status: 404 });
+  const res = await registry.getManifest(ref, reference, parseAccept(c.req.header('accept')));
+  c.set('digest', res.digest);
+  c.set('cache', res.cache);
+  const etag = `"${res.digest}"`;
+  const headers: Record<string, string> = {
+    'content-type': res.mediaType,
+    'docker-content-digest': res.digest,
+    'content-length': String(res.bytes.length),
+    etag,
+    'x-mirror-cache': res.cache,
+  };
+  if (res.cache === 'stale') headers.warning = '110 - "Response is Stale"';
+  if (c.req.header('if-none-match') === etag) {
+    delete headers['content-length'];
+    return c.body(null, 304, headers);
+  }
+  if (!head) onServed(res.cache === 'miss' ? 'upstream' : 'cache', res.bytes.length);
+  c.set('bytes', head ? 0 : res.bytes.length);
+  return new Response(head ? null : res.bytes, { status: 200, headers });
+}
+
+async function blob(c: Context<Env>, registry: Registry, ref: ReturnType<Registry['route']>, digest: string, head: boolean, onServed: (s: 'cache' | 'upstream', n: number) => void): Promise<Response> {
+  if (digest.includes('/')) throw new RegistryError('DIGEST_INVALID', 'invalid digest', { status: 400 });
+  c.set('digest', digest);
+  const common: Record<string, string> = {
+    'docker-content-digest': digest,
+    etag: `"${digest}"`,
+    'accept-ranges': 'bytes',
+    'cache-control': 'max-age=31536000, immutable',
+  };
+  if (head) {
+    const stat = await registry.statBlob(ref, digest);
+    const headers: Record<string, string> = { ...common, 'content-type': 'application/octet-stream' };
+    if (stat.size !== undefined) headers['content-length'] = String(stat.size);
+    return c.body(null, 200, headers);
+  }
+  const range = parseRange(c.req.header('range'));
+  const res = await registry.openBlob(ref, digest, range);
+  c.set('cache', res.source === 'cache' ? 'hit' : 'miss');
+  const headers: Record<string, string> = { ...common, 'content-type': 'application/octet-stream' };
+  let status = 200;
+  if (res.range) {
+    status = 206;
+    headers['content-range'] = `bytes ${res.range.start}-${res.range.end}/${res.size ?? '*'}`;
+    headers['content-length'] = String(res.range.end - res.range.start + 1);
+  } else if (res.size !== undefined) {
+    headers['content-length'] = String(res.size);
+  }
+  return sendStream(c.env, status, headers, res.stream, (n) => {
+    c.set('bytes', n);
+    onServed(res.source, n);
+  });
+}
+
+function listResponse(c: Context<Env>, body: object, page: Page<string>, path: string, n: number | undefined): Response {
+  if (page.next !== undefined) {
+    const q = new URLSearchParams();
+    if (n !== undefined) q.set('n', String(n));
+    q.set('last', page.next);
+    const ns = c.req.query('ns');
+    if (ns) q.set('ns', ns);
+    c.header('link', `<${path}?${q}>; rel="next"`);
+  }
+  return c.json(body, 200);
+}
+
+function pageParams(c: Context<Env>): { n: number | undefined; last: string | undefined } {
+  const nRaw = c.req.query('n');
+  let n: number | undefined;
+  if (nRaw !== undefined && nRaw !== '') {
+    if (!/^\d{1,15}$/.test(nRaw)) throw new RegistryError('PAGINATION_NUMBER_INVALID', 'n must be a non-negative integer', { status: 400 });
+    n = Number(nRaw);
+  }
+  const last = c.req.query('last') || undefined;
+  return { n, last };
+}
+
+function routeOf(kind: string): string {
+  return kind === 'manifests' ? 'manifest' : kind === 'blobs' ? 'blob' : kind;
+}
+
+/** The path exactly as sent (still percent-encoded): an encoded `..` or `/` must fail validation, not be decoded into a path. */
+function rawPath(url: string): string {
+  const start = url.indexOf('/', url.indexOf('//') + 2);
+  const q = url.indexOf('?', start);
+  return start < 0 ? '/' : url.slice(start, q < 0 ? undefined : q);
+}

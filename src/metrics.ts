@@ -1,0 +1,110 @@
+/**
+ * Every metric the mirror exports, in one place, on one injected prom-client Registry.
+ * Names follow Prometheus conventions (`mirror_` prefix, units in the name, `_total` counters).
+ */
+import { Counter, Gauge, Histogram, collectDefaultMetrics, type Registry } from 'prom-client';
+import type { CacheKind, CacheObserver, CacheResult } from './registry/context.js';
+import type { InflightObserver } from './registry/inflight.js';
+import type { ErrorClass, RequestKind, UpstreamObserver } from './upstream/types.js';
+
+export interface MetricsOptions {
+  /** Current number of downloads under way (read at scrape time). */
+  inflightDownloads?: () => number;
+  /** Node process metrics (off in tests that build many registries). */
+  processMetrics?: boolean;
+}
+
+export class Metrics {
+  readonly httpRequests: Counter<'route' | 'method' | 'status'>;
+  readonly httpDuration: Histogram<'route' | 'method'>;
+  readonly cacheResults: Counter<'kind' | 'upstream' | 'result'>;
+  readonly servedBytes: Counter<'source'>;
+  readonly upstreamRequests: Counter<'upstream' | 'kind' | 'status'>;
+  readonly upstreamDuration: Histogram<'upstream' | 'kind'>;
+  readonly upstreamErrors: Counter<'upstream' | 'class'>;
+  readonly upstreamBytes: Counter<'upstream'>;
+  readonly tokenFetches: Counter<'upstream' | 'result'>;
+  readonly rateLimitRemaining: Gauge<'upstream'>;
+  readonly rateLimitLimit: Gauge<'upstream'>;
+  readonly inflight: Gauge;
+  readonly downloads: Counter<'result'>;
+  readonly coalesced: Counter;
+  readonly resumes: Counter;
+  readonly storeFull: Counter;
+
+  constructor(readonly registry: Registry, opts: MetricsOptions = {}) {
+    const registers = [registry];
+    if (opts.processMetrics) collectDefaultMetrics({ register: registry });
+    this.httpRequests = new Counter({ name: 'mirror_http_requests_total', help: 'HTTP requests answered, by route and status', labelNames: ['route', 'method', 'status'], registers });
+    this.httpDuration = new Histogram({
+      name: 'mirror_http_request_duration_seconds',
+      help: 'Time from request to response headers (bodies stream after), by route',
+      labelNames: ['route', 'method'],
+      buckets: [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30],
+      registers,
+    });
+    this.cacheResults = new Counter({ name: 'mirror_cache_requests_total', help: 'Cache outcomes (hit, miss, stale, revalidated) by kind and upstream', labelNames: ['kind', 'upstream', 'result'], registers });
+    this.servedBytes = new Counter({ name: 'mirror_served_bytes_total', help: 'Blob and manifest body bytes sent to clients, by source (cache or upstream)', labelNames: ['source'], registers });
+    this.upstreamRequests = new Counter({ name: 'mirror_upstream_requests_total', help: 'Requests sent to upstream registries, by status (0 = no response)', labelNames: ['upstream', 'kind', 'status'], registers });
+    this.upstreamDuration = new Histogram({
+      name: 'mirror_upstream_request_duration_seconds',
+      help: 'Upstream time to response headers, by upstream and kind',
+      labelNames: ['upstream', 'kind'],
+      buckets: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30],
+      registers,
+    });
+    this.upstreamErrors = new Counter({ name: 'mirror_upstream_errors_total', help: 'Upstream failures by class (timeout, network, 4xx, 5xx, 429, digest_mismatch, too_large, redirect)', labelNames: ['upstream', 'class'], registers });
+    this.upstreamBytes = new Counter({ name: 'mirror_upstream_bytes_total', help: 'Body bytes received from upstream registries', labelNames: ['upstream'], registers });
+    this.tokenFetches = new Counter({ name: 'mirror_upstream_token_fetches_total', help: 'Token requests sent to upstream auth realms', labelNames: ['upstream', 'result'], registers });
+    this.rateLimitRemaining = new Gauge({ name: 'mirror_upstream_ratelimit_remaining', help: 'Pulls left in the window, from the upstream ratelimit-remaining header', labelNames: ['upstream'], registers });
+    this.rateLimitLimit = new Gauge({ name: 'mirror_upstream_ratelimit_limit', help: 'Pull limit of the window, from the upstream ratelimit-limit header', labelNames: ['upstream'], registers });
+    const inflightFn = opts.inflightDownloads;
+    this.inflight = new Gauge({
+      name: 'mirror_inflight_downloads',
+      help: 'Blob downloads from upstream under way',
+      registers,
+      ...(inflightFn ? { collect(this: Gauge) { this.set(inflightFn()); } } : {}),
+    });
+    this.downloads = new Counter({ name: 'mirror_blob_downloads_total', help: 'Blob downloads from upstream by outcome (ok, failed, digest_mismatch)', labelNames: ['result'], registers });
+    this.coalesced = new Counter({ name: 'mirror_coalesced_requests_total', help: 'Blob requests that joined a download already under way instead of starting one', registers });
+    this.resumes = new Counter({ name: 'mirror_download_resumes_total', help: 'Cut upstream transfers resumed with a Range request', registers });
+    this.storeFull = new Counter({ name: 'mirror_store_full_total', help: 'Blobs passed through uncached because the store had no space', registers });
+  }
+
+  cacheObserver(): CacheObserver {
+    return {
+      result: (kind: CacheKind, upstream: string, result: CacheResult) => this.cacheResults.inc({ kind, upstream, result }),
+    };
+  }
+
+  upstreamObserver(): UpstreamObserver {
+    return {
+      request: (upstream: string, kind: RequestKind, status: number, seconds: number, errorClass: ErrorClass | undefined) => {
+        this.upstreamRequests.inc({ upstream, kind, status: String(status) });
+        this.upstreamDuration.observe({ upstream, kind }, seconds);
+        if (errorClass) this.upstreamErrors.inc({ upstream, class: errorClass });
+      },
+      bytes: (upstream: string, n: number) => this.upstreamBytes.inc({ upstream }, n),
+      token: (upstream: string, ok: boolean) => this.tokenFetches.inc({ upstream, result: ok ? 'ok' : 'error' }),
+      rateLimit: (upstream: string, remaining: number, limit: number | undefined) => {
+        this.rateLimitRemaining.set({ upstream }, remaining);
+        if (limit !== undefined) this.rateLimitLimit.set({ upstream }, limit);
+      },
+    };
+  }
+
+  inflightObserver(): InflightObserver {
+    return {
+      started: () => undefined,
+      joined: () => this.coalesced.inc(),
+      resumed: () => this.resumes.inc(),
+      completed: () => this.downloads.inc({ result: 'ok' }),
+      failed: (_digest: string, error: unknown) => {
+        const name = (error as Error)?.name;
+        if (name === 'DigestMismatchError') this.downloads.inc({ result: 'digest_mismatch' });
+        else if (name === 'StoreFullError') this.storeFull.inc();
+        else this.downloads.inc({ result: 'failed' });
+      },
+    };
+  }
+}

@@ -1,0 +1,147 @@
+/**
+ * buildMirror: wires the concrete pieces (filesystem stores, undici upstream clients, in-memory index,
+ * metrics) into an app from a Config. main.ts calls it; so do the tests, with their own dispatcher,
+ * clock, logger and metrics registry.
+ */
+import { mkdir, rm, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { Registry as PromRegistry } from 'prom-client';
+import { Agent, type Dispatcher } from 'undici';
+import { createApp } from './app.js';
+import { MemoryIndex } from './cache/index.js';
+import type { Config } from './config.js';
+import { Metrics } from './metrics.js';
+import type { Logger } from './registry/context.js';
+import { InflightDownloads } from './registry/inflight.js';
+import { Registry } from './registry/service.js';
+import { FsMetaStore } from './storage/fs-meta-store.js';
+import { FsBlobStore } from './storage/fs-store.js';
+import { UpstreamClient } from './upstream/client.js';
+import { UpstreamHealth } from './upstream/health.js';
+import type { Upstream } from './upstream/types.js';
+
+export interface MirrorOptions {
+  dispatcher?: Dispatcher;
+  now?: () => number;
+  logger?: Logger;
+  promRegistry?: PromRegistry;
+  processMetrics?: boolean;
+}
+
+export interface Mirror {
+  app: ReturnType<typeof createApp>;
+  registry: Registry;
+  metrics: Metrics;
+  promRegistry: PromRegistry;
+  blobs: FsBlobStore;
+  /** Releases upstream connections. */
+  close(): Promise<void>;
+}
+
+export const silentLogger: Logger = { debug() {}, info() {}, warn() {}, error() {} };
+
+export async function buildMirror(config: Config, opts: MirrorOptions = {}): Promise<Mirror> {
+  const now = opts.now ?? Date.now;
+  const logger = opts.logger ?? silentLogger;
+  const ownDispatcher = opts.dispatcher === undefined;
+  const dispatcher =
+    opts.dispatcher ??
+    new Agent({
+      connect: { timeout: config.timeouts.connect },
+      headersTimeout: config.timeouts.headers,
+      bodyTimeout: config.timeouts.bodyIdle,
+      keepAliveTimeout: 30_000,
+      connections: 64,
+    });
+  const promRegistry = opts.promRegistry ?? new PromRegistry();
+  const blobs = new FsBlobStore(config.dataDir);
+  await blobs.init();
+  const meta = new FsMetaStore(config.dataDir);
+
+  let inflight: InflightDownloads | undefined;
+  const metrics = new Metrics(promRegistry, { inflightDownloads: () => inflight?.size ?? 0, processMetrics: opts.processMetrics ?? false });
+  inflight = new InflightDownloads({ store: blobs, observer: metrics.inflightObserver() });
+
+  const names = Object.keys(config.upstreams);
+  const health = new UpstreamHealth(names);
+  const metricsObserver = metrics.upstreamObserver();
+  const healthObserver = health.observer();
+  const observer = {
+    ...metricsObserver,
+    request: (...a: Parameters<typeof metricsObserver.request>) => {
+      metricsObserver.request(...a);
+      healthObserver.request(...a);
+    },
+  };
+  const upstreams = new Map<string, Upstream>();
+  for (const u of Object.values(config.upstreams)) {
+    upstreams.set(
+      u.name,
+      new UpstreamClient({
+        name: u.name,
+        url: u.url,
+        ...(u.username !== undefined && u.password !== undefined ? { credentials: { username: u.username, password: u.password } } : {}),
+        dispatcher,
+        now,
+        observer,
+        timeouts: { headers: config.timeouts.headers, bodyIdle: config.timeouts.bodyIdle },
+        maxManifestBytes: config.limits.maxManifestBytes,
+      }),
+    );
+  }
+  const aliases = new Map<string, string>();
+  for (const u of Object.values(config.upstreams)) {
+    aliases.set(u.name, u.name);
+    for (const a of u.aliases) aliases.set(a, u.name);
+  }
+
+  const registry = new Registry(
+    {
+      blobs,
+      meta,
+      index: new MemoryIndex({ manifestBytes: config.cache.memoryBytes }),
+      inflight,
+      upstreams,
+      tagTtl: (name) => config.upstreams[name]?.tagTtl ?? config.cache.tagTtl,
+      now,
+      offline: config.offline,
+      observer: metrics.cacheObserver(),
+      logger,
+      maxPageSize: config.limits.maxPageSize,
+      defaultUpstream: config.defaultRegistry,
+    },
+    {
+      defaultUpstream: config.defaultRegistry,
+      resolve: (host) => aliases.get(host),
+      addsLibraryPrefix: (name) => config.upstreams[name]?.libraryPrefix ?? false,
+    },
+  );
+
+  const app = createApp({
+    registry,
+    metrics,
+    promRegistry,
+    logger,
+    readiness: {
+      storage: async () => {
+        const probe = join(config.dataDir, 'tmp', `.ready-${process.pid}`);
+        await mkdir(join(config.dataDir, 'tmp'), { recursive: true });
+        await writeFile(probe, 'ok');
+        await rm(probe, { force: true });
+        return true;
+      },
+      upstreams: () => (config.offline ? Object.fromEntries(names.map((n) => [n, 'unknown' as const])) : health.snapshot()),
+    },
+  });
+
+  return {
+    app,
+    registry,
+    metrics,
+    promRegistry,
+    blobs,
+    close: async () => {
+      if (ownDispatcher) await dispatcher.close();
+    },
+  };
+}

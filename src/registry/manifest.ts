@@ -1,0 +1,84 @@
+/** Manifest media types, content negotiation, and what a manifest references. */
+import { isDigest } from './reference.js';
+
+export const MediaTypes = {
+  dockerManifest: 'application/vnd.docker.distribution.manifest.v2+json',
+  dockerList: 'application/vnd.docker.distribution.manifest.list.v2+json',
+  dockerV1Signed: 'application/vnd.docker.distribution.manifest.v1+prettyjws',
+  dockerV1: 'application/vnd.docker.distribution.manifest.v1+json',
+  ociManifest: 'application/vnd.oci.image.manifest.v1+json',
+  ociIndex: 'application/vnd.oci.image.index.v1+json',
+} as const;
+
+/** What the mirror asks upstream for when the client accepts anything: every manifest kind it can serve. */
+export const ALL_MANIFEST_TYPES = [MediaTypes.ociIndex, MediaTypes.ociManifest, MediaTypes.dockerList, MediaTypes.dockerManifest];
+
+/**
+ * The client's acceptable media types; `undefined` means anything (no Accept, or a wildcard).
+ * Parameters (`;q=`) are ignored: a type listed with q=0 is rare enough not to matter here.
+ */
+export function parseAccept(header: string | undefined): Set<string> | undefined {
+  if (!header) return undefined;
+  const types = new Set<string>();
+  for (const part of header.split(',')) {
+    const t = part.split(';')[0]!.trim().toLowerCase();
+    if (t === '*/*' || t === 'application/*') return undefined;
+    if (t) types.add(t);
+  }
+  return types.size > 0 ? types : undefined;
+}
+
+export const accepts = (accept: Set<string> | undefined, mediaType: string): boolean => accept === undefined || accept.has(mediaType);
+
+/** The Accept list to send upstream for a client's accept set. */
+export function upstreamAccept(accept: Set<string> | undefined): string[] {
+  return accept === undefined ? ALL_MANIFEST_TYPES : [...accept];
+}
+
+interface Descriptor {
+  digest?: unknown;
+}
+interface ManifestJson {
+  schemaVersion?: unknown;
+  mediaType?: unknown;
+  config?: Descriptor;
+  layers?: Descriptor[];
+  manifests?: Descriptor[];
+  fsLayers?: Array<{ blobSum?: unknown }>;
+}
+
+export interface ParsedManifest {
+  mediaType: string;
+  /** Digests this manifest makes part of its repository: config, layers, child manifests. */
+  references: string[];
+}
+
+/**
+ * Parses manifest bytes: the media type (the declared one, else inferred from the shape, else the
+ * upstream's Content-Type) and the digests it references. Returns undefined when it is not JSON.
+ */
+export function parseManifest(bytes: Uint8Array, contentType?: string): ParsedManifest | undefined {
+  let m: ManifestJson;
+  try {
+    m = JSON.parse(Buffer.from(bytes).toString('utf8')) as ManifestJson;
+  } catch {
+    return undefined;
+  }
+  if (typeof m !== 'object' || m === null) return undefined;
+  const refs: string[] = [];
+  const add = (d: unknown) => {
+    if (typeof d === 'string' && isDigest(d)) refs.push(d);
+  };
+  add(m.config?.digest);
+  for (const l of Array.isArray(m.layers) ? m.layers : []) add(l?.digest);
+  for (const c of Array.isArray(m.manifests) ? m.manifests : []) add(c?.digest);
+  for (const l of Array.isArray(m.fsLayers) ? m.fsLayers : []) add(l?.blobSum);
+  let mediaType = typeof m.mediaType === 'string' ? m.mediaType : undefined;
+  if (!mediaType) {
+    if (Array.isArray(m.manifests)) mediaType = MediaTypes.ociIndex;
+    else if (m.config) mediaType = MediaTypes.ociManifest;
+    else if (m.schemaVersion === 1) mediaType = contentType === MediaTypes.dockerV1 ? MediaTypes.dockerV1 : MediaTypes.dockerV1Signed;
+    else mediaType = contentType || 'application/octet-stream';
+  }
+  return { mediaType, references: refs };
+}

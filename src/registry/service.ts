@@ -1,0 +1,61 @@
+/**
+ * The registry: the cache policy behind every /v2/ endpoint. The HTTP layer talks to this and to
+ * nothing below it.
+ */
+import type { BlobResponse, BlobStat } from './blobs.js';
+import { BlobService } from './blobs.js';
+import { RegistryContext, type RegistryDeps } from './context.js';
+import { ListingService, type Page, type ReferrersIndex } from './listings.js';
+import { ManifestService, type ManifestResponse } from './manifests.js';
+import type { RangeSpec } from './range.js';
+import { routeName, type RepoRef, type RoutingTable } from './reference.js';
+
+export type { BlobResponse, BlobStat, ManifestResponse, Page, ReferrersIndex, RepoRef };
+
+export class Registry {
+  private readonly ctx: RegistryContext;
+  private readonly manifests: ManifestService;
+  private readonly blobs: BlobService;
+  private readonly listings: ListingService;
+
+  constructor(deps: RegistryDeps, private readonly routing: RoutingTable) {
+    this.ctx = new RegistryContext(deps);
+    this.manifests = new ManifestService(this.ctx);
+    this.blobs = new BlobService(this.ctx);
+    this.listings = new ListingService(this.ctx);
+  }
+
+  /** Validates a client-visible name and picks its upstream (see reference.ts). */
+  route(name: string, ns: string | undefined): RepoRef {
+    return routeName(name, ns, this.routing);
+  }
+
+  getManifest(ref: RepoRef, reference: string, accept: Set<string> | undefined): Promise<ManifestResponse> {
+    return this.manifests.get(ref, reference, accept);
+  }
+
+  statBlob(ref: RepoRef, digest: string): Promise<BlobStat> {
+    return this.blobs.stat(ref, digest);
+  }
+
+  openBlob(ref: RepoRef, digest: string, range: RangeSpec | undefined): Promise<BlobResponse> {
+    return this.blobs.open(ref, digest, range);
+  }
+
+  listTags(ref: RepoRef, n: number | undefined, last: string | undefined): Promise<Page<string>> {
+    return this.listings.tags(ref, n, last);
+  }
+
+  catalog(n: number | undefined, last: string | undefined): Promise<Page<string>> {
+    return this.listings.catalog(n, last);
+  }
+
+  referrers(ref: RepoRef, digest: string, artifactType: string | undefined) {
+    return this.listings.referrers(ref, digest, artifactType);
+  }
+
+  /** Downloads under way, for metrics and health. */
+  get inflightDownloads(): number {
+    return this.ctx.deps.inflight.size;
+  }
+}

@@ -1,0 +1,91 @@
+/** Filesystem MetaStore: small JSON files written atomically (temp + rename) under repos/. */
+import { mkdir, open, readdir, readFile, rename, stat, writeFile } from 'node:fs/promises';
+import { dirname, join } from 'node:path';
+import { isNotFound } from './fs-store.js';
+import { StorePaths, type RepoKey } from './paths.js';
+import type { MetaStore, StoredDoc, TagRecord } from './meta-store.js';
+
+export class FsMetaStore implements MetaStore {
+  readonly paths: StorePaths;
+
+  constructor(root: string) {
+    this.paths = new StorePaths(root);
+  }
+
+  async getTag(ref: RepoKey, tag: string): Promise<TagRecord | undefined> {
+    const v = await this.readJson(this.paths.tag(ref, tag));
+    if (!v || typeof v !== 'object' || !Array.isArray((v as TagRecord).variants)) return undefined;
+    return v as TagRecord;
+  }
+
+  putTag(ref: RepoKey, tag: string, record: TagRecord): Promise<void> {
+    return this.writeJson(this.paths.tag(ref, tag), record);
+  }
+
+  async hasLink(ref: RepoKey, digest: string): Promise<boolean> {
+    try {
+      await stat(this.paths.link(ref, digest));
+      return true;
+    } catch (e) {
+      if (isNotFound(e)) return false;
+      throw e;
+    }
+  }
+
+  async addLinks(ref: RepoKey, digests: string[]): Promise<void> {
+    const dirs = new Set(digests.map((d) => dirname(this.paths.link(ref, d))));
+    await Promise.all([...dirs].map((d) => mkdir(d, { recursive: true })));
+    await Promise.all(
+      digests.map(async (d) => {
+        const h = await open(this.paths.link(ref, d), 'a');
+        await h.close();
+      }),
+    );
+  }
+
+  async getDoc(ref: RepoKey, name: string): Promise<StoredDoc | undefined> {
+    const v = await this.readJson(this.paths.doc(ref, name));
+    if (!v || typeof v !== 'object' || typeof (v as StoredDoc).fetchedAt !== 'number') return undefined;
+    return v as StoredDoc;
+  }
+
+  putDoc(ref: RepoKey, name: string, doc: StoredDoc): Promise<void> {
+    return this.writeJson(this.paths.doc(ref, name), doc);
+  }
+
+  async listRepos(): Promise<RepoKey[]> {
+    const out: RepoKey[] = [];
+    let upstreams: string[];
+    try {
+      upstreams = await readdir(this.paths.reposDir);
+    } catch (e) {
+      if (isNotFound(e)) return out;
+      throw e;
+    }
+    const walk = async (upstream: string, dir: string, parts: string[]): Promise<void> => {
+      const entries = await readdir(dir, { withFileTypes: true }).catch(() => []);
+      if (parts.length > 0 && entries.some((e) => e.name === '_tags' || e.name === '_links')) out.push({ upstream, repo: parts.join('/') });
+      for (const e of entries) if (e.isDirectory() && !e.name.startsWith('_')) await walk(upstream, join(dir, e.name), [...parts, e.name]);
+    };
+    for (const u of upstreams) await walk(u, join(this.paths.reposDir, u), []);
+    return out;
+  }
+
+  private async readJson(path: string): Promise<unknown> {
+    try {
+      return JSON.parse(await readFile(path, 'utf8'));
+    } catch (e) {
+      // A missing or unreadable record is a cache miss, never an error for the client.
+      if (isNotFound(e) || e instanceof SyntaxError) return undefined;
+      throw e;
+    }
+  }
+
+  private async writeJson(path: string, value: unknown): Promise<void> {
+    await mkdir(dirname(path), { recursive: true });
+    await mkdir(this.paths.tmpDir, { recursive: true });
+    const tmp = this.paths.tmp('meta');
+    await writeFile(tmp, JSON.stringify(value));
+    await rename(tmp, path);
+  }
+}

@@ -1,0 +1,196 @@
+/**
+ * Filesystem BlobStore: temp file, hash while writing, fsync, rename. Only verified, complete files
+ * ever appear under blobs/; an existing final file means the work is already done.
+ */
+import { createHash, type Hash } from 'node:crypto';
+import { mkdir, open, readdir, readFile, rename, rm, stat, unlink, type FileHandle } from 'node:fs/promises';
+import { dirname, join } from 'node:path';
+import type { Readable } from 'node:stream';
+import { StorePaths, splitDigest } from './paths.js';
+import { DigestMismatchError, StoreFullError, type BlobInfo, type BlobStore, type BlobWriter, type ByteRange } from './store.js';
+
+/** Large reads: fewer syscalls and event-loop turns per served byte. */
+const READ_CHUNK = 1024 * 1024;
+
+export class FsBlobStore implements BlobStore {
+  readonly paths: StorePaths;
+
+  constructor(root: string) {
+    this.paths = new StorePaths(root);
+  }
+
+  async init(): Promise<void> {
+    await mkdir(this.paths.blobsDir, { recursive: true });
+    await mkdir(this.paths.reposDir, { recursive: true });
+    // Anything in tmp/ is a download or write a crash (or kill -9) interrupted: never complete, never served.
+    await rm(this.paths.tmpDir, { recursive: true, force: true });
+    await mkdir(this.paths.tmpDir, { recursive: true });
+  }
+
+  async stat(digest: string): Promise<BlobInfo | undefined> {
+    try {
+      const s = await stat(this.paths.blob(digest));
+      return { digest, size: s.size };
+    } catch (e) {
+      if (isNotFound(e)) return undefined;
+      throw e;
+    }
+  }
+
+  async open(digest: string, range?: ByteRange): Promise<Readable | undefined> {
+    let handle: FileHandle;
+    try {
+      handle = await open(this.paths.blob(digest), 'r');
+    } catch (e) {
+      if (isNotFound(e)) return undefined;
+      throw e;
+    }
+    return handle.createReadStream({
+      ...(range ? { start: range.start, end: range.end } : {}),
+      highWaterMark: READ_CHUNK,
+      autoClose: true,
+    });
+  }
+
+  async read(digest: string): Promise<Buffer | undefined> {
+    try {
+      return await readFile(this.paths.blob(digest));
+    } catch (e) {
+      if (isNotFound(e)) return undefined;
+      throw e;
+    }
+  }
+
+  async createWriter(digest: string): Promise<BlobWriter> {
+    const [alg] = splitDigest(digest);
+    const tmp = this.paths.tmp('blob');
+    let handle: FileHandle;
+    try {
+      handle = await open(tmp, 'w+');
+    } catch (e) {
+      throw wrapWriteError(e);
+    }
+    return new FsBlobWriter(digest, createHash(alg), handle, tmp, this.paths.blob(digest));
+  }
+
+  async put(digest: string, bytes: Uint8Array): Promise<void> {
+    const w = await this.createWriter(digest);
+    try {
+      await w.write(bytes);
+      await w.commit(bytes.length);
+    } catch (e) {
+      await w.abort();
+      throw e;
+    } finally {
+      await w.close();
+    }
+  }
+
+  async delete(digest: string): Promise<void> {
+    await rm(this.paths.blob(digest), { force: true });
+  }
+
+  async *list(): AsyncIterable<BlobInfo> {
+    for (const alg of await readdirOrEmpty(this.paths.blobsDir)) {
+      for (const prefix of await readdirOrEmpty(join(this.paths.blobsDir, alg))) {
+        for (const hex of await readdirOrEmpty(join(this.paths.blobsDir, alg, prefix))) {
+          const digest = `${alg}:${hex}`;
+          const info = await this.stat(digest).catch(() => undefined);
+          if (info) yield info;
+        }
+      }
+    }
+  }
+}
+
+class FsBlobWriter implements BlobWriter {
+  written = 0;
+  private state: 'open' | 'committed' | 'aborted' = 'open';
+  private closed = false;
+
+  constructor(
+    readonly digest: string,
+    private readonly hash: Hash,
+    private readonly handle: FileHandle,
+    private readonly tmpPath: string,
+    private readonly finalPath: string,
+  ) {}
+
+  async write(chunk: Uint8Array): Promise<void> {
+    if (this.state !== 'open') throw new Error('write after commit or abort');
+    let off = 0;
+    try {
+      while (off < chunk.length) {
+        const { bytesWritten } = await this.handle.write(chunk, off, chunk.length - off, this.written + off);
+        off += bytesWritten;
+      }
+    } catch (e) {
+      throw wrapWriteError(e);
+    }
+    this.hash.update(chunk);
+    this.written += chunk.length;
+  }
+
+  async readAt(position: number, length: number): Promise<Buffer> {
+    const n = Math.max(0, Math.min(length, this.written - position));
+    const buf = Buffer.allocUnsafe(n);
+    let got = 0;
+    while (got < n) {
+      const { bytesRead } = await this.handle.read(buf, got, n - got, position + got);
+      if (bytesRead === 0) break;
+      got += bytesRead;
+    }
+    return got === n ? buf : buf.subarray(0, got);
+  }
+
+  async commit(expectedSize?: number): Promise<void> {
+    if (this.state !== 'open') throw new Error(`commit after ${this.state}`);
+    const actual = `${this.digest.slice(0, this.digest.indexOf(':'))}:${this.hash.digest('hex')}`;
+    if (actual !== this.digest || (expectedSize !== undefined && expectedSize !== this.written)) {
+      await this.abort();
+      throw new DigestMismatchError(this.digest, actual, this.written);
+    }
+    try {
+      await this.handle.sync();
+      await mkdir(dirname(this.finalPath), { recursive: true });
+      await rename(this.tmpPath, this.finalPath);
+    } catch (e) {
+      await this.abort();
+      throw wrapWriteError(e);
+    }
+    this.state = 'committed';
+  }
+
+  async abort(): Promise<void> {
+    if (this.state === 'committed') return;
+    this.state = 'aborted';
+    await unlink(this.tmpPath).catch(() => undefined);
+  }
+
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    if (this.state === 'open') await this.abort();
+    await this.handle.close().catch(() => undefined);
+  }
+}
+
+function wrapWriteError(e: unknown): Error {
+  const code = (e as NodeJS.ErrnoException)?.code;
+  if (code === 'ENOSPC' || code === 'EDQUOT') return new StoreFullError(e);
+  return e as Error;
+}
+
+export function isNotFound(e: unknown): boolean {
+  const code = (e as NodeJS.ErrnoException)?.code;
+  return code === 'ENOENT' || code === 'ENOTDIR';
+}
+
+async function readdirOrEmpty(dir: string): Promise<string[]> {
+  try {
+    return await readdir(dir);
+  } catch (e) {
+    if (isNotFound(e)) return [];
+    throw e;
+  }
+}

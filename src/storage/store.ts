@@ -1,0 +1,78 @@
+/**
+ * The content-addressed blob store. Manifests are blobs too. Implementations must pass
+ * test/storage/store.contract.ts.
+ */
+import type { Readable } from 'node:stream';
+
+export interface BlobInfo {
+  digest: string;
+  size: number;
+}
+
+/** Inclusive byte range, as in HTTP. */
+export interface ByteRange {
+  start: number;
+  end: number;
+}
+
+export class DigestMismatchError extends Error {
+  constructor(readonly expected: string, readonly actual: string, readonly size: number) {
+    super(`digest mismatch: expected ${expected}, got ${actual} (${size} bytes)`);
+    this.name = 'DigestMismatchError';
+  }
+}
+
+/** The store cannot take more bytes (disk full, quota): callers may pass bytes through uncached. */
+export class StoreFullError extends Error {
+  constructor(cause: unknown) {
+    super(`blob store is full: ${(cause as Error)?.message ?? cause}`, { cause });
+    this.name = 'StoreFullError';
+  }
+}
+
+export interface BlobStore {
+  /** Creates the layout and sweeps temp files a crash left behind. Call once before anything else. */
+  init(): Promise<void>;
+  /** Size of a complete, verified blob; undefined when absent. */
+  stat(digest: string): Promise<BlobInfo | undefined>;
+  /**
+   * A stream of the blob (or of the inclusive range), or undefined when absent. The caller owns the
+   * stream and must consume or destroy it. The range must lie within the blob.
+   */
+  open(digest: string, range?: ByteRange): Promise<Readable | undefined>;
+  /** The whole blob in memory (for manifests), or undefined when absent. */
+  read(digest: string): Promise<Buffer | undefined>;
+  /**
+   * Starts writing a blob. Writers for the same digest may run at once; the first to commit wins and
+   * later commits of verified bytes are no-ops. Throws StoreFullError when no space is left.
+   */
+  createWriter(digest: string): Promise<BlobWriter>;
+  /** Stores a small blob (a manifest) whose bytes are in memory, verifying the digest. */
+  put(digest: string, bytes: Uint8Array): Promise<void>;
+  delete(digest: string): Promise<void>;
+  list(): AsyncIterable<BlobInfo>;
+}
+
+/**
+ * An in-progress blob. write() calls are sequential (await each). Bytes written so far can be read
+ * back with readAt() by any number of concurrent readers, also after commit() or abort(), until
+ * close(); that is how clients joined to one download stream it.
+ */
+export interface BlobWriter {
+  readonly digest: string;
+  /** Bytes written so far. */
+  readonly written: number;
+  /** Appends bytes and feeds the hash. Throws StoreFullError on ENOSPC/EDQUOT. */
+  write(chunk: Uint8Array): Promise<void>;
+  /** Reads back up to `length` bytes at `position` (< written). */
+  readAt(position: number, length: number): Promise<Buffer>;
+  /**
+   * Verifies the digest (and `expectedSize` when given), makes the data durable and publishes it.
+   * Throws DigestMismatchError, after which nothing is kept.
+   */
+  commit(expectedSize?: number): Promise<void>;
+  /** Discards the bytes; nothing is kept. Safe to call after a failed commit. */
+  abort(): Promise<void>;
+  /** Releases the read handle; call once readers are done (after commit or abort). */
+  close(): Promise<void>;
+}

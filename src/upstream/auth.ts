@@ -1,0 +1,160 @@
+/**
+ * Upstream authentication: answers a 401 challenge with a Bearer token from the realm (anonymous or
+ * with the configured credentials as HTTP Basic) or with Basic credentials. Tokens are cached per
+ * scope until shortly before they expire, and one fetch per scope is in flight at a time, so fifty
+ * clients pulling one repository cause one token request.
+ */
+import type { Dispatcher } from 'undici';
+import { RegistryError } from '../registry/errors.js';
+import type { Challenge } from './challenge.js';
+
+export interface Credentials {
+  username: string;
+  password: string;
+}
+
+export interface AuthDeps {
+  dispatcher: Dispatcher;
+  /** Milliseconds since the epoch; injected so expiry is testable. */
+  now: () => number;
+  credentials?: Credentials;
+  /** Called once per token request sent to the realm, with its outcome. */
+  onTokenFetch?: (ok: boolean) => void;
+  headersTimeout: number;
+  bodyTimeout: number;
+}
+
+interface Token {
+  value: string;
+  /** When to stop using it: before the real expiry, so an in-flight request never carries a dead token. */
+  renewAt: number;
+}
+
+/** Renew this long before expiry (at most a quarter of the token's life). */
+const EXPIRY_MARGIN_MS = 15_000;
+const DEFAULT_TOKEN_TTL_S = 60;
+const MAX_TOKEN_BODY = 256 * 1024;
+
+export class UpstreamAuth {
+  private readonly tokens = new Map<string, Token>();
+  private readonly pending = new Map<string, Promise<string | undefined>>();
+  /** The last Bearer challenge seen: lets a new scope fetch its token without a 401 round trip first. */
+  private bearer: { realm: string; service: string | undefined } | undefined;
+  private basicOnly = false;
+
+  constructor(private readonly deps: AuthDeps) {}
+
+  /** The Authorization header to send for a scope before any challenge, if one is known. */
+  async headerFor(scope: string): Promise<string | undefined> {
+    if (this.basicOnly) return this.basicHeader();
+    const t = this.tokens.get(scope);
+    if (t && t.renewAt > this.deps.now()) return `Bearer ${t.value}`;
+    if (this.bearer) return this.fetchToken(scope, this.bearer.realm, this.bearer.service);
+    return undefined;
+  }
+
+  /**
+   * Answers a 401's challenge: returns the header to retry with, or undefined when there is nothing
+   * new to try (the caller then reports UNAUTHORIZED).
+   */
+  async answer(challenge: Challenge | undefined, scope: string): Promise<string | undefined> {
+    if (!challenge) return undefined;
+    if (challenge.scheme === 'basic') {
+      this.basicOnly = true;
+      return this.basicHeader();
+    }
+    if (challenge.scheme !== 'bearer') return undefined;
+    const realm = challenge.params.realm;
+    if (!realm) return undefined;
+    this.bearer = { realm, service: challenge.params.service };
+    this.tokens.delete(scope);
+    return this.fetchToken(scope, realm, challenge.params.service);
+  }
+
+  private basicHeader(): string | undefined {
+    const c = this.deps.credentials;
+    return c ? `Basic ${Buffer.from(`${c.username}:${c.password}`).toString('base64')}` : undefined;
+  }
+
+  private fetchToken(scope: string, realm: string, service: string | undefined): Promise<string | undefined> {
+    const key = scope;
+    let p = this.pending.get(key);
+    if (!p) {
+      p = this.requestToken(scope, realm, service).finally(() => this.pending.delete(key));
+      this.pending.set(key, p);
+    }
+    return p;
+  }
+
+  private async requestToken(scope: string, realm: string, service: string | undefined): Promise<string | undefined> {
+    let url: URL;
+    try {
+      url = new URL(realm);
+    } catch {
+      throw new RegistryError('UNAVAILABLE', 'upstream sent an invalid token realm', { status: 502 });
+    }
+    if (url.protocol !== 'https:' && url.protocol !== 'http:') throw new RegistryError('UNAVAILABLE', 'upstream token realm is not http(s)', { status: 502 });
+    if (service) url.searchParams.set('service', service);
+    url.searchParams.set('scope', scope);
+    const headers: Record<string, string> = { accept: 'application/json' };
+    const basic = this.basicHeader();
+    if (basic) headers.authorization = basic;
+    let res: Dispatcher.ResponseData;
+    try {
+      res = await this.deps.dispatcher.request({
+        origin: url.origin,
+        path: url.pathname + url.search,
+        method: 'GET',
+        headers,
+        headersTimeout: this.deps.headersTimeout,
+        bodyTimeout: this.deps.bodyTimeout,
+      });
+    } catch (e) {
+      this.deps.onTokenFetch?.(false);
+      throw new RegistryError('UNAVAILABLE', 'upstream token service unreachable', { status: 503, cause: e });
+    }
+    const text = await readLimited(res.body, MAX_TOKEN_BODY);
+    if (res.statusCode === 401 || res.statusCode === 403) {
+      this.deps.onTokenFetch?.(false);
+      throw new RegistryError(res.statusCode === 401 ? 'UNAUTHORIZED' : 'DENIED', 'upstream refused the mirror\'s credentials', { status: res.statusCode });
+    }
+    if (res.statusCode === 429) {
+      this.deps.onTokenFetch?.(false);
+      throw new RegistryError('TOOMANYREQUESTS', 'upstream token service rate limit', { status: 429 });
+    }
+    if (res.statusCode !== 200) {
+      this.deps.onTokenFetch?.(false);
+      throw new RegistryError('UNAVAILABLE', `upstream token service answered ${res.statusCode}`, { status: 502 });
+    }
+    let body: { token?: unknown; access_token?: unknown; expires_in?: unknown };
+    try {
+      body = JSON.parse(text);
+    } catch {
+      this.deps.onTokenFetch?.(false);
+      throw new RegistryError('UNAVAILABLE', 'upstream token service sent invalid JSON', { status: 502 });
+    }
+    const value = typeof body.token === 'string' && body.token ? body.token : typeof body.access_token === 'string' ? body.access_token : undefined;
+    if (!value) {
+      this.deps.onTokenFetch?.(false);
+      throw new RegistryError('UNAVAILABLE', 'upstream token service sent no token', { status: 502 });
+    }
+    this.deps.onTokenFetch?.(true);
+    const ttl = typeof body.expires_in === 'number' && body.expires_in > 0 ? body.expires_in : DEFAULT_TOKEN_TTL_S;
+    this.tokens.set(scope, { value, renewAt: this.deps.now() + ttl * 1000 - Math.min(EXPIRY_MARGIN_MS, ttl * 250) });
+    return `Bearer ${value}`;
+  }
+}
+
+export async function readLimited(body: AsyncIterable<Uint8Array> & { destroy?: (e?: Error) => unknown }, limit: number): Promise<string> {
+  const chunks: Buffer[] = [];
+  let n = 0;
+  for await (const c of body) {
+    n += c.length;
+    if (n > limit) {
+      body.destroy?.();
+      break;
+    }
+    chunks.push(Buffer.from(c));
+  }
+  return Buffer.concat(chunks).toString('utf8');
+}

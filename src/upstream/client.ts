@@ -1,0 +1,328 @@
+/**
+ * UpstreamClient: one upstream registry over an injected undici Dispatcher (keep-alive pools per
+ * origin live in the dispatcher). Handles token auth, redirects (never carrying Authorization to
+ * another host), Range resumes, rate-limit headers and turning every failure into a RegistryError.
+ */
+import type { Dispatcher } from 'undici';
+import { RegistryError, type OciCode } from '../registry/errors.js';
+import { readLimited, UpstreamAuth, type Credentials } from './auth.js';
+import { parseChallenge } from './challenge.js';
+import type { BlobBody, BlobHead, ErrorClass, ManifestHead, ManifestResult, RequestKind, TagsPage, Upstream, UpstreamObserver } from './types.js';
+
+export interface UpstreamClientOptions {
+  name: string;
+  /** Base URL without /v2. */
+  url: string;
+  credentials?: Credentials;
+  dispatcher: Dispatcher;
+  now: () => number;
+  observer: UpstreamObserver;
+  timeouts: { headers: number; bodyIdle: number };
+  maxManifestBytes: number;
+}
+
+const MAX_REDIRECTS = 5;
+const MAX_ERROR_BODY = 64 * 1024;
+const REDIRECTS = new Set([301, 302, 303, 307, 308]);
+
+interface Exchange {
+  status: number;
+  headers: Record<string, string | string[] | undefined>;
+  body: Dispatcher.ResponseData['body'];
+}
+
+export class UpstreamClient implements Upstream {
+  readonly name: string;
+  private readonly base: URL;
+  private readonly auth: UpstreamAuth;
+
+  constructor(private readonly opts: UpstreamClientOptions) {
+    this.name = opts.name;
+    this.base = new URL(opts.url);
+    this.auth = new UpstreamAuth({
+      dispatcher: opts.dispatcher,
+      now: opts.now,
+      ...(opts.credentials ? { credentials: opts.credentials } : {}),
+      onTokenFetch: (ok) => opts.observer.token(opts.name, ok),
+      headersTimeout: opts.timeouts.headers,
+      bodyTimeout: opts.timeouts.bodyIdle,
+    });
+  }
+
+  async getManifest(repo: string, reference: string, accept: string[]): Promise<ManifestResult> {
+    const res = await this.send('manifest', 'GET', repo, `manifests/${reference}`, { accept: accept.join(', ') });
+    if (res.status !== 200) throw await this.failure('manifest', res);
+    const head = manifestHead(res);
+    const limit = this.opts.maxManifestBytes;
+    if (head.size !== undefined && head.size > limit) {
+      res.body.destroy();
+      throw tooLarge(limit);
+    }
+    const chunks: Buffer[] = [];
+    let n = 0;
+    for await (const c of res.body) {
+      n += c.length;
+      if (n > limit) {
+        res.body.destroy();
+        throw tooLarge(limit);
+      }
+      chunks.push(c as Buffer);
+    }
+    this.opts.observer.bytes(this.name, n);
+    return { ...head, bytes: Buffer.concat(chunks), size: n };
+  }
+
+  async headManifest(repo: string, reference: string, accept: string[]): Promise<ManifestHead> {
+    const res = await this.send('manifest', 'HEAD', repo, `manifests/${reference}`, { accept: accept.join(', ') });
+    res.body.destroy();
+    if (res.status !== 200) throw await this.failure('manifest', res);
+    return manifestHead(res);
+  }
+
+  async headBlob(repo: string, digest: string): Promise<BlobHead> {
+    const res = await this.send('blob', 'HEAD', repo, `blobs/${digest}`, {});
+    res.body.destroy();
+    if (res.status !== 200) throw await this.failure('blob', res);
+    return { size: intHeader(res.headers['content-length']) };
+  }
+
+  async getBlob(repo: string, digest: string, offset: number): Promise<BlobBody> {
+    const headers: Record<string, string> = { 'accept-encoding': 'identity' };
+    if (offset > 0) headers.range = `bytes=${offset}-`;
+    const res = await this.send('blob', 'GET', repo, `blobs/${digest}`, headers);
+    let start = 0;
+    let size: number | undefined;
+    if (res.status === 206) {
+      const cr = /^bytes (\d+)-(\d+)\/(\d+|\*)$/.exec(str(res.headers['content-range']) ?? '');
+      if (!cr) {
+        res.body.destroy();
+        throw new RegistryError('UNAVAILABLE', 'upstream sent a 206 without a valid Content-Range', { status: 502 });
+      }
+      start = Number(cr[1]);
+      size = cr[3] === '*' ? undefined : Number(cr[3]);
+    } else if (res.status === 200) {
+      size = intHeader(res.headers['content-length']);
+    } else {
+      throw await this.failure('blob', res);
+    }
+    const observer = this.opts.observer;
+    const name = this.name;
+    const body = res.body;
+    async function* counted(): AsyncIterable<Uint8Array> {
+      for await (const c of body) {
+        observer.bytes(name, c.length);
+        yield c as Uint8Array;
+      }
+    }
+    return { start, size, body: counted(), cancel: () => body.destroy() };
+  }
+
+  async getTags(repo: string, n: number | undefined, last: string | undefined): Promise<TagsPage> {
+    const q = new URLSearchParams();
+    if (n !== undefined) q.set('n', String(n));
+    if (last !== undefined) q.set('last', last);
+    const qs = q.size > 0 ? `?${q}` : '';
+    const res = await this.send('tags', 'GET', repo, `tags/list${qs}`, { accept: 'application/json' });
+    if (res.status !== 200) throw await this.failure('tags', res);
+    const body = await this.readJson(res, 'tags');
+    return { body, next: parseNextLink(str(res.headers.link)) };
+  }
+
+  async getReferrers(repo: string, digest: string): Promise<unknown | undefined> {
+    const res = await this.send('referrers', 'GET', repo, `referrers/${digest}`, { accept: 'application/vnd.oci.image.index.v1+json' });
+    if (res.status === 404 || res.status === 405 || res.status === 400) {
+      // Registries without the referrers API (distribution 2.8, many others) say so with these.
+      res.body.destroy();
+      return undefined;
+    }
+    if (res.status !== 200) throw await this.failure('referrers', res);
+    return this.readJson(res, 'referrers');
+  }
+
+  private async readJson(res: Exchange, kind: RequestKind): Promise<unknown> {
+    const text = await readLimited(res.body, this.opts.maxManifestBytes);
+    this.opts.observer.bytes(this.name, text.length);
+    try {
+      return JSON.parse(text);
+    } catch {
+      throw new RegistryError('UNAVAILABLE', `upstream sent invalid JSON for ${kind}`, { status: 502 });
+    }
+  }
+
+  /** One authorized request: a cached token if any; on 401, answer the challenge and retry once. */
+  private async send(kind: RequestKind, method: string, repo: string, rest: string, headers: Record<string, string>): Promise<Exchange> {
+    const scope = `repository:${repo}:pull`;
+    const url = new URL(`${this.base.pathname.replace(/\/$/, '')}/v2/${repo}/${rest}`, this.base);
+    let authorization = await this.auth.headerFor(scope);
+    for (let attempt = 0; ; attempt++) {
+      const res = await this.exchange(kind, method, url, authorization ? { ...headers, authorization } : headers);
+      if (res.status !== 401 || attempt > 0) return res;
+      res.body.destroy();
+      const next = await this.auth.answer(parseChallenge(str(res.headers['www-authenticate'])), scope);
+      if (!next) return res;
+      authorization = next;
+    }
+  }
+
+  /** Sends one request, following redirects itself so credentials never reach another host. */
+  private async exchange(kind: RequestKind, method: string, first: URL, headers: Record<string, string>): Promise<Exchange> {
+    let url = first;
+    let hdrs = headers;
+    const started = performance.now();
+    for (let hop = 0; hop <= MAX_REDIRECTS; hop++) {
+      let res: Dispatcher.ResponseData;
+      try {
+        res = await this.opts.dispatcher.request({
+          origin: url.origin,
+          path: url.pathname + url.search,
+          method: method as Dispatcher.HttpMethod,
+          headers: hdrs,
+          headersTimeout: this.opts.timeouts.headers,
+          bodyTimeout: this.opts.timeouts.bodyIdle,
+        });
+      } catch (e) {
+        const timeout = isTimeout(e);
+        this.observe(kind, 0, started, timeout ? 'timeout' : 'network');
+        throw new RegistryError('UNAVAILABLE', timeout ? `upstream ${this.name} timed out` : `upstream ${this.name} is unreachable`, {
+          status: 503,
+          detail: { upstream: this.name, reason: errorCode(e) },
+          cause: e,
+        });
+      }
+      if (url.origin === this.base.origin) this.noteRateLimit(res.headers);
+      const location = str(res.headers.location);
+      if (REDIRECTS.has(res.statusCode) && location) {
+        res.body.destroy();
+        let next: URL;
+        try {
+          next = new URL(location, url);
+        } catch {
+          this.observe(kind, res.statusCode, started, 'redirect');
+          throw new RegistryError('UNAVAILABLE', 'upstream sent an invalid redirect', { status: 502 });
+        }
+        if (next.protocol !== 'http:' && next.protocol !== 'https:') {
+          this.observe(kind, res.statusCode, started, 'redirect');
+          throw new RegistryError('UNAVAILABLE', 'upstream redirected to a non-HTTP location', { status: 502, detail: { scheme: next.protocol } });
+        }
+        if (next.origin !== first.origin && hdrs.authorization !== undefined) {
+          // Credentials are for the registry; a CDN rejects them and must never see them.
+          const { authorization: _drop, ...rest } = hdrs;
+          hdrs = rest;
+        }
+        url = next;
+        continue;
+      }
+      this.observe(kind, res.statusCode, started, classify(res.statusCode));
+      return { status: res.statusCode, headers: res.headers, body: res.body };
+    }
+    this.observe(kind, 0, started, 'redirect');
+    throw new RegistryError('UNAVAILABLE', `upstream ${this.name} redirected more than ${MAX_REDIRECTS} times`, { status: 502 });
+  }
+
+  private observe(kind: RequestKind, status: number, started: number, errorClass: ErrorClass | undefined): void {
+    this.opts.observer.request(this.name, kind, status, (performance.now() - started) / 1000, errorClass);
+  }
+
+  private noteRateLimit(headers: Record<string, string | string[] | undefined>): void {
+    const remaining = /^\s*(\d+)/.exec(str(headers['ratelimit-remaining']) ?? '');
+    if (!remaining) return;
+    const limit = /^\s*(\d+)/.exec(str(headers['ratelimit-limit']) ?? '');
+    this.opts.observer.rateLimit(this.name, Number(remaining[1]), limit ? Number(limit[1]) : undefined);
+  }
+
+  /** Turns a non-success upstream answer into the error the client sees. */
+  private async failure(kind: RequestKind, res: Exchange): Promise<RegistryError> {
+    const text = await readLimited(res.body, MAX_ERROR_BODY).catch(() => '');
+    const upstream = parseEnvelope(text);
+    const retryAfter = intHeader(res.headers['retry-after']);
+    const detail = { upstream: this.name, status: res.status };
+    const msg = upstream?.message;
+    switch (res.status) {
+      case 401:
+        return new RegistryError('UNAUTHORIZED', msg ?? `upstream ${this.name} refused authorization`, { detail, status: 401 });
+      case 403:
+        return new RegistryError('DENIED', msg ?? `upstream ${this.name} denied access`, { detail, status: 403 });
+      case 404: {
+        const fallback: OciCode = kind === 'blob' ? 'BLOB_UNKNOWN' : kind === 'manifest' ? 'MANIFEST_UNKNOWN' : 'NAME_UNKNOWN';
+        const code = upstream && NOT_FOUND_CODES.has(upstream.code) ? (upstream.code as OciCode) : fallback;
+        return new RegistryError(code, msg ?? `${kind} unknown to upstream ${this.name}`, { detail, status: 404 });
+      }
+      case 429:
+        return new RegistryError('TOOMANYREQUESTS', msg ?? `upstream ${this.name} rate limit reached`, {
+          detail,
+          status: 429,
+          ...(retryAfter !== undefined ? { retryAfter } : {}),
+        });
+      default:
+        return new RegistryError('UNAVAILABLE', `upstream ${this.name} answered ${res.status}${msg ? `: ${msg}` : ''}`, {
+          detail,
+          status: res.status === 503 ? 503 : 502,
+          ...(retryAfter !== undefined ? { retryAfter } : {}),
+        });
+    }
+  }
+}
+
+const NOT_FOUND_CODES = new Set(['BLOB_UNKNOWN', 'MANIFEST_UNKNOWN', 'NAME_UNKNOWN']);
+
+function manifestHead(res: Exchange): ManifestHead {
+  const ct = str(res.headers['content-type'])?.split(';')[0]?.trim();
+  return {
+    mediaType: ct ?? '',
+    digest: str(res.headers['docker-content-digest']),
+    size: intHeader(res.headers['content-length']),
+  };
+}
+
+function tooLarge(limit: number): RegistryError {
+  return new RegistryError('MANIFEST_INVALID', `manifest from upstream exceeds the ${limit}-byte limit`, { status: 502 });
+}
+
+function parseEnvelope(text: string): { code: string; message: string | undefined } | undefined {
+  try {
+    const e = (JSON.parse(text) as { errors?: Array<{ code?: unknown; message?: unknown }> }).errors?.[0];
+    if (e && typeof e.code === 'string') return { code: e.code, message: typeof e.message === 'string' ? e.message.slice(0, 500) : undefined };
+  } catch {
+    /* not an OCI envelope */
+  }
+  return undefined;
+}
+
+/** `</v2/x/tags/list?last=b&n=2>; rel="next"` -> {last, n}. */
+export function parseNextLink(link: string | undefined): TagsPage['next'] {
+  if (!link) return undefined;
+  const m = /<([^>]*)>\s*;\s*rel="?next"?/.exec(link);
+  if (!m) return undefined;
+  try {
+    const q = new URL(m[1]!, 'http://x').searchParams;
+    const last = q.get('last');
+    if (last === null) return undefined;
+    const n = q.get('n');
+    return { last, n: n === null ? undefined : Number(n) };
+  } catch {
+    return undefined;
+  }
+}
+
+function classify(status: number): ErrorClass | undefined {
+  if (status < 400 || status === 401) return undefined;
+  if (status === 429) return '429';
+  return status >= 500 ? '5xx' : '4xx';
+}
+
+function isTimeout(e: unknown): boolean {
+  const code = errorCode(e);
+  return code === 'UND_ERR_CONNECT_TIMEOUT' || code === 'UND_ERR_HEADERS_TIMEOUT' || code === 'UND_ERR_BODY_TIMEOUT' || code === 'ETIMEDOUT';
+}
+
+function errorCode(e: unknown): string {
+  return String((e as { code?: unknown })?.code ?? (e as Error)?.name ?? 'error');
+}
+
+const str = (v: string | string[] | undefined): string | undefined => (Array.isArray(v) ? v[0] : v);
+
+function intHeader(v: string | string[] | undefined): number | undefined {
+  const s = str(v);
+  if (s === undefined || !/^\d+$/.test(s.trim())) return undefined;
+  return Number(s.trim());
+}

@@ -1,0 +1,62 @@
+/**
+ * What the registry layer needs from an upstream registry. No undici types leak through: bodies are
+ * plain async iterables, errors are RegistryErrors with OCI codes.
+ */
+export interface ManifestHead {
+  mediaType: string;
+  /** Docker-Content-Digest, when upstream sent one. */
+  digest: string | undefined;
+  size: number | undefined;
+}
+
+export interface ManifestResult extends ManifestHead {
+  bytes: Buffer;
+}
+
+export interface BlobHead {
+  size: number | undefined;
+}
+
+/** An upstream blob body, positioned at `start` (0 unless a Range resume was honoured). */
+export interface BlobBody {
+  /** Offset of the first byte of `body` in the blob. */
+  start: number;
+  /** Full blob size when upstream said (Content-Length / Content-Range), else undefined. */
+  size: number | undefined;
+  body: AsyncIterable<Uint8Array>;
+  /** Stops the transfer and releases the connection. */
+  cancel(): void;
+}
+
+export interface TagsPage {
+  body: unknown;
+  /** The upstream `Link` header's next-page query (`last=…&n=…`), if any. */
+  next: { last: string; n: number | undefined } | undefined;
+}
+
+export interface Upstream {
+  readonly name: string;
+  getManifest(repo: string, reference: string, accept: string[]): Promise<ManifestResult>;
+  headManifest(repo: string, reference: string, accept: string[]): Promise<ManifestHead>;
+  /** Confirms a blob exists in the repository without downloading it. */
+  headBlob(repo: string, digest: string): Promise<BlobHead>;
+  /** Starts a blob download at `offset` (Range), following redirects to other hosts without credentials. */
+  getBlob(repo: string, digest: string, offset: number): Promise<BlobBody>;
+  getTags(repo: string, n: number | undefined, last: string | undefined): Promise<TagsPage>;
+  /** The referrers index, or undefined when upstream does not implement the referrers API. */
+  getReferrers(repo: string, digest: string): Promise<unknown | undefined>;
+}
+
+/** What an upstream client reports, for metrics. Implementations must not throw. */
+export interface UpstreamObserver {
+  /** One HTTP exchange with the registry (after redirects), `status` 0 when no response arrived. */
+  request(upstream: string, kind: RequestKind, status: number, seconds: number, errorClass: ErrorClass | undefined): void;
+  /** Body bytes received from upstream. */
+  bytes(upstream: string, n: number): void;
+  token(upstream: string, ok: boolean): void;
+  /** Docker Hub's `ratelimit-remaining` / `ratelimit-limit` figures. */
+  rateLimit(upstream: string, remaining: number, limit: number | undefined): void;
+}
+
+export type RequestKind = 'manifest' | 'blob' | 'tags' | 'referrers';
+export type ErrorClass = 'timeout' | 'network' | '4xx' | '5xx' | '429' | 'digest_mismatch' | 'too_large' | 'redirect';
