@@ -151,6 +151,7 @@ export async function readLimited(body: AsyncIterable<Uint8Array> & { destroy?: 
   for await (const c of body) {
     n += c.length;
     if (n > limit) {
+      (body as { on?: (e: string, f: () => void) => void }).on?.('error', () => undefined);
       body.destroy?.();
       break;
     }

@@ -55,7 +55,7 @@ export class UpstreamClient implements Upstream {
     const head = manifestHead(res);
     const limit = this.opts.maxManifestBytes;
     if (head.size !== undefined && head.size > limit) {
-      res.body.destroy();
+      discard(res.body);
       throw tooLarge(limit);
     }
     const chunks: Buffer[] = [];
@@ -63,7 +63,7 @@ export class UpstreamClient implements Upstream {
     for await (const c of res.body) {
       n += c.length;
       if (n > limit) {
-        res.body.destroy();
+        discard(res.body);
         throw tooLarge(limit);
       }
       chunks.push(c as Buffer);
@@ -74,14 +74,14 @@ export class UpstreamClient implements Upstream {
 
   async headManifest(repo: string, reference: string, accept: string[]): Promise<ManifestHead> {
     const res = await this.send('manifest', 'HEAD', repo, `manifests/${reference}`, { accept: accept.join(', ') });
-    res.body.destroy();
+    discard(res.body);
     if (res.status !== 200) throw await this.failure('manifest', res);
     return manifestHead(res);
   }
 
   async headBlob(repo: string, digest: string): Promise<BlobHead> {
     const res = await this.send('blob', 'HEAD', repo, `blobs/${digest}`, {});
-    res.body.destroy();
+    discard(res.body);
     if (res.status !== 200) throw await this.failure('blob', res);
     return { size: intHeader(res.headers['content-length']) };
   }
@@ -95,7 +95,7 @@ export class UpstreamClient implements Upstream {
     if (res.status === 206) {
       const cr = /^bytes (\d+)-(\d+)\/(\d+|\*)$/.exec(str(res.headers['content-range']) ?? '');
       if (!cr) {
-        res.body.destroy();
+        discard(res.body);
         throw new RegistryError('UNAVAILABLE', 'upstream sent a 206 without a valid Content-Range', { status: 502 });
       }
       start = Number(cr[1]);
@@ -114,7 +114,7 @@ export class UpstreamClient implements Upstream {
         yield c as Uint8Array;
       }
     }
-    return { start, size, body: counted(), cancel: () => body.destroy() };
+    return { start, size, body: counted(), cancel: () => discard(body) };
   }
 
   async getTags(repo: string, n: number | undefined, last: string | undefined): Promise<TagsPage> {
@@ -132,7 +132,7 @@ export class UpstreamClient implements Upstream {
     const res = await this.send('referrers', 'GET', repo, `referrers/${digest}`, { accept: 'application/vnd.oci.image.index.v1+json' });
     if (res.status === 404 || res.status === 405 || res.status === 400) {
       // Registries without the referrers API (distribution 2.8, many others) say so with these.
-      res.body.destroy();
+      discard(res.body);
       return undefined;
     }
     if (res.status !== 200) throw await this.failure('referrers', res);
@@ -157,7 +157,7 @@ export class UpstreamClient implements Upstream {
     for (let attempt = 0; ; attempt++) {
       const res = await this.exchange(kind, method, url, authorization ? { ...headers, authorization } : headers);
       if (res.status !== 401 || attempt > 0) return res;
-      res.body.destroy();
+      discard(res.body);
       const next = await this.auth.answer(parseChallenge(str(res.headers['www-authenticate'])), scope);
       if (!next) return res;
       authorization = next;
@@ -192,7 +192,7 @@ export class UpstreamClient implements Upstream {
       if (url.origin === this.base.origin) this.noteRateLimit(res.headers);
       const location = str(res.headers.location);
       if (REDIRECTS.has(res.statusCode) && location) {
-        res.body.destroy();
+        discard(res.body);
         let next: URL;
         try {
           next = new URL(location, url);
@@ -317,6 +317,12 @@ function isTimeout(e: unknown): boolean {
 
 function errorCode(e: unknown): string {
   return String((e as { code?: unknown })?.code ?? (e as Error)?.name ?? 'error');
+}
+
+/** Drops a body we do not want; the abort error it raises has nowhere useful to go. */
+function discard(body: Dispatcher.ResponseData['body']): void {
+  body.on('error', () => undefined);
+  body.destroy();
 }
 
 const str = (v: string | string[] | undefined): string | undefined => (Array.isArray(v) ? v[0] : v);
