@@ -1,0 +1,83 @@
+import { createHash } from 'node:crypto';
+import { readdir } from 'node:fs/promises';
+import { join } from 'node:path';
+import { request } from 'undici';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { FakeUpstream } from '../helpers/fake-upstream.js';
+import { makeImage, makeRandomLayer } from '../helpers/images.js';
+import { DOCKER_ACCEPT, startMirror, type TestMirror } from '../helpers/mirror.js';
+
+/** Over a real socket: HEAD headers, streamed bodies, aborted responses on a digest mismatch. */
+describe('the mirror over real HTTP', () => {
+  let hub: FakeUpstream;
+  let mirror: TestMirror;
+  const big = makeRandomLayer(3_000_000, 'server-big');
+  const bad = makeRandomLayer(2_000_000, 'server-bad');
+  const img = makeImage({ layers: [big, bad] });
+
+  beforeAll(async () => {
+    hub = await FakeUpstream.start();
+    hub.putImage('library/srv', img, 'latest');
+    mirror = await startMirror({ upstreams: { 'docker.io': { url: hub.url, libraryPrefix: true } }, listen: true });
+    await request(`${mirror.url}/v2/srv/manifests/latest`, { headers: { accept: DOCKER_ACCEPT } }).then((r) => r.body.dump());
+  });
+  afterAll(async () => {
+    await mirror.stop();
+    await hub.close();
+  });
+
+  it('HEAD of a manifest and a blob carries Content-Length and no body', async () => {
+    const m = await request(`${mirror.url}/v2/srv/manifests/latest`, { method: 'HEAD', headers: { accept: DOCKER_ACCEPT } });
+    expect(m.statusCode).toBe(200);
+    expect(Number(m.headers['content-length'])).toBe(img.manifest.size);
+    expect(m.headers['docker-content-digest']).toBe(img.manifest.digest);
+    expect(m.headers['docker-distribution-api-version']).toBe('registry/2.0');
+    const b = await request(`${mirror.url}/v2/srv/blobs/${big.digest}`, { method: 'HEAD' });
+    expect(b.statusCode).toBe(200);
+    expect(Number(b.headers['content-length'])).toBe(big.size);
+  });
+
+  it('streams a cold blob to concurrent clients and then serves it from disk', async () => {
+    const pull = async () => {
+      const r = await request(`${mirror.url}/v2/srv/blobs/${big.digest}`);
+      expect(r.statusCode).toBe(200);
+      expect(r.headers['docker-distribution-api-version']).toBe('registry/2.0');
+      expect(r.headers['content-encoding']).toBeUndefined();
+      const h = createHash('sha256');
+      for await (const c of r.body) h.update(c);
+      return `sha256:${h.digest('hex')}`;
+    };
+    const digests = await Promise.all([pull(), pull(), pull(), pull()]);
+    expect(new Set(digests)).toEqual(new Set([big.digest]));
+    expect(await pull()).toBe(big.digest);
+    expect(hub.count({ kind: 'cdn', path: new RegExp(big.digest.slice(7)) })).toBe(1);
+    expect(await mirror.metric('mirror_served_bytes_total', { source: 'cache' })).toBeGreaterThanOrEqual(big.size);
+  });
+
+  it('aborts every client on a digest mismatch and keeps nothing', async () => {
+    hub.faults.corruptBlob = true;
+    const pull = async () => {
+      const r = await request(`${mirror.url}/v2/srv/blobs/${bad.digest}`);
+      let n = 0;
+      try {
+        for await (const c of r.body) n += c.length;
+      } catch {
+        return { aborted: true, n };
+      }
+      return { aborted: false, n };
+    };
+    const results = await Promise.all([pull(), pull(), pull()]);
+    for (const r of results) {
+      expect(r.aborted || r.n < bad.size).toBe(true);
+      expect(r.n).toBeLessThan(bad.size);
+    }
+    expect(await mirror.blobs.stat(bad.digest)).toBeUndefined();
+    expect(await readdir(join(mirror.dataDir, 'tmp'))).toEqual([]);
+    expect(await mirror.metric('mirror_blob_downloads_total', { result: 'digest_mismatch' })).toBe(1);
+    hub.faults.corruptBlob = false;
+    const again = await request(`${mirror.url}/v2/srv/blobs/${bad.digest}`);
+    const h = createHash('sha256');
+    for await (const c of again.body) h.update(c);
+    expect(`sha256:${h.digest('hex')}`).toBe(bad.digest);
+  });
+});
