@@ -8,6 +8,8 @@ import type { InflightObserver } from './registry/inflight.js';
 import type { ErrorClass, RequestKind, UpstreamObserver } from './upstream/types.js';
 
 export interface MetricsOptions {
+  /** Cache size figures (read at scrape time). */
+  cacheStats?: { bytes: number; blobs: number };
   /** Current number of downloads under way (read at scrape time). */
   inflightDownloads?: () => number;
   /** Node process metrics (off in tests that build many registries). */
@@ -31,6 +33,9 @@ export class Metrics {
   readonly coalesced: Counter;
   readonly resumes: Counter;
   readonly storeFull: Counter;
+  readonly cacheBytes: Gauge;
+  readonly cacheBlobs: Gauge;
+  readonly evictions: Counter;
 
   constructor(readonly registry: Registry, opts: MetricsOptions = {}) {
     const registers = [registry];
@@ -68,6 +73,20 @@ export class Metrics {
     this.downloads = new Counter({ name: 'mirror_blob_downloads_total', help: 'Blob downloads from upstream by outcome (ok, failed, digest_mismatch)', labelNames: ['result'], registers });
     this.coalesced = new Counter({ name: 'mirror_coalesced_requests_total', help: 'Blob requests that joined a download already under way instead of starting one', registers });
     this.resumes = new Counter({ name: 'mirror_download_resumes_total', help: 'Cut upstream transfers resumed with a Range request', registers });
+    const stats = opts.cacheStats;
+    this.cacheBytes = new Gauge({
+      name: 'mirror_cache_size_bytes',
+      help: 'Bytes of verified blobs and manifests on disk',
+      registers,
+      ...(stats ? { collect(this: Gauge) { this.set(stats.bytes); } } : {}),
+    });
+    this.cacheBlobs = new Gauge({
+      name: 'mirror_cache_blobs',
+      help: 'Verified blobs and manifests on disk',
+      registers,
+      ...(stats ? { collect(this: Gauge) { this.set(stats.blobs); } } : {}),
+    });
+    this.evictions = new Counter({ name: 'mirror_cache_evictions_total', help: 'Blobs evicted to keep the cache within its size limit', registers });
     this.storeFull = new Counter({ name: 'mirror_store_full_total', help: 'Blobs passed through uncached because the store had no space', registers });
   }
 

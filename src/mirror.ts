@@ -9,6 +9,7 @@ import { Registry as PromRegistry } from 'prom-client';
 import { Agent, type Dispatcher } from 'undici';
 import { createApp } from './app.js';
 import { MemoryIndex } from './cache/index.js';
+import { CacheStats } from './cache/stats.js';
 import type { Config } from './config.js';
 import { Metrics } from './metrics.js';
 import type { Logger } from './registry/context.js';
@@ -54,12 +55,14 @@ export async function buildMirror(config: Config, opts: MirrorOptions = {}): Pro
       connections: 64,
     });
   const promRegistry = opts.promRegistry ?? new PromRegistry();
-  const blobs = new FsBlobStore(config.dataDir);
+  const stats = new CacheStats();
+  const blobs = new FsBlobStore(config.dataDir, stats);
   await blobs.init();
+  const scanned = stats.scan(blobs.list()).catch((e: unknown) => logger.warn({ err: (e as Error).message }, 'cache size scan failed'));
   const meta = new FsMetaStore(config.dataDir);
 
   let inflight: InflightDownloads | undefined;
-  const metrics = new Metrics(promRegistry, { inflightDownloads: () => inflight?.size ?? 0, processMetrics: opts.processMetrics ?? false });
+  const metrics = new Metrics(promRegistry, { inflightDownloads: () => inflight?.size ?? 0, processMetrics: opts.processMetrics ?? false, cacheStats: stats });
   inflight = new InflightDownloads({ store: blobs, observer: metrics.inflightObserver() });
 
   const names = Object.keys(config.upstreams);
@@ -141,6 +144,7 @@ export async function buildMirror(config: Config, opts: MirrorOptions = {}): Pro
     promRegistry,
     blobs,
     close: async () => {
+      await scanned;
       if (ownDispatcher) await dispatcher.close();
     },
   };

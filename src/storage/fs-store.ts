@@ -12,10 +12,16 @@ import { DigestMismatchError, StoreFullError, type BlobInfo, type BlobStore, typ
 /** Large reads: fewer syscalls and event-loop turns per served byte. */
 const READ_CHUNK = 1024 * 1024;
 
+/** Told when a blob appears in or leaves the store (for size accounting). Must not throw. */
+export interface StoreEvents {
+  added(digest: string, size: number): void;
+  removed(digest: string, size: number): void;
+}
+
 export class FsBlobStore implements BlobStore {
   readonly paths: StorePaths;
 
-  constructor(root: string) {
+  constructor(root: string, private readonly events?: StoreEvents) {
     this.paths = new StorePaths(root);
   }
 
@@ -70,7 +76,7 @@ export class FsBlobStore implements BlobStore {
     } catch (e) {
       throw wrapWriteError(e);
     }
-    return new FsBlobWriter(digest, createHash(alg), handle, tmp, this.paths.blob(digest));
+    return new FsBlobWriter(digest, createHash(alg), handle, tmp, this.paths.blob(digest), this.events);
   }
 
   async put(digest: string, bytes: Uint8Array): Promise<void> {
@@ -87,7 +93,15 @@ export class FsBlobStore implements BlobStore {
   }
 
   async delete(digest: string): Promise<void> {
-    await rm(this.paths.blob(digest), { force: true });
+    const info = await this.stat(digest);
+    if (!info) return;
+    try {
+      await unlink(this.paths.blob(digest));
+    } catch (e) {
+      if (isNotFound(e)) return;
+      throw e;
+    }
+    this.events?.removed(digest, info.size);
   }
 
   async *list(): AsyncIterable<BlobInfo> {
@@ -114,6 +128,7 @@ class FsBlobWriter implements BlobWriter {
     private readonly handle: FileHandle,
     private readonly tmpPath: string,
     private readonly finalPath: string,
+    private readonly events: StoreEvents | undefined,
   ) {}
 
   async write(chunk: Uint8Array): Promise<void> {
@@ -153,7 +168,9 @@ class FsBlobWriter implements BlobWriter {
     try {
       await this.handle.sync();
       await mkdir(dirname(this.finalPath), { recursive: true });
+      const existed = await stat(this.finalPath).then(() => true, () => false);
       await rename(this.tmpPath, this.finalPath);
+      if (!existed) this.events?.added(this.digest, this.written);
     } catch (e) {
       await this.abort();
       throw wrapWriteError(e);

@@ -64,7 +64,7 @@ export async function startMirror(opts: TestMirrorOptions): Promise<TestMirror> 
     config,
     dataDir,
     url,
-    request: (path, init) => mirror.app.request(path, init),
+    request: async (path, init) => mirror.app.request(path, init),
     metric: async (name, labels = {}) => {
       const m = (await mirror.promRegistry.getMetricsAsJSON()).find((x) => x.name === name);
       if (!m) throw new Error(`no metric ${name}`);

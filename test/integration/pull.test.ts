@@ -147,7 +147,7 @@ describe('pulling through the mirror from a fake Docker Hub', () => {
     // A client that accepts only Docker schema 2 never gets the OCI index.
     const refused = await mirror.request('/v2/multi/manifests/latest', { headers: { accept: MT.dockerManifest } });
     expect(refused.status).toBe(404);
-    expect((await refused.json()).errors[0].code).toBe('MANIFEST_UNKNOWN');
+    expect((await refused.json() as any).errors[0].code).toBe('MANIFEST_UNKNOWN');
     const byDigest = await mirror.request(`/v2/multi/manifests/${index.digest}`, { headers: { accept: MT.dockerManifest } });
     expect(byDigest.status).toBe(404);
   });
@@ -160,7 +160,7 @@ describe('pulling through the mirror from a fake Docker Hub', () => {
     // library/empty has no such blob upstream: the mirror asks and refuses.
     const r = await mirror.request(`/v2/library/empty/blobs/${appA.digest}`);
     expect(r.status).toBe(404);
-    expect((await r.json()).errors[0].code).toBe('BLOB_UNKNOWN');
+    expect((await r.json() as any).errors[0].code).toBe('BLOB_UNKNOWN');
     expect(hub.count({ kind: 'cdn' })).toBe(0);
     // other/thing does hold it upstream: confirmed with a HEAD, served from the cache.
     const ok = await mirror.request(`/v2/other/thing/blobs/${appA.digest}`);

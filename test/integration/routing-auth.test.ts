@@ -42,7 +42,7 @@ describe('upstream routing', () => {
 
     const unknown = await mirror.request('/v2/owner/repo/manifests/v1?ns=evil.example.com', h);
     expect(unknown.status).toBe(404);
-    const body = await unknown.json();
+    const body = await unknown.json() as any;
     expect(body.errors[0].code).toBe('NAME_UNKNOWN');
     expect(body.errors[0].message).toContain('evil.example.com');
     expect((await mirror.request('/v2/quay.io/x/y/manifests/latest', h)).status).toBe(404);
@@ -113,7 +113,7 @@ describe('upstream authentication', () => {
     mirror = await startMirror({ upstreams: { 'docker.io': { url: hub.url, libraryPrefix: true, username: 'a', password: 'wrong' } } });
     const r = await mirror.request('/v2/locked/manifests/latest', { headers: { accept: DOCKER_ACCEPT } });
     expect([401, 403]).toContain(r.status);
-    expect(['UNAUTHORIZED', 'DENIED']).toContain((await r.json()).errors[0].code);
+    expect(['UNAUTHORIZED', 'DENIED']).toContain((await r.json() as any).errors[0].code);
   });
 });
 
@@ -129,11 +129,11 @@ describe('referrers (OCI 1.1)', () => {
     const all = await mirror.request(`/v2/signed/referrers/${img.manifest.digest}`);
     expect(all.status).toBe(200);
     expect(all.headers.get('content-type')).toBe(MT.ociIndex);
-    const idx = await all.json();
+    const idx = await all.json() as any;
     expect(idx.manifests.map((m: { digest: string }) => m.digest).sort()).toEqual([sig.manifest.digest, sbom.manifest.digest].sort());
     const filtered = await mirror.request(`/v2/signed/referrers/${img.manifest.digest}?artifactType=application/spdx%2Bjson`);
     expect(filtered.headers.get('oci-filters-applied')).toBe('artifactType');
-    expect((await filtered.json()).manifests.map((m: { digest: string }) => m.digest)).toEqual([sbom.manifest.digest]);
+    expect((await filtered.json() as any).manifests.map((m: { digest: string }) => m.digest)).toEqual([sbom.manifest.digest]);
     expect(hub.count({ kind: 'referrers', status: 200 })).toBe(1);
     // The referrer manifests are now known to be in the repository.
     expect((await mirror.request(`/v2/signed/manifests/${sig.manifest.digest}`, { headers: { accept: MT.ociManifest } })).status).toBe(200);
@@ -145,6 +145,6 @@ describe('referrers (OCI 1.1)', () => {
     mirror = await startMirror({ upstreams: { 'docker.io': { url: hub.url, libraryPrefix: true } } });
     const r = await mirror.request(`/v2/plain/referrers/${img.manifest.digest}`);
     expect(r.status).toBe(200);
-    expect(await r.json()).toEqual({ schemaVersion: 2, mediaType: MT.ociIndex, manifests: [] });
+    expect(await r.json() as any).toEqual({ schemaVersion: 2, mediaType: MT.ociIndex, manifests: [] });
   });
 });
