@@ -83,6 +83,8 @@ export function routeName(rawName: string, ns: string | undefined, table: Routin
   if (ns !== undefined && ns !== '') {
     host = ns.toLowerCase();
     if (!looksLikeHost(host)) throw new RegistryError('NAME_INVALID', 'invalid ns parameter', { detail: { ns: ns.slice(0, 300) } });
+    // containerd with `override_path` on a `/v2/<host>` mirror sends both: `/v2/ghcr.io/o/r/...?ns=ghcr.io`.
+    if (slash > 0 && rawName.slice(0, slash).toLowerCase() === host) name = rawName.slice(slash + 1);
   } else if (slash > 0 && looksLikeHost(rawName.slice(0, slash))) {
     host = rawName.slice(0, slash).toLowerCase();
     name = rawName.slice(slash + 1);

@@ -34,9 +34,12 @@ describe('upstream routing', () => {
     expect((await mirror.request('/v2/docker.io/library/alpine/manifests/latest', h)).status).toBe(200);
     expect((await mirror.request('/v2/registry-1.docker.io/alpine/manifests/latest', h)).status).toBe(200);
     expect((await mirror.request('/v2/owner/repo/manifests/v1?ns=ghcr.io', h)).status).toBe(200);
+    // containerd's override_path on a /v2/ghcr.io mirror sends the host in the path and in ns.
+    expect((await mirror.request('/v2/ghcr.io/owner/repo/manifests/v1?ns=ghcr.io', h)).status).toBe(200);
     const viaPath = await mirror.request(`/v2/ghcr.io/owner/repo/blobs/${img.layers[0]!.digest}`);
     expect(viaPath.status).toBe(200);
     expect(ghcr.count({ kind: 'manifest', method: 'GET' })).toBe(1);
+    expect(ghcr.count({ path: /ghcr\.io/ })).toBe(0);
     expect(ghcr.count({ kind: 'blob', method: 'GET' })).toBe(1);
     expect(hub.count({ kind: 'manifest', method: 'GET', status: 200 })).toBe(1);
 
