@@ -1,0 +1,153 @@
+/**
+ * Real clients through the mirror, with Debian's docker-registry (distribution 2.8) as the upstream:
+ * skopeo, containerd's ctr (hosts.toml, `?ns=docker.io`) and dockerd (`registry-mirrors`), then
+ * `docker run` of what was pulled. The upstream's access log tells what crossed the upstream link.
+ */
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { allBlobs, busyboxImage, makeImage, makeIndex, makeLayer, writeOciLayout, type Image } from '../helpers/images.js';
+import { startMirror, type TestMirror } from '../helpers/mirror.js';
+import { startContainerd } from './harness/containerd.js';
+import { startDistribution, type Distribution } from './harness/distribution.js';
+import { startDockerd } from './harness/dockerd.js';
+import { pushIndex, pushOciLayout } from './harness/push.js';
+import { cleanupDir, hasTool, isRoot, makeTempDir, run } from './harness/tools.js';
+
+const missing = (tools: string[], root = false): string | undefined => {
+  const absent = tools.filter((t) => !hasTool(t));
+  if (absent.length) return `missing tool(s): ${absent.join(', ')}`;
+  return root && !isRoot() ? 'needs root' : undefined;
+};
+const img1 = busyboxImage({ cmd: ['/bin/sh', '-c', 'echo mirror-e2e-one; cat /etc/which'], extraFile: { path: 'etc/which', content: 'tag-one\n' } });
+const img2 = busyboxImage({ cmd: ['/bin/sh', '-c', 'echo mirror-e2e-two; cat /etc/which'], extraFile: { path: 'etc/which', content: 'tag-two\n' } });
+const REG_SKIP = missing(['docker-registry', 'skopeo']) ?? (img1 ? undefined : 'no static /bin/busybox (busybox-static) for a runnable image');
+const CTD_SKIP = REG_SKIP ?? missing(['containerd', 'ctr'], true);
+const DKD_SKIP = REG_SKIP ?? missing(['dockerd', 'docker', 'containerd', 'runc'], true);
+for (const [part, why] of [['skopeo', REG_SKIP], ['containerd', CTD_SKIP], ['dockerd', DKD_SKIP]] as const) {
+  if (why) console.warn(`[e2e] skipping ${part} end-to-end tests: ${why}`);
+}
+
+const blobGets = /^\/v2\/library\/[a-z]+\/blobs\/sha256:/;
+
+describe.skipIf(REG_SKIP !== undefined)('real clients through the mirror', () => {
+  let work = '';
+  let upstream: Distribution;
+  let arm: Image;
+  let index: ReturnType<typeof makeIndex>;
+
+  beforeAll(async () => {
+    work = makeTempDir('mirror-e2e');
+    upstream = await startDistribution();
+    arm = makeImage({ layers: [makeLayer([{ path: 'hello.txt', content: 'arm64\n' }])], architecture: 'arm64' });
+    index = makeIndex([img1!, arm]);
+    const layout = join(work, 'layout');
+    await writeOciLayout(layout, { one: img1!.manifest, two: img2!.manifest, multi: index }, allBlobs(img1!, img2!, arm, index));
+    await pushOciLayout(layout, 'one', upstream.url, 'library/busy', '1');
+    await pushOciLayout(layout, 'two', upstream.url, 'library/busy', '2');
+    await pushIndex(layout, 'multi', upstream.url, 'library/multi', 'latest');
+    await upstream.settle();
+    upstream.clearRequests();
+  }, 120_000);
+
+  afterAll(async () => {
+    await upstream?.stop();
+    if (work) await cleanupDir(work);
+  });
+
+  async function freshMirror(): Promise<TestMirror> {
+    await upstream.settle();
+    upstream.clearRequests();
+    return startMirror({ upstreams: { 'docker.io': { url: upstream.url, libraryPrefix: true } }, listen: true });
+  }
+
+  /** Upstream blob GETs per digest (after the access log settles). */
+  async function upstreamBlobFetches(): Promise<Map<string, number>> {
+    await upstream.settle();
+    const out = new Map<string, number>();
+    for (const e of upstream.requests()) {
+      if (e.method === 'GET' && blobGets.test(e.path) && e.status < 300) {
+        const d = e.path.slice(e.path.lastIndexOf('/') + 1);
+        out.set(d, (out.get(d) ?? 0) + 1);
+      }
+    }
+    return out;
+  }
+
+  it('skopeo copies two tags sharing a layer through the mirror; the shared layer crosses upstream once', async () => {
+    const mirror = await freshMirror();
+    try {
+      const host = mirror.url.replace('http://', '');
+      for (const tag of ['1', '2']) {
+        const dest = join(work, `skopeo-${tag}`);
+        await run('skopeo', ['--insecure-policy', 'copy', '--src-tls-verify=false', `docker://${host}/library/busy:${tag}`, `dir:${dest}`], { timeoutMs: 60_000 }).then((r) => {
+          expect(r.code, r.stderr).toBe(0);
+        });
+      }
+      // skopeo with a one-part name through the mirror's Docker Hub naming rules
+      const r = await run('skopeo', ['--insecure-policy', 'inspect', '--tls-verify=false', `docker://${host}/busy:1`], { timeoutMs: 30_000 });
+      expect(r.code, r.stderr).toBe(0);
+      expect(JSON.parse(r.stdout).Digest).toBe(img1!.manifest.digest);
+      const fetches = await upstreamBlobFetches();
+      const shared = img1!.layers[0]!.digest;
+      expect(shared).toBe(img2!.layers[0]!.digest);
+      expect(fetches.get(shared)).toBe(1);
+      const unique = new Set(allBlobs(img1!, img2!).filter((b) => b.digest !== img1!.manifest.digest && b.digest !== img2!.manifest.digest).map((b) => b.digest));
+      expect([...fetches.keys()].sort()).toEqual([...unique].sort());
+      expect([...fetches.values()].every((n) => n === 1)).toBe(true);
+    } finally {
+      await mirror.stop();
+    }
+  }, 120_000);
+
+  it.skipIf(CTD_SKIP !== undefined)('ctr pulls through a hosts.toml mirror (?ns=docker.io), a multi-arch index included', async () => {
+    const mirror = await freshMirror();
+    const ctd = await startContainerd();
+    try {
+      await ctd.ctrPull('docker.io/library/busy:1', { mirrorUrl: mirror.url, hostsDir: join(work, 'hosts') });
+      await ctd.ctrPull('docker.io/library/busy:2', { mirrorUrl: mirror.url, hostsDir: join(work, 'hosts') });
+      await ctd.ctrPull('docker.io/library/multi:latest', { mirrorUrl: mirror.url, hostsDir: join(work, 'hosts') });
+      const ran = await ctd.ctrRun('docker.io/library/busy:2', ['/bin/sh', '-c', 'cat /etc/which']);
+      expect(ran.stdout).toContain('tag-two');
+      const fetches = await upstreamBlobFetches();
+      expect(fetches.get(img1!.layers[0]!.digest)).toBe(1);
+      expect([...fetches.values()].every((n) => n === 1)).toBe(true);
+      // The mirror answered containerd's ns-qualified requests.
+      expect(await mirror.metric('mirror_http_requests_total', { route: 'manifest', status: '200' })).toBeGreaterThanOrEqual(3);
+    } finally {
+      await ctd.stop();
+      await mirror.stop();
+    }
+  }, 180_000);
+
+  it.skipIf(DKD_SKIP !== undefined)('dockerd with registry-mirrors pulls a multi-arch image and two tags sharing layers, then runs them', async () => {
+    const mirror = await freshMirror();
+    const host = mirror.url.replace('http://', '');
+    const dkd = await startDockerd({ mirrors: [mirror.url], insecureRegistries: [host] });
+    try {
+      for (const ref of ['busy:1', 'busy:2', 'multi:latest']) {
+        const r = await dkd.docker(['pull', ref], { timeoutMs: 120_000 });
+        expect(r.code, `${ref}: ${r.stderr}${dkd.logs().slice(-2000)}`).toBe(0);
+      }
+      const one = await dkd.docker(['run', '--rm', '--network', 'none', 'busy:1'], { timeoutMs: 60_000 });
+      expect(one.code, one.stderr).toBe(0);
+      expect(one.stdout).toContain('mirror-e2e-one');
+      expect(one.stdout).toContain('tag-one');
+      const multi = await dkd.docker(['run', '--rm', '--network', 'none', 'multi:latest'], { timeoutMs: 60_000 });
+      expect(multi.code, multi.stderr).toBe(0);
+      expect(multi.stdout).toContain('mirror-e2e-one');
+      const fetches = await upstreamBlobFetches();
+      expect(fetches.get(img1!.layers[0]!.digest)).toBe(1);
+      expect([...fetches.values()].every((n) => n === 1)).toBe(true);
+      // Docker went through the mirror, not around it.
+      expect(await mirror.metric('mirror_cache_requests_total', { kind: 'blob' })).toBeGreaterThan(0);
+      upstream.clearRequests();
+      // A second daemon-free client now finds everything in the mirror's cache: no upstream blob traffic.
+      const again = await run('skopeo', ['--insecure-policy', 'copy', '--src-tls-verify=false', `docker://${host}/library/busy:2`, `dir:${join(work, 'again')}`], { timeoutMs: 60_000 });
+      expect(again.code, again.stderr).toBe(0);
+      expect((await upstreamBlobFetches()).size).toBe(0);
+    } finally {
+      await dkd.stop();
+      await mirror.stop();
+    }
+  }, 300_000);
+});
