@@ -14,6 +14,7 @@ import { ConfigError, loadConfig, type Config } from './config.js';
 import { createLogger } from './logger.js';
 import { buildMirror } from './mirror.js';
 
+const SHUTDOWN_DEADLINE_MS = 25_000;
 const DEFAULT_CONFIG_URL = new URL('../config/default.yaml', import.meta.url);
 
 async function main(argv: string[], env: NodeJS.ProcessEnv): Promise<void> {
@@ -58,15 +59,24 @@ async function main(argv: string[], env: NodeJS.ProcessEnv): Promise<void> {
   const stop = (signal: string) => {
     if (stopping) return;
     stopping = true;
-    logger.info({ signal }, 'shutting down: no new connections; in-flight responses get 25 s');
-    server.close(() => {
-      void mirror.close().finally(() => process.exit(0));
-    });
+    const deadline = Date.now() + SHUTDOWN_DEADLINE_MS;
+    logger.info({ signal, inflightDownloads: mirror.registry.inflightDownloads }, 'shutting down: no new connections; in-flight work gets 25 s');
+    // Stop accepting; idle keep-alive connections go now, busy ones when their response ends.
+    const closed = new Promise<void>((r) => server.close(() => r()));
     if ('closeIdleConnections' in server) (server as { closeIdleConnections(): void }).closeIdleConnections();
-    setTimeout(() => {
-      logger.warn({}, 'shutdown deadline reached; exiting');
+    void (async () => {
+      // Downloads finish (verified, renamed into the cache) or are left in tmp/, which the next start
+      // sweeps: either way the cache stays consistent.
+      const drained = await mirror.registry.drain(Math.max(0, deadline - Date.now()));
+      await closed;
+      await mirror.close();
+      logger.info({ drained }, 'stopped');
       process.exit(0);
-    }, 25_000).unref();
+    })();
+    setTimeout(() => {
+      logger.warn({ inflightDownloads: mirror.registry.inflightDownloads }, 'shutdown deadline reached; exiting (partial downloads are swept at next start)');
+      process.exit(0);
+    }, SHUTDOWN_DEADLINE_MS).unref();
   };
   process.on('SIGTERM', () => stop('SIGTERM'));
   process.on('SIGINT', () => stop('SIGINT'));

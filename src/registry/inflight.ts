@@ -198,6 +198,25 @@ export class InflightDownloads {
     return this.downloads.get(digest);
   }
 
+  /**
+   * Resolves when every download under way has finished (verified and stored, or failed and
+   * discarded), or after `timeoutMs`, whichever comes first. For graceful shutdown.
+   */
+  async drain(timeoutMs: number): Promise<boolean> {
+    const running = [...this.downloads.values()].filter((d) => d.state === 'starting' || d.state === 'running');
+    if (running.length === 0) return true;
+    let timer: NodeJS.Timeout | undefined;
+    const deadline = new Promise<false>((r) => {
+      timer = setTimeout(() => r(false), timeoutMs);
+    });
+    const all = Promise.allSettled(running.map((d) => d.finished)).then(() => true as const);
+    try {
+      return await Promise.race([all, deadline]);
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
   get size(): number {
     let n = 0;
     for (const d of this.downloads.values()) if (d.state === 'starting' || d.state === 'running') n++;

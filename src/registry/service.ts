@@ -54,6 +54,11 @@ export class Registry {
     return this.listings.referrers(ref, digest, artifactType);
   }
 
+  /** Waits for downloads under way to finish, at most `timeoutMs`; false if some were still running. */
+  drain(timeoutMs: number): Promise<boolean> {
+    return this.ctx.deps.inflight.drain(timeoutMs);
+  }
+
   /** Downloads under way, for metrics and health. */
   get inflightDownloads(): number {
     return this.ctx.deps.inflight.size;
