@@ -63,7 +63,10 @@ async function main(argv: string[], env: NodeJS.ProcessEnv): Promise<void> {
     logger.info({ signal, inflightDownloads: mirror.registry.inflightDownloads }, 'shutting down: no new connections; in-flight work gets 25 s');
     // Stop accepting; idle keep-alive connections go now, busy ones when their response ends.
     const closed = new Promise<void>((r) => server.close(() => r()));
-    if ('closeIdleConnections' in server) (server as { closeIdleConnections(): void }).closeIdleConnections();
+    // Keep-alive connections turn idle as their responses end: close them as they do.
+    const closeIdle = () => (server as { closeIdleConnections?: () => void }).closeIdleConnections?.();
+    closeIdle();
+    setInterval(closeIdle, 250).unref();
     void (async () => {
       // Downloads finish (verified, renamed into the cache) or are left in tmp/, which the next start
       // sweeps: either way the cache stays consistent.

@@ -1,0 +1,97 @@
+/**
+ * The real server process as an operator sees it: structured request logs (no credentials), a
+ * human-readable format on request, start-up refusing a bad config by key, and a graceful SIGTERM
+ * that lets a download in flight finish into the cache.
+ */
+import { spawn } from 'node:child_process';
+import { existsSync, readdirSync } from 'node:fs';
+import { join } from 'node:path';
+import { request } from 'undici';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { FakeUpstream } from '../helpers/fake-upstream.js';
+import { makeImage, makeLayer, makeRandomLayer } from '../helpers/images.js';
+import { DOCKER_ACCEPT } from '../helpers/mirror.js';
+import { MAIN_JS, ROOT, spawnMirror } from '../helpers/spawn.js';
+
+describe('the mirror process', () => {
+  let hub: FakeUpstream;
+  const slow = makeRandomLayer(1_000_000, 'ops-slow');
+  const img = makeImage({ layers: [makeLayer([{ path: 'ops', content: 'ops' }]), slow] });
+
+  beforeAll(async () => {
+    hub = await FakeUpstream.start({ credentials: { username: 'ops-user', password: 'ops-Secret-123' } });
+    hub.putImage('library/ops', img, 'v1');
+  });
+  afterAll(() => hub.close());
+
+  it('logs one JSON record per request with id, route, repo, digest, status, bytes, duration and cache result; never credentials', async () => {
+    const m = await spawnMirror({ upstreams: { 'docker.io': { url: hub.url, libraryPrefix: true, username: 'ops-user', password: 'ops-Secret-123' } } });
+    try {
+      const r = await request(`${m.url}/v2/ops/manifests/v1`, { headers: { accept: DOCKER_ACCEPT, 'x-request-id': 'test-req-1' } });
+      expect(r.statusCode).toBe(200);
+      expect(r.headers['x-request-id']).toBe('test-req-1');
+      await r.body.dump();
+      const layer = img.layers[0]!;
+      const b = await request(`${m.url}/v2/ops/blobs/${layer.digest}`);
+      await b.body.arrayBuffer();
+      await new Promise((res) => setTimeout(res, 200));
+      const manifestLog = m.lines.find((l) => l.reqId === 'test-req-1');
+      expect(manifestLog).toMatchObject({ msg: 'request', route: 'manifest', repo: 'docker.io/library/ops', status: 200, cache: 'miss', digest: img.manifest.digest });
+      expect(typeof manifestLog!.ms).toBe('number');
+      const blobLog = m.lines.find((l) => l.route === 'blob' && l.digest === layer.digest);
+      expect(blobLog).toMatchObject({ status: 200, bytes: layer.size, cache: 'miss' });
+      expect(m.output()).not.toContain('ops-Secret-123');
+      expect(m.output()).not.toContain(Buffer.from('ops-user:ops-Secret-123').toString('base64'));
+      expect(await m.metrics()).not.toContain('ops-Secret-123');
+    } finally {
+      await m.stop();
+    }
+  });
+
+  it('writes human-readable lines when asked (log.format: pretty)', async () => {
+    const m = await spawnMirror({ upstreams: { 'docker.io': { url: hub.url, libraryPrefix: true } }, env: { MIRROR_LOG_FORMAT: 'pretty' } });
+    try {
+      const r = await request(`${m.url}/v2/`);
+      await r.body.dump();
+      await new Promise((res) => setTimeout(res, 200));
+      const out = m.output();
+      expect(out).toMatch(/INFO\s+regmirror listening/);
+      expect(out).toMatch(/INFO\s+request .*route=base .*status=200/);
+    } finally {
+      await m.stop();
+    }
+  });
+
+  it('refuses an invalid configuration, naming the key', async () => {
+    const child = spawn(process.execPath, [MAIN_JS], { cwd: ROOT, env: { ...process.env, MIRROR_TAG_TTL: 'soon', MIRROR_DATA_DIR: '/tmp/never-created-by-test' }, stdio: ['ignore', 'pipe', 'pipe'] });
+    let err = '';
+    child.stderr!.on('data', (c: Buffer) => (err += c.toString()));
+    const code = await new Promise<number | null>((r) => child.once('exit', (c) => r(c)));
+    expect(code).toBe(2);
+    expect(err).toContain('cache.tagTtl');
+    expect(existsSync('/tmp/never-created-by-test')).toBe(false);
+  });
+
+  it('on SIGTERM stops accepting and lets an in-flight download finish into the cache', async () => {
+    hub.faults.trickle = { bytesPerTick: 100_000, tickMs: 100 }; // ~1 s for the slow layer
+    const m = await spawnMirror({ upstreams: { 'docker.io': { url: hub.url, libraryPrefix: true, username: 'ops-user', password: 'ops-Secret-123' } } });
+    try {
+      const res = await request(`${m.url}/v2/ops/blobs/${slow.digest}`);
+      expect(res.statusCode).toBe(200);
+      const body = res.body.arrayBuffer();
+      await new Promise((r) => setTimeout(r, 200));
+      const exited = m.kill('SIGTERM');
+      const bytes = Buffer.from(await body);
+      expect(bytes.length).toBe(slow.size);
+      const { code } = await exited;
+      expect(code).toBe(0);
+      const hex = slow.digest.slice(7);
+      expect(existsSync(join(m.dataDir, 'blobs', 'sha256', hex.slice(0, 2), hex))).toBe(true);
+      expect(readdirSync(join(m.dataDir, 'tmp'))).toEqual([]);
+      expect(m.output()).toContain('"drained":true');
+    } finally {
+      await hub.resetFaults();
+      await m.stop();
+    }
+  }, 30_000);
+});
