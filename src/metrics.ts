@@ -118,11 +118,9 @@ export class Metrics {
       joined: () => this.coalesced.inc(),
       resumed: () => this.resumes.inc(),
       completed: () => this.downloads.inc({ result: 'ok' }),
+      spilled: () => this.storeFull.inc(),
       failed: (_digest: string, error: unknown) => {
-        const name = (error as Error)?.name;
-        if (name === 'DigestMismatchError') this.downloads.inc({ result: 'digest_mismatch' });
-        else if (name === 'StoreFullError') this.storeFull.inc();
-        else this.downloads.inc({ result: 'failed' });
+        this.downloads.inc({ result: (error as Error)?.name === 'DigestMismatchError' ? 'digest_mismatch' : 'failed' });
       },
     };
   }

@@ -1,0 +1,247 @@
+/**
+ * One blob download from upstream and the readers joined to it.
+ *
+ * Normally every byte received is first written to the store's temp file; readers stream what is on
+ * disk, then the bytes as they arrive, each at its own pace (a slow client never slows the download).
+ *
+ * When the store is full ("spilled": no writer, or a write failed with ENOSPC) the bytes still reach
+ * the readers, now through a bounded window of recent chunks in memory, and the download waits for
+ * its slowest reader (a plain pass-through proxy); nothing is kept. A reader that falls behind the
+ * window is aborted rather than given a gap.
+ *
+ * Until the digest is verified the last byte of the blob is held back from every reader: a client
+ * that received Content-Length bytes takes the body as complete, so a mismatch must leave it short.
+ */
+import { Readable } from 'node:stream';
+import type { BlobWriter } from '../storage/store.js';
+
+const READ_CHUNK = 512 * 1024;
+/** Bytes of recent chunks a spilled download keeps for its readers. */
+export const SPILL_WINDOW = 16 * 1024 * 1024;
+
+interface Chunk {
+  offset: number;
+  bytes: Uint8Array;
+}
+
+export class Download {
+  size: number | undefined;
+  state: 'starting' | 'running' | 'done' | 'failed' = 'starting';
+  error: unknown;
+  /** Bytes received from upstream so far (the offset of the next byte). */
+  received = 0;
+  /** The temp file, while the store takes the bytes; bytes [0, writer.written) are readable from it. */
+  writer: BlobWriter | undefined;
+  /** The store could not take the bytes: pass-through, nothing kept. */
+  spilled = false;
+  /** Resolves once upstream answered with a body (size known if upstream said); rejects if it never did. */
+  readonly ready: Promise<void>;
+  /** Resolves when the blob is complete and verified (stored, unless spilled); rejects on failure. */
+  readonly finished: Promise<void>;
+  private refs = 1;
+  private waiters: Array<() => void> = [];
+  private window: Chunk[] = [];
+  private windowBytes = 0;
+  private readonly readers = new Set<DownloadReader>();
+  private hadReaders = false;
+  private resolveReady!: () => void;
+  private rejectReady!: (e: unknown) => void;
+  private resolveFinished!: () => void;
+  private rejectFinished!: (e: unknown) => void;
+
+  /**
+   * @param origin the repository whose upstream request started it: that repository is confirmed to
+   *   contain the blob once `ready` resolves; others must be confirmed before they join.
+   */
+  constructor(readonly digest: string, readonly origin: string) {
+    this.ready = new Promise((res, rej) => {
+      this.resolveReady = res;
+      this.rejectReady = rej;
+    });
+    this.finished = new Promise((res, rej) => {
+      this.resolveFinished = res;
+      this.rejectFinished = rej;
+    });
+    // Failures reach readers and requests; these keep Node from calling them unhandled.
+    this.ready.catch(() => undefined);
+    this.finished.catch(() => undefined);
+  }
+
+  /** A stream of the blob from `start` to `end` (inclusive; default: to the end). */
+  createReader(start = 0, end?: number): Readable {
+    this.refs++;
+    this.hadReaders = true;
+    const r = new DownloadReader(this, start, end);
+    this.readers.add(r);
+    this.wake();
+    return r;
+  }
+
+  /** Whether a new reader from offset 0 can still be served (false once a pass-through moved on). */
+  get joinable(): boolean {
+    return !this.spilled || this.window.length === 0 || this.window[0]!.offset === 0;
+  }
+
+  /** A pass-through whose clients all left: nobody wants the rest. */
+  get abandoned(): boolean {
+    return this.spilled && this.hadReaders && this.readers.size === 0;
+  }
+
+  get readerCount(): number {
+    return this.readers.size;
+  }
+
+  // ---- for the downloader (inflight.ts) ----
+
+  markRunning(size: number | undefined): void {
+    this.size = size;
+    this.state = 'running';
+    this.resolveReady();
+  }
+
+  /** Records bytes received (already written to the writer unless spilled) and wakes the readers. */
+  received_(bytes: Uint8Array): void {
+    this.window.push({ offset: this.received, bytes });
+    this.windowBytes += bytes.length;
+    this.received += bytes.length;
+    // Outside spill mode one chunk is enough: readers behind it read the file.
+    const keep = this.spilled ? SPILL_WINDOW : 0;
+    while (this.window.length > 1 && this.windowBytes - this.window[0]!.bytes.length >= keep) {
+      this.windowBytes -= this.window.shift()!.bytes.length;
+    }
+    this.wake();
+  }
+
+  /** Switches to pass-through; bytes [0, writer.written) stay readable from the temp file. */
+  spill(): void {
+    this.spilled = true;
+  }
+
+  /** In spill mode: resolves once the slowest reader is within half a window of the live edge. */
+  async waitForReaders(): Promise<void> {
+    while (this.state === 'running' && this.readers.size > 0 && this.received - this.slowestReader() > SPILL_WINDOW / 2) {
+      await this.nextProgress();
+    }
+  }
+
+  markDone(): void {
+    this.state = 'done';
+    this.resolveReady();
+    this.resolveFinished();
+    this.wake();
+  }
+
+  markFailed(e: unknown): void {
+    this.state = 'failed';
+    this.error = e;
+    this.rejectReady(e);
+    this.rejectFinished(e);
+    this.wake();
+  }
+
+  /** Drops one reference; the writer's read handle closes with the last. */
+  release(): void {
+    if (--this.refs === 0) void this.writer?.close();
+  }
+
+  // ---- for readers ----
+
+  /** Resolves at the next chunk, completion, failure or reader progress. */
+  nextProgress(): Promise<void> {
+    return new Promise((res) => this.waiters.push(res));
+  }
+
+  wake(): void {
+    const w = this.waiters;
+    this.waiters = [];
+    for (const fn of w) fn();
+  }
+
+  /** Bytes from `pos` (up to `end`, exclusive) held in memory, or undefined. */
+  fromWindow(pos: number, end: number): Uint8Array | undefined {
+    for (let i = this.window.length - 1; i >= 0; i--) {
+      const c = this.window[i]!;
+      if (pos >= c.offset && pos < c.offset + c.bytes.length) {
+        return c.bytes.subarray(pos - c.offset, Math.min(end, c.offset + c.bytes.length) - c.offset);
+      }
+    }
+    return undefined;
+  }
+
+  detach(r: DownloadReader): void {
+    if (this.readers.delete(r)) {
+      this.release();
+      this.wake();
+    }
+  }
+
+  private slowestReader(): number {
+    if (this.readers.size === 0) return this.hadReaders ? Infinity : 0; // the first reader starts at 0
+    let min = Infinity;
+    for (const r of this.readers) min = Math.min(min, r.position);
+    return min;
+  }
+}
+
+class DownloadReader extends Readable {
+  private pos: number;
+  private pumping = false;
+
+  constructor(private readonly dl: Download, start: number, private readonly end: number | undefined) {
+    super({ highWaterMark: READ_CHUNK });
+    this.pos = start;
+  }
+
+  get position(): number {
+    return this.pos;
+  }
+
+  override _read(): void {
+    if (!this.pumping) void this.pump();
+  }
+
+  override _destroy(err: Error | null, cb: (e?: Error | null) => void): void {
+    this.dl.detach(this);
+    cb(err);
+  }
+
+  private async pump(): Promise<void> {
+    this.pumping = true;
+    try {
+      for (;;) {
+        if (this.destroyed) return;
+        const dl = this.dl;
+        const limit = this.end !== undefined ? this.end + 1 : Infinity;
+        if (this.pos >= limit) return this.finish();
+        if (dl.state === 'failed') return void this.destroy(asError(dl.error));
+        const verified = dl.state === 'done';
+        const ceiling = verified ? dl.received : Math.min(dl.received, (dl.size ?? Infinity) - 1);
+        const available = Math.min(ceiling, limit);
+        if (this.pos < available) {
+          let buf = dl.fromWindow(this.pos, available);
+          if (!buf && dl.writer && this.pos < dl.writer.written) {
+            buf = await dl.writer.readAt(this.pos, Math.min(available, dl.writer.written) - this.pos > READ_CHUNK ? READ_CHUNK : Math.min(available, dl.writer.written) - this.pos);
+          }
+          if (!buf || buf.length === 0) return void this.destroy(new Error('reader fell behind a pass-through download'));
+          this.pos += buf.length;
+          dl.wake(); // a spilled download may be waiting for this reader
+          if (!this.push(buf)) return;
+          continue;
+        }
+        if (verified) return this.finish();
+        await dl.nextProgress();
+      }
+    } catch (e) {
+      this.destroy(asError(e));
+    } finally {
+      this.pumping = false;
+    }
+  }
+
+  private finish(): void {
+    this.push(null);
+    this.dl.detach(this);
+  }
+}
+
+const asError = (e: unknown): Error => (e instanceof Error ? e : new Error(String(e)));
