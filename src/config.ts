@@ -92,7 +92,8 @@ export function applyEnv(raw: Raw, env: Record<string, string | undefined>): Raw
     const fields: Array<[string, string]> = [['URL', 'url'], ['USERNAME', 'username'], ['PASSWORD', 'password'], ['TAG_TTL', 'tagTtl']];
     for (const [suffix, field] of fields) {
       const v = env[`MIRROR_UPSTREAM_${key}_${suffix}`];
-      if (v !== undefined) set(['upstreams', name, field], v);
+      // An empty variable (a Secret key left blank, a compose default) means "not set".
+      if (v !== undefined && v !== '') set(['upstreams', name, field], v);
     }
   }
   return out;
