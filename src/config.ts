@@ -128,7 +128,8 @@ export function validateConfig(raw: Raw): Config {
   };
 
   known('', raw, ['listen', 'dataDir', 'offline', 'defaultRegistry', 'log', 'cache', 'limits', 'timeouts', 'tls', 'upstreams']);
-  const listen = parseListen(str('listen', raw.listen));
+  // YAML reads a bare port (`listen: 8080`) as a number.
+  const listen = parseListen(typeof raw.listen === 'number' ? String(raw.listen) : str('listen', raw.listen));
   const log = obj('log', raw.log);
   known('log', log, ['level', 'format']);
   const level = str('log.level', log.level ?? 'info');

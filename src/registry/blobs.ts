@@ -82,6 +82,11 @@ export class BlobService {
     }
     const range = spec && size !== undefined ? resolveRange(spec, size) : undefined;
     deps.observer.result('blob', ref.upstream, 'miss');
+    if (dl.state === 'done' && !dl.spilled) {
+      // Finished while we waited: it is on disk, and the download may already have let go of its file.
+      const stream = await deps.blobs.open(digest, range);
+      if (stream) return { size, range, stream, source: 'upstream' };
+    }
     return { size, range, stream: dl.createReader(range?.start ?? 0, range?.end), source: 'upstream' };
   }
 }

@@ -109,14 +109,17 @@ export class InflightDownloads {
         this.opts.observer.completed(dl.digest, dl.received);
       }
       dl.markDone();
-      // Stay joinable briefly: a request that looked on disk a moment before the rename still finds it.
-      setTimeout(() => this.forget(dl), dl.spilled ? 0 : this.lingerMs).unref();
+      // Stay joinable briefly: a request that looked on disk a moment before the rename still finds
+      // it. The download's own reference (keeping the temp file's handle open) goes with it.
+      setTimeout(() => {
+        this.forget(dl);
+        dl.release();
+      }, dl.spilled ? 0 : this.lingerMs).unref();
     } catch (e) {
       await dl.writer?.abort();
       this.forget(dl);
       this.opts.observer.failed(dl.digest, e);
       dl.markFailed(e instanceof DigestMismatchError ? new RegistryError('DIGEST_INVALID', 'upstream blob does not match its digest', { status: 502, cause: e }) : e);
-    } finally {
       dl.release();
     }
   }
@@ -184,6 +187,8 @@ export class InflightDownloads {
         throw new Error(`upstream body ended at ${dl.received} of ${dl.size} bytes`);
       } catch (e) {
         body.cancel();
+        // The connection failed after the last byte arrived: the body is complete.
+        if (dl.size !== undefined && dl.received >= dl.size && !(e instanceof StoreFullError)) return hash;
         if (!isTransient(e) || resumes >= this.maxResumes) throw e;
         this.opts.observer.resumed(dl.digest, dl.received);
       }

@@ -64,7 +64,7 @@ export class FsMetaStore implements MetaStore {
     }
     const walk = async (upstream: string, dir: string, parts: string[]): Promise<void> => {
       const entries = await readdir(dir, { withFileTypes: true }).catch(() => []);
-      if (parts.length > 0 && entries.some((e) => e.name === '_tags' || e.name === '_links')) out.push({ upstream, repo: parts.join('/') });
+      if (parts.length > 0 && entries.some((e) => e.name === '_tags' || e.name === '_links' || e.name === '_docs')) out.push({ upstream, repo: parts.join('/') });
       for (const e of entries) if (e.isDirectory() && !e.name.startsWith('_')) await walk(upstream, join(dir, e.name), [...parts, e.name]);
     };
     for (const u of upstreams) await walk(u, join(this.paths.reposDir, u), []);

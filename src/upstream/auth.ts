@@ -55,9 +55,10 @@ export class UpstreamAuth {
 
   /**
    * Answers a 401's challenge: returns the header to retry with, or undefined when there is nothing
-   * new to try (the caller then reports UNAUTHORIZED).
+   * new to try (the caller then reports UNAUTHORIZED). `sent` is the Authorization the refused
+   * request carried: only that token is dropped.
    */
-  async answer(challenge: Challenge | undefined, scope: string): Promise<string | undefined> {
+  async answer(challenge: Challenge | undefined, scope: string, sent?: string): Promise<string | undefined> {
     if (!challenge) return undefined;
     if (challenge.scheme === 'basic') {
       this.basicOnly = true;
@@ -67,6 +68,13 @@ export class UpstreamAuth {
     const realm = challenge.params.realm;
     if (!realm) return undefined;
     this.bearer = { realm, service: challenge.params.service };
+    const cached = this.tokens.get(scope);
+    if (cached && `Bearer ${cached.value}` !== sent && cached.renewAt > this.deps.now()) {
+      // A 401 for a request sent before (or without) the current token: that token is still good.
+      return `Bearer ${cached.value}`;
+    }
+    const pending = this.pending.get(scope);
+    if (pending) return pending;
     this.tokens.delete(scope);
     return this.fetchToken(scope, realm, challenge.params.service);
   }

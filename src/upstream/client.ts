@@ -158,7 +158,7 @@ export class UpstreamClient implements Upstream {
       const res = await this.exchange(kind, method, url, authorization ? { ...headers, authorization } : headers);
       if (res.status !== 401 || attempt > 0) return res;
       discard(res.body);
-      const next = await this.auth.answer(parseChallenge(str(res.headers['www-authenticate'])), scope);
+      const next = await this.auth.answer(parseChallenge(str(res.headers['www-authenticate'])), scope, authorization);
       if (!next) return res;
       authorization = next;
     }

@@ -1,0 +1,179 @@
+import { createHash } from 'node:crypto';
+import { existsSync } from 'node:fs';
+import { mkdir, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { dirname, join } from 'node:path';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { FsMetaStore } from '../../src/storage/fs-meta-store.js';
+import type { RepoKey, TagRecord } from '../../src/storage/meta-store.js';
+
+const sha = (s: string) => `sha256:${createHash('sha256').update(s).digest('hex')}`;
+const alpine: RepoKey = { upstream: 'docker.io', repo: 'library/alpine' };
+const record = (digest: string, fetchedAt = 1000): TagRecord => ({
+  variants: [{ digest, mediaType: 'application/vnd.oci.image.index.v1+json', size: 1234, fetchedAt }],
+});
+const byKey = (a: RepoKey, b: RepoKey) => `${a.upstream}/${a.repo}`.localeCompare(`${b.upstream}/${b.repo}`);
+
+describe('FsMetaStore', () => {
+  let root: string;
+  let meta: FsMetaStore;
+
+  beforeEach(async () => {
+    root = await mkdtemp(join(tmpdir(), 'fs-meta-'));
+    meta = new FsMetaStore(root);
+  });
+  afterEach(() => rm(root, { recursive: true, force: true }));
+
+  describe('tags', () => {
+    it('an absent tag is undefined', async () => {
+      expect(await meta.getTag(alpine, 'latest')).toBeUndefined();
+    });
+
+    it('round-trips a record, under repos/<upstream>/<repo>/_tags/<tag>', async () => {
+      const r = record(sha('a'));
+      await meta.putTag(alpine, 'latest', r);
+      expect(await meta.getTag(alpine, 'latest')).toEqual(r);
+      expect(JSON.parse(await readFile(join(root, 'repos', 'docker.io', 'library', 'alpine', '_tags', 'latest'), 'utf8'))).toEqual(r);
+      // Tags are per repository and per upstream.
+      expect(await meta.getTag(alpine, 'edge')).toBeUndefined();
+      expect(await meta.getTag({ upstream: 'ghcr.io', repo: 'library/alpine' }, 'latest')).toBeUndefined();
+      expect(await meta.getTag({ upstream: 'docker.io', repo: 'library' }, 'latest')).toBeUndefined();
+    });
+
+    it('replaces a record whole, and leaves no temp files', async () => {
+      const multi: TagRecord = {
+        variants: [
+          { digest: sha('1'), mediaType: 'application/vnd.oci.image.index.v1+json', size: 10, fetchedAt: 1 },
+          { digest: sha('2'), mediaType: 'application/vnd.docker.distribution.manifest.v2+json', size: 20, fetchedAt: 2 },
+        ],
+      };
+      await meta.putTag(alpine, 'latest', multi);
+      await meta.putTag(alpine, 'latest', record(sha('3'), 3));
+      expect(await meta.getTag(alpine, 'latest')).toEqual(record(sha('3'), 3));
+      expect(await readdir(join(root, 'tmp'))).toEqual([]);
+    });
+
+    it('concurrent readers see a whole old or new record, never a torn one', async () => {
+      const records = Array.from({ length: 20 }, (_, i) => ({
+        variants: Array.from({ length: 50 }, (_, j) => ({ digest: sha(`${i}-${j}`), mediaType: 'x/y', size: j, fetchedAt: i })),
+      }));
+      await meta.putTag(alpine, 'latest', records[0]!);
+      const seen: Array<TagRecord | undefined> = [];
+      await Promise.all([
+        ...records.map((r) => meta.putTag(alpine, 'latest', r)),
+        ...records.map(async () => seen.push(await meta.getTag(alpine, 'latest'))),
+      ]);
+      const valid = new Set(records.map((r) => JSON.stringify(r)));
+      for (const s of seen) expect(valid.has(JSON.stringify(s))).toBe(true);
+      expect(valid.has(JSON.stringify(await meta.getTag(alpine, 'latest')))).toBe(true);
+      expect(await readdir(join(root, 'tmp'))).toEqual([]);
+    });
+
+    it('a corrupt or wrongly shaped record is a miss, not an error', async () => {
+      const path = join(root, 'repos', 'docker.io', 'library', 'alpine', '_tags');
+      await mkdir(path, { recursive: true });
+      await writeFile(join(path, 'torn'), '{"variants":[{"digest":"sha256:ab');
+      await writeFile(join(path, 'empty'), '');
+      await writeFile(join(path, 'shape'), '{"digest":"sha256:abc"}');
+      await writeFile(join(path, 'null'), 'null');
+      expect(await meta.getTag(alpine, 'torn')).toBeUndefined();
+      expect(await meta.getTag(alpine, 'empty')).toBeUndefined();
+      expect(await meta.getTag(alpine, 'shape')).toBeUndefined();
+      expect(await meta.getTag(alpine, 'null')).toBeUndefined();
+      // A good write over a corrupt record mends it.
+      await meta.putTag(alpine, 'torn', record(sha('fixed')));
+      expect(await meta.getTag(alpine, 'torn')).toEqual(record(sha('fixed')));
+    });
+  });
+
+  describe('links', () => {
+    it('hasLink is false until addLinks, then true; other digests and repos stay false', async () => {
+      const [a, b, c] = [sha('a'), sha('b'), sha('c')];
+      expect(await meta.hasLink(alpine, a)).toBe(false);
+      await meta.addLinks(alpine, [a, b]);
+      expect(await meta.hasLink(alpine, a)).toBe(true);
+      expect(await meta.hasLink(alpine, b)).toBe(true);
+      expect(await meta.hasLink(alpine, c)).toBe(false);
+      expect(await meta.hasLink({ upstream: 'docker.io', repo: 'library/busybox' }, a)).toBe(false);
+      expect(await meta.hasLink({ upstream: 'ghcr.io', repo: 'library/alpine' }, a)).toBe(false);
+      const hex = a.slice('sha256:'.length);
+      expect(existsSync(join(root, 'repos', 'docker.io', 'library', 'alpine', '_links', 'sha256', hex))).toBe(true);
+    });
+
+    it('addLinks is idempotent, also when called concurrently and with duplicates', async () => {
+      const a = sha('a');
+      await meta.addLinks(alpine, [a]);
+      await meta.addLinks(alpine, [a, a]);
+      await Promise.all([meta.addLinks(alpine, [a]), meta.addLinks(alpine, [a, sha('b')])]);
+      await meta.addLinks(alpine, []);
+      expect(await meta.hasLink(alpine, a)).toBe(true);
+      expect(await meta.hasLink(alpine, sha('b'))).toBe(true);
+      const linkDir = join(root, 'repos', 'docker.io', 'library', 'alpine', '_links', 'sha256');
+      expect((await readdir(linkDir)).sort()).toEqual([a, sha('b')].map((d) => d.slice(7)).sort());
+    });
+
+    it('keeps sha512 links apart from sha256 ones', async () => {
+      const d512 = `sha512:${createHash('sha512').update('x').digest('hex')}`;
+      await meta.addLinks(alpine, [d512]);
+      expect(await meta.hasLink(alpine, d512)).toBe(true);
+      expect(existsSync(join(root, 'repos', 'docker.io', 'library', 'alpine', '_links', 'sha512', d512.slice(7)))).toBe(true);
+    });
+  });
+
+  describe('docs', () => {
+    it('round-trips a stored document and misses on an absent one', async () => {
+      const doc = { fetchedAt: 42, body: { name: 'library/alpine', tags: ['3.19', 'latest'] } };
+      expect(await meta.getDoc(alpine, 'tags')).toBeUndefined();
+      await meta.putDoc(alpine, 'tags', doc);
+      expect(await meta.getDoc(alpine, 'tags')).toEqual(doc);
+      expect(await meta.getDoc(alpine, 'referrers-sha256-abc')).toBeUndefined();
+      await meta.putDoc(alpine, 'tags', { fetchedAt: 43, body: [] });
+      expect(await meta.getDoc(alpine, 'tags')).toEqual({ fetchedAt: 43, body: [] });
+    });
+
+    it('a corrupt document or one without fetchedAt is a miss', async () => {
+      const path = join(root, 'repos', 'docker.io', 'library', 'alpine', '_docs', 'tags.json');
+      await mkdir(dirname(path), { recursive: true });
+      await writeFile(path, '{not json');
+      expect(await meta.getDoc(alpine, 'tags')).toBeUndefined();
+      await writeFile(path, '{"body":{}}');
+      expect(await meta.getDoc(alpine, 'tags')).toBeUndefined();
+      await writeFile(path, '{"fetchedAt":"yesterday","body":{}}');
+      expect(await meta.getDoc(alpine, 'tags')).toBeUndefined();
+    });
+  });
+
+  describe('listRepos', () => {
+    it('is empty before anything was stored (even without a repos/ directory)', async () => {
+      expect(await meta.listRepos()).toEqual([]);
+    });
+
+    it('finds nested repositories on every upstream, and never mistakes _tags or _links for a repository', async () => {
+      await meta.putTag({ upstream: 'docker.io', repo: 'a' }, 'v1', record(sha('a')));
+      await meta.putTag({ upstream: 'docker.io', repo: 'a/b/c' }, 'v1', record(sha('c')));
+      await meta.addLinks({ upstream: 'docker.io', repo: 'a/b' }, [sha('b')]);
+      await meta.putTag(alpine, 'latest', record(sha('alpine')));
+      await meta.addLinks(alpine, [sha('layer')]);
+      await meta.addLinks({ upstream: 'ghcr.io', repo: 'owner/repo' }, [sha('g')]);
+      await meta.putTag({ upstream: 'localhost:5000', repo: 'x' }, 'latest', record(sha('x')));
+      // Tag names that look like repository components must not become repositories.
+      await meta.putTag({ upstream: 'docker.io', repo: 'a/b/c' }, 'd', record(sha('d')));
+
+      expect((await meta.listRepos()).sort(byKey)).toEqual(
+        [
+          { upstream: 'docker.io', repo: 'a' },
+          { upstream: 'docker.io', repo: 'a/b' },
+          { upstream: 'docker.io', repo: 'a/b/c' },
+          alpine,
+          { upstream: 'ghcr.io', repo: 'owner/repo' },
+          { upstream: 'localhost:5000', repo: 'x' },
+        ].sort(byKey),
+      );
+    });
+
+    it('does not list the intermediate path parts of a repository as repositories', async () => {
+      await meta.putTag({ upstream: 'quay.io', repo: 'org/team/app' }, 'latest', record(sha('app')));
+      expect(await meta.listRepos()).toEqual([{ upstream: 'quay.io', repo: 'org/team/app' }]);
+    });
+  });
+});

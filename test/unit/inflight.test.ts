@@ -1,0 +1,486 @@
+import { randomBytes } from 'node:crypto';
+import { mkdtemp, readdir, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import type { Readable } from 'node:stream';
+import { setImmediate as tick, setTimeout as sleep } from 'node:timers/promises';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { RegistryError } from '../../src/registry/errors.js';
+import { InflightDownloads, type BlobSource, type Download, type InflightObserver } from '../../src/registry/inflight.js';
+import { FsBlobStore } from '../../src/storage/fs-store.js';
+import { StoreFullError, type BlobStore, type BlobWriter } from '../../src/storage/store.js';
+import type { BlobBody } from '../../src/upstream/types.js';
+import { digestOf, expectBytes } from '../storage/store.contract.js';
+
+const CHUNK = 64 * 1024;
+const ORIGIN = 'docker.io/library/alpine';
+
+/** How one call of the scripted upstream behaves. */
+interface Step {
+  /** Throw (a cut connection) after sending this many bytes of this body. */
+  cutAfter?: number;
+  /** End the body cleanly after this many bytes (a truncated response). */
+  endAfter?: number;
+  /** Answer from 0 whatever offset was asked (an upstream that ignores Range). */
+  ignoreRange?: boolean;
+  /** The bytes sent instead of the real blob (a corrupted upstream). */
+  data?: Buffer;
+  /** The size announced; default the blob's length, null for none. */
+  size?: number | null;
+  /** Fail before any body (an upstream error status). */
+  openError?: unknown;
+}
+
+interface Script {
+  source: BlobSource;
+  /** The offset of every call, in order. */
+  offsets: number[];
+  cancels: number;
+}
+
+/**
+ * A scripted upstream: call i behaves as steps[i] (the last step repeats). Bodies are async generators
+ * yielding 64 KiB chunks with a turn of the event loop between them, so readers interleave with the
+ * download as they would with a network.
+ */
+function scripted(blob: Buffer, steps: Step[] = [{}]): Script {
+  const script: Script = { offsets: [], cancels: 0, source: undefined as unknown as BlobSource };
+  script.source = async (offset: number): Promise<BlobBody> => {
+    const step = steps[Math.min(script.offsets.length, steps.length - 1)]!;
+    script.offsets.push(offset);
+    await tick();
+    if (step.openError) throw step.openError;
+    const data = step.data ?? blob;
+    const start = step.ignoreRange ? 0 : offset;
+    async function* body(): AsyncGenerator<Uint8Array> {
+      let sent = 0;
+      for (let pos = start; pos < data.length; pos += CHUNK) {
+        let piece = data.subarray(pos, Math.min(pos + CHUNK, data.length));
+        const limit = step.cutAfter ?? step.endAfter;
+        if (limit !== undefined && sent + piece.length > limit) piece = piece.subarray(0, limit - sent);
+        if (piece.length > 0) yield piece;
+        sent += piece.length;
+        if (step.cutAfter !== undefined && sent >= step.cutAfter) throw Object.assign(new Error('socket hang up'), { code: 'ECONNRESET' });
+        if (step.endAfter !== undefined && sent >= step.endAfter) return;
+        await tick();
+      }
+    }
+    return {
+      start,
+      size: step.size === null ? undefined : (step.size ?? blob.length),
+      body: body(),
+      cancel: () => void script.cancels++,
+    };
+  };
+  return script;
+}
+
+interface Received {
+  bytes: Buffer;
+  error: Error | undefined;
+  ended: boolean;
+}
+
+/** Reads a stream to its end, error or premature close, optionally slowly. */
+function collect(r: Readable, opts: { slow?: boolean } = {}): Promise<Received> {
+  return new Promise((resolve) => {
+    const chunks: Buffer[] = [];
+    let ended = false;
+    let error: Error | undefined;
+    r.on('data', (c: Buffer) => {
+      chunks.push(c);
+      if (opts.slow) {
+        r.pause();
+        setTimeout(() => r.resume(), 2);
+      }
+    });
+    r.on('end', () => (ended = true));
+    r.on('error', (e) => (error = e));
+    r.on('close', () => resolve({ bytes: Buffer.concat(chunks), error, ended }));
+  });
+}
+
+class RecordingObserver implements InflightObserver {
+  events: Array<[string, string, ...unknown[]]> = [];
+  started(d: string) {
+    this.events.push(['started', d]);
+  }
+  joined(d: string) {
+    this.events.push(['joined', d]);
+  }
+  resumed(d: string, offset: number) {
+    this.events.push(['resumed', d, offset]);
+  }
+  completed(d: string, bytes: number) {
+    this.events.push(['completed', d, bytes]);
+  }
+  spilled(d: string, cause: unknown) {
+    this.events.push(['spilled', d, cause]);
+  }
+  failed(d: string, e: unknown) {
+    this.events.push(['failed', d, e]);
+  }
+  count(kind: string) {
+    return this.events.filter((e) => e[0] === kind).length;
+  }
+}
+
+const enospc = () => new StoreFullError(Object.assign(new Error('ENOSPC: no space left on device, write'), { code: 'ENOSPC' }));
+
+/**
+ * A store that is full: createWriter fails with StoreFullError, or (with `failAtWrite`) the writer's
+ * n-th write does, as a disk filling up mid-download would.
+ */
+function fullStore(inner: FsBlobStore, failAtWrite?: number): BlobStore {
+  return {
+    init: () => inner.init(),
+    stat: (d) => inner.stat(d),
+    open: (d, r) => inner.open(d, r),
+    read: (d) => inner.read(d),
+    put: (d, b) => inner.put(d, b),
+    delete: (d) => inner.delete(d),
+    list: () => inner.list(),
+    createWriter: async (d): Promise<BlobWriter> => {
+      if (failAtWrite === undefined) throw enospc();
+      const w = await inner.createWriter(d);
+      let writes = 0;
+      return {
+        get digest() {
+          return w.digest;
+        },
+        get written() {
+          return w.written;
+        },
+        write: async (c) => {
+          if (++writes >= failAtWrite) throw enospc();
+          await w.write(c);
+        },
+        readAt: (p, l) => w.readAt(p, l),
+        commit: (size) => w.commit(size),
+        abort: () => w.abort(),
+        close: () => w.close(),
+      };
+    },
+  };
+}
+
+describe('InflightDownloads', () => {
+  let root: string;
+  let store: FsBlobStore;
+  let observer: RecordingObserver;
+  let inflight: InflightDownloads;
+
+  const tmpEntries = () => readdir(join(root, 'tmp'));
+  const waitFor = async (cond: () => boolean) => {
+    for (let i = 0; i < 2000 && !cond(); i++) await sleep(1);
+    expect(cond()).toBe(true);
+  };
+
+  beforeEach(async () => {
+    root = await mkdtemp(join(tmpdir(), 'inflight-'));
+    store = new FsBlobStore(root);
+    await store.init();
+    observer = new RecordingObserver();
+    inflight = new InflightDownloads({ store, observer, maxResumes: 3, lingerMs: 60_000 });
+  });
+  afterEach(() => rm(root, { recursive: true, force: true }));
+
+  it('one download, any number of joined readers, all get the identical correct bytes', async () => {
+    const blob = randomBytes(1536 * 1024 + 17);
+    const d = digestOf(blob);
+    const up = scripted(blob);
+    const dl = inflight.join(d, ORIGIN, up.source);
+    expect(inflight.size).toBe(1);
+    const readers = [collect(dl.createReader()), collect(dl.createReader(), { slow: true })];
+    await dl.ready;
+    expect(dl.size).toBe(blob.length);
+    readers.push(collect(inflight.join(d, ORIGIN, up.source).createReader()));
+    await waitFor(() => dl.received > blob.length / 2);
+    // Joined mid-way: streams what is on disk, then the live edge.
+    readers.push(collect(inflight.join(d, 'docker.io/other/repo', up.source).createReader()));
+    readers.push(collect(inflight.join(d, ORIGIN, up.source).createReader(), { slow: true }));
+
+    for (const r of await Promise.all(readers)) {
+      expect(r.error).toBeUndefined();
+      expect(r.ended).toBe(true);
+      expectBytes(r.bytes, blob);
+    }
+    await dl.finished;
+    expect(up.offsets).toEqual([0]);
+    expect(observer.count('started')).toBe(1);
+    expect(observer.count('joined')).toBe(3);
+    expect(observer.events).toContainEqual(['completed', d, blob.length]);
+    expect(await store.stat(d)).toEqual({ digest: d, size: blob.length });
+    expectBytes(await store.read(d), blob);
+    expect(inflight.size).toBe(0);
+  });
+
+  it('a reader with start and end gets exactly that slice', async () => {
+    const blob = randomBytes(700 * 1024);
+    const d = digestOf(blob);
+    const dl = inflight.join(d, ORIGIN, scripted(blob).source);
+    const [mid, tail, first, last] = await Promise.all([
+      collect(dl.createReader(1000, 200_000)),
+      collect(dl.createReader(blob.length - 10)),
+      collect(dl.createReader(0, 0)),
+      collect(dl.createReader(blob.length - 1, blob.length - 1)),
+    ]);
+    expectBytes(mid.bytes, blob.subarray(1000, 200_001));
+    expectBytes(tail.bytes, blob.subarray(blob.length - 10));
+    expectBytes(first.bytes, blob.subarray(0, 1));
+    expectBytes(last.bytes, blob.subarray(blob.length - 1));
+    for (const r of [mid, tail, first, last]) expect(r.ended).toBe(true);
+  });
+
+  it('a reader that hangs up does not stop the download: the blob ends up in the store', async () => {
+    const blob = randomBytes(1024 * 1024);
+    const d = digestOf(blob);
+    const up = scripted(blob);
+    const dl = inflight.join(d, ORIGIN, up.source);
+    const r = dl.createReader();
+    let got = 0;
+    await new Promise<void>((resolve) =>
+      r.on('data', (c: Buffer) => {
+        got += c.length;
+        r.destroy();
+        resolve();
+      }),
+    );
+    expect(got).toBeLessThan(blob.length);
+    await dl.finished;
+    expect(up.cancels).toBe(0);
+    expect(await store.stat(d)).toEqual({ digest: d, size: blob.length });
+    expectBytes(await store.read(d), blob);
+    expect(await tmpEntries()).toEqual([]);
+  });
+
+  it('a digest mismatch errors every reader, never delivers the last byte, and stores nothing', async () => {
+    const blob = randomBytes(900 * 1024);
+    const d = digestOf(blob);
+    const corrupt = Buffer.from(blob);
+    corrupt[123_456] = corrupt[123_456]! ^ 0xff;
+    const dl = inflight.join(d, ORIGIN, scripted(blob, [{ data: corrupt }]).source);
+    const readers = [dl.createReader(), dl.createReader(500_000), dl.createReader(blob.length - 1)].map((r) => collect(r));
+    const results = await Promise.all(readers);
+    const totals = [blob.length, blob.length - 500_000, 1];
+    results.forEach((r, i) => {
+      expect(r.ended).toBe(false);
+      expect(r.error).toBeInstanceOf(RegistryError);
+      expect((r.error as RegistryError).code).toBe('DIGEST_INVALID');
+      expect(r.bytes.length).toBeLessThan(totals[i]!);
+    });
+    await expect(dl.finished).rejects.toMatchObject({ code: 'DIGEST_INVALID' });
+    expect(dl.state).toBe('failed');
+    expect(await store.stat(d)).toBeUndefined();
+    expect(await tmpEntries()).toEqual([]);
+    expect(observer.count('failed')).toBe(1);
+    expect(observer.count('completed')).toBe(0);
+    // A reader joining after the failure is told at once.
+    const late = await collect(dl.createReader());
+    expect(late.error).toBeInstanceOf(RegistryError);
+    expect(late.bytes.length).toBe(0);
+  });
+
+  it('without an announced size, a mismatch still errors the readers instead of ending them cleanly', async () => {
+    const blob = randomBytes(300 * 1024);
+    const d = digestOf(blob);
+    const corrupt = Buffer.from(blob);
+    corrupt[0] = corrupt[0]! ^ 1;
+    const dl = inflight.join(d, ORIGIN, scripted(blob, [{ data: corrupt, size: null }]).source);
+    const r = await collect(dl.createReader());
+    expect(r.ended).toBe(false);
+    expect((r.error as RegistryError).code).toBe('DIGEST_INVALID');
+    expect(await store.stat(d)).toBeUndefined();
+  });
+
+  it('a body cut midway is resumed with a request at the offset reached, and the result is correct', async () => {
+    const blob = randomBytes(1024 * 1024 + 5);
+    const d = digestOf(blob);
+    const cut = 5 * CHUNK + 1000;
+    const up = scripted(blob, [{ cutAfter: cut }, {}]);
+    const dl = inflight.join(d, ORIGIN, up.source);
+    const early = collect(dl.createReader());
+    await waitFor(() => up.offsets.length === 2);
+    // A reader joining after the cut reads the first part back from disk, then the resumed part.
+    const late = collect(inflight.join(d, ORIGIN, up.source).createReader());
+    for (const r of await Promise.all([early, late])) {
+      expect(r.error).toBeUndefined();
+      expectBytes(r.bytes, blob);
+    }
+    await dl.finished;
+    expect(up.offsets).toEqual([0, cut]);
+    expect(up.cancels).toBe(1);
+    expect(observer.events).toContainEqual(['resumed', d, cut]);
+    expect(observer.count('failed')).toBe(0);
+    expectBytes(await store.read(d), blob);
+  });
+
+  it('a resume that upstream answers from byte 0 (Range ignored) skips what it already has', async () => {
+    const blob = randomBytes(500 * 1024);
+    const d = digestOf(blob);
+    const up = scripted(blob, [{ cutAfter: 200_000 }, { ignoreRange: true }]);
+    const dl = inflight.join(d, ORIGIN, up.source);
+    const r = await collect(dl.createReader());
+    expect(r.error).toBeUndefined();
+    expectBytes(r.bytes, blob);
+    expect(up.offsets).toEqual([0, 200_000]);
+    expectBytes(await store.read(d), blob);
+  });
+
+  it('a body that ends short of its announced size is resumed too', async () => {
+    const blob = randomBytes(400 * 1024);
+    const d = digestOf(blob);
+    const up = scripted(blob, [{ endAfter: 100_000 }, { endAfter: 100_000 }, {}]);
+    const dl = inflight.join(d, ORIGIN, up.source);
+    const r = await collect(dl.createReader());
+    expect(r.error).toBeUndefined();
+    expectBytes(r.bytes, blob);
+    expect(up.offsets).toEqual([0, 100_000, 200_000]);
+    expect(observer.count('resumed')).toBe(2);
+  });
+
+  it('more cuts than maxResumes fail the download: readers error, nothing is stored', async () => {
+    inflight = new InflightDownloads({ store, observer, maxResumes: 2, lingerMs: 60_000 });
+    const blob = randomBytes(1024 * 1024);
+    const d = digestOf(blob);
+    const up = scripted(blob, [{ cutAfter: 100_000 }]);
+    const dl = inflight.join(d, ORIGIN, up.source);
+    const r = await collect(dl.createReader());
+    expect(r.ended).toBe(false);
+    expect(r.error?.message).toMatch(/socket hang up/);
+    expect(r.bytes.length).toBeLessThan(blob.length);
+    expect(up.offsets).toEqual([0, 100_000, 200_000]);
+    expect(observer.count('resumed')).toBe(2);
+    expect(observer.count('failed')).toBe(1);
+    await expect(dl.finished).rejects.toThrow(/socket hang up/);
+    expect(await store.stat(d)).toBeUndefined();
+    expect(await tmpEntries()).toEqual([]);
+    // A failed download is not joined: the next request starts afresh.
+    const up2 = scripted(blob);
+    const again = inflight.join(d, ORIGIN, up2.source);
+    expect(again).not.toBe(dl);
+    expectBytes((await collect(again.createReader())).bytes, blob);
+    expect(up2.offsets).toEqual([0]);
+  });
+
+  it('an upstream error before any body fails at once, without resuming', async () => {
+    const blob = randomBytes(1000);
+    const d = digestOf(blob);
+    const notFound = new RegistryError('BLOB_UNKNOWN', 'blob unknown to registry', { status: 404 });
+    const up = scripted(blob, [{ openError: notFound }]);
+    const dl = inflight.join(d, ORIGIN, up.source);
+    await expect(dl.ready).rejects.toBe(notFound);
+    await expect(dl.finished).rejects.toBe(notFound);
+    expect(up.offsets).toEqual([0]);
+    expect(await store.stat(d)).toBeUndefined();
+    expect(inflight.get(d)).toBeUndefined();
+  });
+
+  it('a late joiner after completion (within the linger) gets the full bytes', async () => {
+    const blob = randomBytes(1024 * 1024 + 3);
+    const d = digestOf(blob);
+    const up = scripted(blob);
+    const dl = inflight.join(d, ORIGIN, up.source);
+    await dl.finished;
+    await tick();
+    const same = inflight.join(d, ORIGIN, up.source);
+    expect(same).toBe(dl);
+    expect(same.state).toBe('done');
+    const r = await collect(same.createReader());
+    expect(r.error).toBeUndefined();
+    expectBytes(r.bytes, blob);
+    expect(up.offsets).toEqual([0]);
+  });
+
+  it('a late joiner after every earlier reader has finished gets the full bytes too', async () => {
+    const blob = randomBytes(512 * 1024);
+    const d = digestOf(blob);
+    const dl: Download = inflight.join(d, ORIGIN, scripted(blob).source);
+    expectBytes((await collect(dl.createReader())).bytes, blob);
+    await dl.finished;
+    await tick();
+    const r = await collect(inflight.join(d, ORIGIN, scripted(blob).source).createReader(100, 300_000));
+    expect(r.error).toBeUndefined();
+    expectBytes(r.bytes, blob.subarray(100, 300_001));
+  });
+
+  it('a finished download is forgotten after the linger', async () => {
+    inflight = new InflightDownloads({ store, observer, lingerMs: 10 });
+    const blob = randomBytes(1000);
+    const d = digestOf(blob);
+    const dl = inflight.join(d, ORIGIN, scripted(blob).source);
+    await dl.finished;
+    expect(inflight.get(d)).toBe(dl);
+    await sleep(50);
+    expect(inflight.get(d)).toBeUndefined();
+    expectBytes(await store.read(d), blob);
+  });
+
+  describe('when the store is full (pass-through)', () => {
+    it('readers still get the verified bytes, nothing is kept, and the next request starts afresh', async () => {
+      inflight = new InflightDownloads({ store: fullStore(store), observer, lingerMs: 60_000 });
+      const blob = randomBytes(700 * 1024);
+      const d = digestOf(blob);
+      const up = scripted(blob);
+      const dl = inflight.join(d, ORIGIN, up.source);
+      const readers = [collect(dl.createReader()), collect(dl.createReader(1000, 2000))];
+      const [whole, part] = await Promise.all(readers);
+      expect(whole!.error).toBeUndefined();
+      expectBytes(whole!.bytes, blob);
+      expectBytes(part!.bytes, blob.subarray(1000, 2001));
+      await dl.finished;
+      expect(dl.spilled).toBe(true);
+      expect(observer.count('spilled')).toBe(1);
+      expect(observer.count('completed')).toBe(0);
+      expect(await store.stat(d)).toBeUndefined();
+      // Nothing on disk to find: a later request is a new pass-through, not a join of the finished one.
+      await tick();
+      const again = inflight.join(d, ORIGIN, up.source);
+      expect(again).not.toBe(dl);
+      expectBytes((await collect(again.createReader())).bytes, blob);
+      expect(up.offsets).toEqual([0, 0]);
+    });
+
+    it('a disk filling up mid-download spills without losing the bytes already written', async () => {
+      inflight = new InflightDownloads({ store: fullStore(store, 4), observer, lingerMs: 60_000 });
+      const blob = randomBytes(600 * 1024);
+      const d = digestOf(blob);
+      const dl = inflight.join(d, ORIGIN, scripted(blob).source);
+      const early = collect(dl.createReader());
+      const r = await early;
+      expect(r.error).toBeUndefined();
+      expectBytes(r.bytes, blob);
+      await dl.finished;
+      expect(observer.count('spilled')).toBe(1);
+      expect(await store.stat(d)).toBeUndefined();
+      expect(await tmpEntries()).toEqual([]);
+    });
+
+    it('a mismatch in pass-through errors the readers and never delivers the last byte', async () => {
+      inflight = new InflightDownloads({ store: fullStore(store), observer, lingerMs: 60_000 });
+      const blob = randomBytes(300 * 1024);
+      const d = digestOf(blob);
+      const corrupt = Buffer.from(blob);
+      corrupt[7] = corrupt[7]! ^ 0xff;
+      const dl = inflight.join(d, ORIGIN, scripted(blob, [{ data: corrupt }]).source);
+      const r = await collect(dl.createReader());
+      expect(r.ended).toBe(false);
+      expect((r.error as RegistryError).code).toBe('DIGEST_INVALID');
+      expect(r.bytes.length).toBeLessThan(blob.length);
+    });
+
+    it('a reader created just after ready (as a request does, after linking the repository) is not too late', async () => {
+      // BlobService awaits dl.ready, then a metadata write (link), then creates its reader: a
+      // pass-through must not give up for want of readers before the first one had a chance to join.
+      inflight = new InflightDownloads({ store: fullStore(store), observer, lingerMs: 60_000 });
+      const blob = randomBytes(700 * 1024);
+      const d = digestOf(blob);
+      const dl = inflight.join(d, ORIGIN, scripted(blob).source);
+      await dl.ready;
+      await sleep(5);
+      const r = await collect(dl.createReader());
+      expect(r.error).toBeUndefined();
+      expectBytes(r.bytes, blob);
+    });
+  });
+});

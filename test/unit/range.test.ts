@@ -1,0 +1,103 @@
+import { describe, expect, it } from 'vitest';
+import { RegistryError } from '../../src/registry/errors.js';
+import { parseRange, resolveRange, type RangeSpec } from '../../src/registry/range.js';
+
+function errorOf(fn: () => unknown): RegistryError {
+  try {
+    fn();
+  } catch (e) {
+    expect(e).toBeInstanceOf(RegistryError);
+    return e as RegistryError;
+  }
+  throw new Error('expected a RegistryError, got a result');
+}
+
+/** parseRange then resolveRange, as a request does. */
+const resolve = (header: string, size: number) => resolveRange(parseRange(header)!, size);
+
+describe('parseRange', () => {
+  it('no header means no range', () => {
+    expect(parseRange(undefined)).toBeUndefined();
+  });
+
+  it('parses the three single-range forms', () => {
+    expect(parseRange('bytes=0-9')).toEqual({ start: 0, end: 9 });
+    expect(parseRange('bytes=5-')).toEqual({ start: 5, end: undefined });
+    expect(parseRange('bytes=-3')).toEqual({ suffix: 3 });
+    expect(parseRange('bytes=7-7')).toEqual({ start: 7, end: 7 });
+  });
+
+  it('tolerates case and whitespace', () => {
+    expect(parseRange('Bytes=1-2')).toEqual({ start: 1, end: 2 });
+    expect(parseRange(' bytes = 1 - 2 ')).toEqual({ start: 1, end: 2 });
+  });
+
+  it('a reversed range is a 416', () => {
+    const e = errorOf(() => parseRange('bytes=9-5'));
+    expect(e.code).toBe('RANGE_INVALID');
+    expect(e.status).toBe(416);
+  });
+
+  it('several ranges are refused as RANGE_INVALID, saying why', () => {
+    const e = errorOf(() => parseRange('bytes=0-1,5-9'));
+    expect(e.code).toBe('RANGE_INVALID');
+    expect(e.message).toMatch(/multiple ranges/);
+    expect(errorOf(() => parseRange('bytes=0-1, -5')).code).toBe('RANGE_INVALID');
+  });
+
+  it.each(['bytes=a-b', 'items=0-1', 'bytes=-', 'bytes=', 'bytes 0-1', '0-1', 'bytes=1', 'bytes=--1', 'bytes=1.5-2', 'bytes=0x1-2', ''])(
+    'malformed %j is RANGE_INVALID',
+    (h) => {
+      const e = errorOf(() => parseRange(h));
+      expect(e.code).toBe('RANGE_INVALID');
+      expect(e.message).toMatch(/malformed/);
+    },
+  );
+
+  it('refuses numbers too large to be exact', () => {
+    expect(errorOf(() => parseRange(`bytes=${'9'.repeat(16)}-`)).code).toBe('RANGE_INVALID');
+    expect(errorOf(() => parseRange(`bytes=-${'9'.repeat(16)}`)).code).toBe('RANGE_INVALID');
+    expect(parseRange(`bytes=${'9'.repeat(15)}-`)).toEqual({ start: 999_999_999_999_999, end: undefined });
+  });
+});
+
+describe('resolveRange', () => {
+  it('resolves to inclusive bounds within the blob', () => {
+    expect(resolve('bytes=0-9', 100)).toEqual({ start: 0, end: 9 });
+    expect(resolve('bytes=5-', 100)).toEqual({ start: 5, end: 99 });
+    expect(resolve('bytes=-3', 100)).toEqual({ start: 97, end: 99 });
+    expect(resolve('bytes=99-99', 100)).toEqual({ start: 99, end: 99 });
+  });
+
+  it('clamps an end beyond the blob to its last byte', () => {
+    expect(resolve('bytes=10-1000', 100)).toEqual({ start: 10, end: 99 });
+    expect(resolve('bytes=0-100', 100)).toEqual({ start: 0, end: 99 });
+  });
+
+  it('a suffix longer than the blob is the whole blob', () => {
+    expect(resolve('bytes=-500', 100)).toEqual({ start: 0, end: 99 });
+  });
+
+  it('a start at or beyond the end is a 416 carrying the size', () => {
+    for (const h of ['bytes=100-', 'bytes=100-200', 'bytes=5000-']) {
+      const e = errorOf(() => resolve(h, 100));
+      expect(e.code).toBe('RANGE_INVALID');
+      expect(e.status).toBe(416);
+      expect(e.size).toBe(100);
+    }
+  });
+
+  it('a zero-length suffix is a 416', () => {
+    const e = errorOf(() => resolve('bytes=-0', 100));
+    expect(e.status).toBe(416);
+    expect(e.size).toBe(100);
+  });
+
+  it('no range is satisfiable on an empty blob', () => {
+    for (const spec of [{ start: 0, end: undefined }, { start: 0, end: 0 }, { suffix: 1 }] as RangeSpec[]) {
+      const e = errorOf(() => resolveRange(spec, 0));
+      expect(e.status).toBe(416);
+      expect(e.size).toBe(0);
+    }
+  });
+});
