@@ -7,10 +7,9 @@
  *   regmirror --print-config         print the effective configuration (credentials hidden) and exit
  */
 import { readFileSync } from 'node:fs';
-import { createServer as createHttpsServer } from 'node:https';
 import type { AddressInfo } from 'node:net';
-import { serve } from '@hono/node-server';
 import { ConfigError, loadConfig, type Config } from './config.js';
+import { createMirrorServer } from './http/server.js';
 import { createLogger } from './logger.js';
 import { buildMirror } from './mirror.js';
 
@@ -36,20 +35,14 @@ async function main(argv: string[], env: NodeJS.ProcessEnv): Promise<void> {
   const logger = createLogger(config);
   const mirror = await buildMirror(config, { logger, processMetrics: true });
   const tls = config.tls ? { cert: readFileSync(config.tls.cert), key: readFileSync(config.tls.key) } : undefined;
-  const server = serve(
-    {
-      fetch: mirror.app.fetch,
-      hostname: config.listen.host,
-      port: config.listen.port,
-      ...(tls ? { createServer: createHttpsServer, serverOptions: tls } : {}),
-    },
-    (info: AddressInfo) => {
-      logger.info(
-        { address: info.address, port: info.port, tls: Boolean(tls), dataDir: config.dataDir, offline: config.offline, upstreams: Object.keys(config.upstreams) },
-        'regmirror listening',
-      );
-    },
-  );
+  const server = createMirrorServer({ fetch: mirror.app.fetch, ...(tls ? { tls } : {}) });
+  server.listen(config.listen.port, config.listen.host, () => {
+    const info = server.address() as AddressInfo;
+    logger.info(
+      { address: info.address, port: info.port, tls: Boolean(tls), dataDir: config.dataDir, offline: config.offline, upstreams: Object.keys(config.upstreams) },
+      'regmirror listening',
+    );
+  });
   server.on('error', (e) => {
     logger.error({ err: e.message }, 'server error');
     process.exit(1);

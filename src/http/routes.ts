@@ -25,7 +25,9 @@ export function mountRoutes(app: Hono<Env>, registry: Registry, onServed: (sourc
   });
 
   app.all('/v2/*', async (c) => {
-    const path = rawPath(c.req.url);
+    // The request target as the client sent it: c.req.url has dot segments and escapes resolved.
+    const raw = c.env?.incoming?.url;
+    const path = rawPath(raw ? `http://h${raw}` : c.req.url);
     const m = API_PATH.exec(path);
     c.set('route', m ? routeOf(m[2]!) : 'unknown');
     if (c.req.method !== 'GET' && c.req.method !== 'HEAD') {

@@ -4,12 +4,14 @@
  * connection, so a client never takes a cut body for a whole one). Elsewhere (app.request in tests)
  * it becomes a web ReadableStream.
  */
-import type { ServerResponse } from 'node:http';
+import type { IncomingMessage, ServerResponse } from 'node:http';
 import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { RESPONSE_ALREADY_SENT } from '@hono/node-server/utils/response';
 
+/** The Node request and response, when running under @hono/node-server (absent under app.request). */
 export interface StreamSink {
+  incoming?: IncomingMessage;
   outgoing?: ServerResponse;
 }
 

@@ -6,7 +6,8 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { serve, type ServerType } from '@hono/node-server';
+import type { Server } from 'node:http';
+import { createMirrorServer } from '../../src/http/server.js';
 import { validateConfig, type Config } from '../../src/config.js';
 import { buildMirror, type Mirror } from '../../src/mirror.js';
 
@@ -51,12 +52,11 @@ export async function startMirror(opts: TestMirrorOptions): Promise<TestMirror> 
   });
   const clock = opts.clock;
   const mirror = await buildMirror(config, clock ? { now: () => clock.now } : {});
-  let server: ServerType | undefined;
+  let server: Server | undefined;
   let url = '';
   if (opts.listen) {
-    server = await new Promise<ServerType>((resolve) => {
-      const s = serve({ fetch: mirror.app.fetch, hostname: '127.0.0.1', port: 0 }, () => resolve(s));
-    });
+    const s = createMirrorServer({ fetch: mirror.app.fetch });
+    server = await new Promise<Server>((resolve) => s.listen(0, '127.0.0.1', () => resolve(s)));
     url = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
   }
   return {

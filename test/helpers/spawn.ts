@@ -23,7 +23,8 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { fileURLToPath } from 'node:url';
 
 export const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
-export const MAIN_JS = join(ROOT, 'dist', 'main.js');
+/** The entry point spawned; REGMIRROR_MAIN_JS points the suites at another build (e.g. a patched copy). */
+export const MAIN_JS = process.env.REGMIRROR_MAIN_JS ?? join(ROOT, 'dist', 'main.js');
 
 export interface SpawnUpstream {
   url: string;

@@ -1,0 +1,197 @@
+/**
+ * Security against the real server process: the client's Authorization never goes upstream; upstream
+ * credentials (password, Basic header, issued tokens) never appear in logs, error bodies or /metrics;
+ * on a credentialed upstream a blob cached for one repository is served under another name only when
+ * upstream confirms that name holds it.
+ */
+import { execFile } from 'node:child_process';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { FakeUpstream } from '../helpers/fake-upstream.js';
+import { makeImage, makeLayer, makeRandomLayer } from '../helpers/images.js';
+import { MAIN_JS, ROOT, spawnMirror, type SpawnedMirror } from '../helpers/spawn.js';
+import { DOCKER_ACCEPT, expectOciError, rawGet, sha256 } from './util.js';
+
+const USER = 'sec-user';
+const PASS = 'Upstream-S3cret-pw-7731';
+const WRONG = 'Wrong-S3cret-pw-9142';
+const BASIC = Buffer.from(`${USER}:${PASS}`).toString('base64');
+const CLIENT_TOKEN = 'CLIENT-SECRET-TOKEN-5150';
+const CLIENT_BASIC = Buffer.from('client:CLIENT-PW-8008').toString('base64');
+
+const shared = makeLayer([{ path: 'shared.txt', content: 'in team/a and team/c' }]);
+const onlyB = makeLayer([{ path: 'b.txt', content: 'only in team/b' }]);
+const slow = makeRandomLayer(1024 * 1024, 'security-slow');
+const imgA = makeImage({ layers: [shared, slow] });
+const imgB = makeImage({ layers: [onlyB] });
+const imgC = makeImage({ layers: [shared], cmd: ['c'] });
+
+let hub: FakeUpstream;
+let mirror: SpawnedMirror | undefined;
+
+beforeAll(async () => {
+  hub = await FakeUpstream.start({ credentials: { username: USER, password: PASS } });
+  hub.putImage('team/a', imgA, 'v1');
+  hub.putImage('team/b', imgB, 'v1');
+  hub.putImage('team/c', imgC, 'v1');
+});
+afterAll(async () => {
+  await hub.close();
+});
+afterEach(async () => {
+  await mirror?.stop();
+  mirror = undefined;
+  await hub.resetFaults();
+  hub.resetCounters();
+});
+
+const start = () =>
+  spawnMirror({
+    upstreams: {
+      'docker.io': { url: hub.url, username: USER, password: PASS },
+      // Same registry, wrong password: its failures must not leak the password either.
+      'ghcr.io': { url: hub.url, username: USER, password: WRONG },
+    },
+    defaultRegistry: 'docker.io',
+    extraConfig: { log: { level: 'trace', format: 'json' } },
+  });
+
+/** Every secret that must never leave the mirror: configured passwords, the Basic header, issued tokens. */
+function secrets(): string[] {
+  const tokens = new Set<string>();
+  for (const r of hub.requests) {
+    const m = /^Bearer\s+(\S+)$/i.exec(String(r.headers.authorization ?? ''));
+    if (m && m[1] !== CLIENT_TOKEN) tokens.add(m[1]!);
+  }
+  return [PASS, WRONG, BASIC, Buffer.from(`${USER}:${WRONG}`).toString('base64'), ...tokens];
+}
+
+function expectNoSecrets(text: string, where: string): void {
+  for (const s of secrets()) expect(text.includes(s), `${where} contains a secret (${s.slice(0, 6)}…)`).toBe(false);
+}
+
+describe('credentials', () => {
+  it('never forwards the client Authorization; never shows upstream credentials in logs, errors or /metrics', async () => {
+    mirror = await start();
+    const allRequests: typeof hub.requests = [];
+    const m = await rawGet(`${mirror.url}/v2/team/a/manifests/v1`, { headers: { accept: DOCKER_ACCEPT, authorization: `Bearer ${CLIENT_TOKEN}` } });
+    expect(m.status).toBe(200);
+    for (const b of [imgA.config, shared, slow]) {
+      const r = await rawGet(`${mirror.url}/v2/team/a/blobs/${b.digest}`, { headers: { authorization: `Basic ${CLIENT_BASIC}` } });
+      expect(r.status).toBe(200);
+      expect(sha256(r.body)).toBe(b.digest);
+    }
+    const head = await rawGet(`${mirror.url}/v2/team/c/blobs/${shared.digest}`, { method: 'HEAD', headers: { authorization: `Bearer ${CLIENT_TOKEN}` } });
+    expect(head.status).toBe(200);
+
+    // Errors of every kind: unknown upstream repo, refused credentials, upstream down, bad input.
+    const errors = [
+      await rawGet(`${mirror.url}/v2/team/missing/manifests/v1`, { headers: { accept: DOCKER_ACCEPT, authorization: `Bearer ${CLIENT_TOKEN}` } }),
+      await rawGet(`${mirror.url}/v2/ghcr.io/team/a/manifests/v1`, { headers: { accept: DOCKER_ACCEPT } }),
+      await rawGet(`${mirror.url}/v2/ghcr.io/team/a/blobs/${shared.digest}`),
+      await rawGet(`${mirror.url}/v2/team/a/manifests/Bad Tag`.replace(' ', '%20')),
+    ];
+    allRequests.push(...hub.requests);
+    await hub.goDown();
+    errors.push(await rawGet(`${mirror.url}/v2/team/b/manifests/v1`, { headers: { accept: DOCKER_ACCEPT } }));
+    await hub.goUp();
+    for (const e of errors) {
+      expect(e.status).toBeGreaterThanOrEqual(400);
+      expectOciError(e, [400, 401, 403, 404, 502, 503]);
+      expectNoSecrets(e.body.toString('latin1'), `error body ${e.status}`);
+      expectNoSecrets(JSON.stringify(e.headers), `error headers ${e.status}`);
+    }
+    // ghcr.io (wrong password) must not have been served anything.
+    expect(errors[1]!.status).not.toBe(200);
+    expect(errors[2]!.status).not.toBe(200);
+
+    // Upstream never saw the client's credentials; the CDN never saw any.
+    expect(allRequests.length).toBeGreaterThan(0);
+    for (const r of allRequests) {
+      const auth = String(r.headers.authorization ?? '');
+      expect(auth).not.toContain(CLIENT_TOKEN);
+      expect(auth).not.toContain(CLIENT_BASIC);
+      if (r.kind === 'cdn') expect(r.headers.authorization).toBeUndefined();
+    }
+    expect(hub.cdnRejectedAuth).toBe(0);
+    // The registry did get the configured credentials (so the check above is not vacuous).
+    expect(allRequests.some((r) => r.kind === 'token' && r.headers.authorization === `Basic ${BASIC}`)).toBe(true);
+
+    const metrics = await mirror.metrics();
+    expectNoSecrets(metrics, '/metrics');
+    expect(metrics).not.toContain(CLIENT_TOKEN);
+    await new Promise((r) => setTimeout(r, 200));
+    expect(mirror.lines.length).toBeGreaterThan(5);
+    expectNoSecrets(mirror.output(), 'stdout/stderr (log level trace)');
+    expect(mirror.output()).not.toContain(CLIENT_TOKEN);
+    expect(mirror.output()).not.toContain(CLIENT_BASIC);
+
+    // --print-config hides them too.
+    const printed = await new Promise<string>((resolve, reject) =>
+      execFile(process.execPath, [MAIN_JS, '--config', mirror!.configPath, '--print-config'], { cwd: ROOT, timeout: 15_000 }, (err, out, errOut) => (err ? reject(err) : resolve(out + errOut))),
+    );
+    expect(printed).toContain('docker.io');
+    expectNoSecrets(printed, '--print-config');
+  });
+});
+
+describe('repository isolation on a credentialed upstream', () => {
+  it('serves a cached blob under another name only when upstream confirms that name holds it', async () => {
+    mirror = await start();
+    const man = await rawGet(`${mirror.url}/v2/team/a/manifests/v1`, { headers: { accept: DOCKER_ACCEPT } });
+    expect(man.status).toBe(200);
+    for (const b of [imgA.config, shared]) expect((await rawGet(`${mirror.url}/v2/team/a/blobs/${b.digest}`)).status).toBe(200);
+    const cdnBefore = hub.count({ kind: 'cdn' });
+
+    // team/b does not hold it upstream: refused (GET and HEAD), manifest by digest too.
+    const b = await rawGet(`${mirror.url}/v2/team/b/blobs/${shared.digest}`);
+    expectOciError(b, [404], ['BLOB_UNKNOWN']);
+    expect(b.body.includes(shared.bytes)).toBe(false);
+    const bHead = await rawGet(`${mirror.url}/v2/team/b/blobs/${shared.digest}`, { method: 'HEAD' });
+    expect(bHead.status).toBe(404);
+    const bMan = await rawGet(`${mirror.url}/v2/team/b/manifests/${imgA.manifest.digest}`, { headers: { accept: DOCKER_ACCEPT } });
+    expectOciError(bMan, [404], ['MANIFEST_UNKNOWN']);
+    // Asking again does not flip it (no negative result cached as positive).
+    expect((await rawGet(`${mirror.url}/v2/team/b/blobs/${shared.digest}`)).status).toBe(404);
+    // A repository that does not exist upstream at all.
+    expect((await rawGet(`${mirror.url}/v2/team/nothere/blobs/${shared.digest}`)).status).toBe(404);
+
+    // team/c holds it upstream: confirmed with a HEAD and served from the cache (no new download).
+    const c = await rawGet(`${mirror.url}/v2/team/c/blobs/${shared.digest}`);
+    expect(c.status).toBe(200);
+    expect(sha256(c.body)).toBe(shared.digest);
+    expect(hub.count({ kind: 'cdn' })).toBe(cdnBefore);
+    expect(hub.count({ kind: 'blob', method: 'HEAD', path: `/v2/team/c/blobs/${shared.digest}` })).toBeGreaterThanOrEqual(1);
+
+    // The same name on another upstream (wrong credentials there) is not served from this cache.
+    const other = await rawGet(`${mirror.url}/v2/ghcr.io/team/a/blobs/${shared.digest}`);
+    expect(other.status).not.toBe(200);
+
+    // Joining a download under way: team/b must be confirmed first, and is refused.
+    hub.faults.trickle = { bytesPerTick: 64 * 1024, tickMs: 50 };
+    const [aSlow, bSlow] = await Promise.all([
+      rawGet(`${mirror.url}/v2/team/a/blobs/${slow.digest}`, { timeoutMs: 20_000 }),
+      new Promise((r) => setTimeout(r, 150)).then(() => rawGet(`${mirror!.url}/v2/team/b/blobs/${slow.digest}`, { timeoutMs: 20_000 })),
+    ]);
+    expect(aSlow.status).toBe(200);
+    expect(sha256(aSlow.body)).toBe(slow.digest);
+    expectOciError(bSlow, [404], ['BLOB_UNKNOWN']);
+    await hub.resetFaults();
+
+    // Upstream down: nothing to confirm with, so team/b is still refused; team/a is served.
+    await hub.goDown();
+    const bDown = await rawGet(`${mirror.url}/v2/team/b/blobs/${shared.digest}`);
+    expect(bDown.status).not.toBe(200);
+    expectOciError(bDown, [404, 502, 503]);
+    expect((await rawGet(`${mirror.url}/v2/team/a/blobs/${shared.digest}`)).status).toBe(200);
+    // And after a restart (membership read back from disk), still the same.
+    await mirror.restart();
+    expect((await rawGet(`${mirror.url}/v2/team/b/blobs/${shared.digest}`)).status).not.toBe(200);
+    expect((await rawGet(`${mirror.url}/v2/team/b/manifests/${imgA.manifest.digest}`, { headers: { accept: DOCKER_ACCEPT } })).status).not.toBe(200);
+    const aAfter = await rawGet(`${mirror.url}/v2/team/a/blobs/${shared.digest}`);
+    expect(aAfter.status).toBe(200);
+    expect(sha256(aAfter.body)).toBe(shared.digest);
+    const cAfter = await rawGet(`${mirror.url}/v2/team/c/blobs/${shared.digest}`);
+    expect(cAfter.status).toBe(200);
+    await hub.goUp();
+  });
+});
