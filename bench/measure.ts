@@ -1,0 +1,83 @@
+/** Clients the bench measures with: curl (blobs), wrk (small requests), skopeo (whole pulls). */
+import { writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { run, runOk, toolPath } from '../test/e2e/harness/tools.js';
+
+export const ACCEPT = [
+  'application/vnd.oci.image.index.v1+json',
+  'application/vnd.oci.image.manifest.v1+json',
+  'application/vnd.docker.distribution.manifest.list.v2+json',
+  'application/vnd.docker.distribution.manifest.v2+json',
+].join(', ');
+
+export interface Fetch {
+  status: number;
+  bytes: number;
+  /** curl's time_total, seconds */
+  seconds: number;
+}
+
+/** One GET with curl into /dev/null. Throws unless it got `expectBytes` with a 200. */
+export async function curlGet(url: string, expectBytes: number | undefined, timeoutMs = 120_000): Promise<Fetch> {
+  const r = await run('curl', ['-sS', '-o', '/dev/null', '-H', `Accept: ${ACCEPT}`, '-w', '%{http_code} %{size_download} %{time_total}', url], { timeoutMs });
+  const [code, size, t] = r.stdout.trim().split(' ');
+  const f = { status: Number(code), bytes: Number(size), seconds: Number(t) };
+  if (r.code !== 0 || f.status !== 200 || (expectBytes !== undefined && f.bytes !== expectBytes)) {
+    throw new Error(`curl ${url}: exit ${r.code} status ${f.status} bytes ${f.bytes}${expectBytes !== undefined ? ` of ${expectBytes}` : ''} ${r.stderr.trim()}`);
+  }
+  return f;
+}
+
+/** `n` concurrent curls of one URL: each client's result and the wall time of the whole batch. */
+export async function curlConcurrent(url: string, n: number, expectBytes: number, timeoutMs = 300_000): Promise<{ fetches: Fetch[]; wallSeconds: number }> {
+  const t0 = performance.now();
+  const fetches = await Promise.all(Array.from({ length: n }, () => curlGet(url, expectBytes, timeoutMs)));
+  return { fetches, wallSeconds: (performance.now() - t0) / 1000 };
+}
+
+export interface WrkResult {
+  requests: number;
+  rps: number;
+  p50Ms: number;
+  p99Ms: number;
+  /** connect/read/write/timeout errors plus non-2xx/3xx answers */
+  errors: number;
+}
+
+const WRK_LUA = `-- written by bench/measure.ts
+wrk.headers["Accept"] = "${ACCEPT}"
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format("WRKJSON {\\"requests\\":%d,\\"duration_us\\":%d,\\"p50_us\\":%d,\\"p99_us\\":%d,\\"errors\\":%d}\\n",
+    summary.requests, summary.duration, latency:percentile(50), latency:percentile(99),
+    e.connect + e.read + e.write + e.status + e.timeout))
+end
+`;
+
+/** wrk -t2 -c32 -dNs --latency with the Accept header set. */
+export async function wrk(url: string, tmpDir: string, seconds = 10, connections = 32, threads = 2): Promise<WrkResult> {
+  const script = join(tmpDir, 'accept.lua');
+  writeFileSync(script, WRK_LUA);
+  const r = await runOk('wrk', [`-t${threads}`, `-c${connections}`, `-d${seconds}s`, '--latency', '-s', script, url], { timeoutMs: (seconds + 30) * 1000 });
+  const m = /WRKJSON (\{.*\})/.exec(r.stdout);
+  if (!m) throw new Error(`wrk printed no summary:\n${r.stdout}\n${r.stderr}`);
+  const j = JSON.parse(m[1]!) as { requests: number; duration_us: number; p50_us: number; p99_us: number; errors: number };
+  return { requests: j.requests, rps: j.requests / (j.duration_us / 1e6), p50Ms: j.p50_us / 1000, p99Ms: j.p99_us / 1000, errors: j.errors };
+}
+
+/** skopeo copy docker://HOST/repo:tag dir:DEST; returns wall seconds. */
+export async function skopeoPull(host: string, repo: string, tag: string, dest: string, all: boolean): Promise<number> {
+  const bin = toolPath('skopeo');
+  if (!bin) throw new Error('skopeo not installed');
+  const args = ['--insecure-policy', 'copy', '--quiet', '--retry-times', '0', '--src-tls-verify=false'];
+  if (all) args.push('--all');
+  const t0 = performance.now();
+  await runOk(bin, [...args, `docker://${host}/${repo}:${tag}`, `dir:${dest}`], { timeoutMs: 300_000 });
+  return (performance.now() - t0) / 1000;
+}
+
+export const median = (xs: number[]): number => {
+  const s = [...xs].sort((a, b) => a - b);
+  const mid = s.length >> 1;
+  return s.length % 2 ? s[mid]! : (s[mid - 1]! + s[mid]!) / 2;
+};

@@ -1,0 +1,526 @@
+/**
+ * `npm run bench`: where regmirror stands against distribution 2.8 in proxy mode (the reference
+ * pull-through cache) and nginx with sendfile (the ceiling for serving a file), all on loopback, in
+ * one run. Prints a table of ratios and rewrites bench/RESULTS.md with it and the machine description.
+ *
+ *   node bench/out/bench/run.js [--only=1,3,5] [--quick] [--profile=DIR]
+ *
+ * --only     run just these workloads (results go to bench/out/RESULTS.partial.md, not RESULTS.md)
+ * --quick    small blobs and short wrk runs: a smoke test of the bench itself (also partial)
+ * --profile  run every mirror instance with `node --cpu-prof --cpu-prof-dir=DIR` and print where
+ *            its CPU time went (see bench/profile.ts)
+ *
+ * Set-up: an upstream docker-registry filled by skopeo from a generated OCI layout (see
+ * fixtures.ts); a warm mirror, a warm proxy and nginx for workloads 1-4; fresh instances for the
+ * cold workloads 5-7. Every process and temp dir is removed at exit, on error and on SIGINT.
+ */
+import { spawnSync } from 'node:child_process';
+import { existsSync, mkdirSync, readdirSync, statSync, writeFileSync } from 'node:fs';
+import { cpus, loadavg, release, totalmem, type } from 'node:os';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { startDistribution, type AccessLogEntry, type Distribution } from '../test/e2e/harness/distribution.js';
+import { cleanupDir, makeTempDir, waitFor } from '../test/e2e/harness/tools.js';
+import { buildFixtures, MiB, pushFixtures, type Fixtures } from './fixtures.js';
+import { curlConcurrent, curlGet, median, skopeoPull, wrk } from './measure.js';
+import { formatSummary, summarize } from './profile.js';
+import { ensureTools, peakRss, resetPeakRss, startMirror, startNginx, startProxy, type MirrorServer, type ProxyServer, type Server } from './servers.js';
+
+// ---------------------------------------------------------------------------------------------
+// options, logging, clean-up
+
+interface Options {
+  only: Set<number>;
+  quick: boolean;
+  profileDir: string | undefined;
+}
+
+function parseOptions(argv: string[]): Options {
+  const o: Options = { only: new Set([1, 2, 3, 4, 5, 6, 7]), quick: false, profileDir: undefined };
+  for (const a of argv) {
+    if (a.startsWith('--only=')) o.only = new Set(a.slice(7).split(',').map(Number).filter((n) => n >= 1 && n <= 7));
+    else if (a === '--quick') o.quick = true;
+    else if (a.startsWith('--profile=')) o.profileDir = resolve(a.slice(10));
+    else if (a === '--help' || a === '-h') {
+      process.stdout.write('usage: node bench/out/bench/run.js [--only=1,3,5] [--quick] [--profile=DIR]\n');
+      process.exit(0);
+    } else throw new Error(`unknown argument ${a}`);
+  }
+  return o;
+}
+
+const started = Date.now();
+const loadAtStart = loadavg();
+const log = (s: string): void => {
+  process.stderr.write(`[bench ${((Date.now() - started) / 1000).toFixed(1).padStart(6)}s] ${s}\n`);
+};
+
+const cleanups: Array<() => Promise<void>> = [];
+function track<T extends { stop(): Promise<void> }>(s: T): T {
+  cleanups.push(() => s.stop());
+  return s;
+}
+async function stopTracked<T extends { stop(): Promise<void> }>(s: T): Promise<void> {
+  await s.stop(); // idempotent; the tracked entry becomes a no-op
+}
+async function cleanupAll(): Promise<void> {
+  const all = cleanups.splice(0).reverse();
+  await Promise.race([
+    Promise.allSettled(all.map((f) => f())),
+    new Promise((r) => setTimeout(r, 60_000).unref()),
+  ]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// results
+
+type Target = { kind: 'ratio>='; value: number } | { kind: 'mirror<='; value: number } | { kind: 'mirror='; value: number };
+
+interface Row {
+  workload: string;
+  metric: string;
+  /** which way is better for the metric */
+  better: 'higher' | 'lower';
+  mirror: number | undefined;
+  peer: string;
+  peerValue: number | undefined;
+  target?: Target;
+  /** digits after the point */
+  digits?: number;
+}
+
+const rows: Row[] = [];
+const notes: string[] = [];
+
+function ratio(r: Row): number | undefined {
+  return r.mirror !== undefined && r.peerValue !== undefined && r.peerValue !== 0 ? r.mirror / r.peerValue : undefined;
+}
+
+function verdict(r: Row): string {
+  if (!r.target) return '';
+  const x = r.target.kind === 'ratio>=' ? ratio(r) : r.mirror;
+  if (x === undefined) return 'n/a';
+  const ok = r.target.kind === 'ratio>=' ? x >= r.target.value : r.target.kind === 'mirror<=' ? x <= r.target.value : Math.abs(x - r.target.value) < 1e-9;
+  return ok ? 'pass' : 'fall-short';
+}
+
+function targetText(t: Target | undefined): string {
+  if (!t) return '';
+  if (t.kind === 'ratio>=') return `ratio ≥ ${t.value}×`;
+  if (t.kind === 'mirror<=') return `mirror ≤ ${t.value}`;
+  return `mirror = ${t.value.toFixed(1)}`;
+}
+
+const fmt = (x: number | undefined, digits = 1): string => (x === undefined || !Number.isFinite(x) ? 'n/a' : x.toLocaleString('en-US', { minimumFractionDigits: digits, maximumFractionDigits: digits }));
+
+function table(): string {
+  const head = ['#', 'metric', 'better', 'regmirror', 'peer', 'peer value', 'mirror ÷ peer', 'target', 'verdict'];
+  const lines = [`| ${head.join(' | ')} |`, `|${head.map(() => '---').join('|')}|`];
+  for (const r of rows) {
+    const rt = ratio(r);
+    lines.push(
+      `| ${[r.workload, r.metric, r.better === 'higher' ? '↑' : '↓', fmt(r.mirror, r.digits), r.peer, fmt(r.peerValue, r.digits), rt === undefined ? 'n/a' : `${fmt(rt, 2)}×`, targetText(r.target), verdict(r)].join(' | ')} |`,
+    );
+  }
+  return lines.join('\n');
+}
+
+// ---------------------------------------------------------------------------------------------
+// machine
+
+/** stdout and stderr of a short command (nginx -v prints to stderr). */
+function sh(cmd: string, args: string[]): string {
+  const r = spawnSync(cmd, args, { encoding: 'utf8', timeout: 10_000, stdio: ['ignore', 'pipe', 'pipe'] });
+  return `${r.stdout ?? ''}${r.stderr ?? ''}`.trim();
+}
+
+function machine(root: string): Array<[string, string]> {
+  const firstLine = (s: string) => s.split('\n')[0] ?? '';
+  const commit = sh('git', ['-C', root, 'rev-parse', '--short', 'HEAD']);
+  const dirty = sh('git', ['-C', root, 'status', '--porcelain', '--', 'src']) !== '';
+  return [
+    ['date', new Date().toISOString()],
+    ['nproc', sh('nproc', [])],
+    ['CPU', cpus()[0]?.model ?? 'unknown'],
+    ['memory', `${(totalmem() / 1024 ** 3).toFixed(1)} GiB`],
+    ['kernel', `${type()} ${release()}`],
+    ['node', process.version],
+    ['load average (1/5/15 min) at start → end', `${loadAtStart.map((x) => x.toFixed(2)).join(' / ')} → ${loadavg().map((x) => x.toFixed(2)).join(' / ')}`],
+    ['regmirror tree', `git ${commit}${dirty ? ' with uncommitted changes in src/' : ''}`],
+    ['docker-registry', firstLine(sh('docker-registry', ['--version']))],
+    ['nginx', firstLine(sh('nginx', ['-v']))],
+    ['curl', firstLine(sh('curl', ['--version']))],
+    ['wrk', firstLine(sh('wrk', ['-v']))],
+    ['skopeo', firstLine(sh('skopeo', ['--version']))],
+  ];
+}
+
+// ---------------------------------------------------------------------------------------------
+// helpers
+
+const BLOB_PATH = /\/blobs\/sha256:[0-9a-f]{64}$/;
+
+function blobGets(up: Distribution, digest?: string): AccessLogEntry[] {
+  return up.requests().filter((e) => e.method === 'GET' && (e.status === 200 || e.status === 206) && BLOB_PATH.test(e.path) && (!digest || e.path.endsWith(`/${digest}`)));
+}
+
+async function quiet(up: Distribution): Promise<void> {
+  await up.settle(400, 30_000);
+}
+
+function fileSize(p: string): number | undefined {
+  try {
+    return statSync(p).size;
+  } catch {
+    return undefined;
+  }
+}
+
+const mirrorBlobFile = (m: MirrorServer, digest: string) => join(m.dataDir, 'blobs', 'sha256', digest.slice(7, 9), digest.slice(7));
+const proxyBlobFile = (p: ProxyServer, digest: string) => join(p.dist.dir, 'storage', 'docker', 'registry', 'v2', 'blobs', 'sha256', digest.slice(7, 9), digest.slice(7), 'data');
+
+/** Fetches a blob through a cache and waits until the cache has it on disk. */
+async function warmBlob(s: MirrorServer | ProxyServer, repo: string, digest: string, size: number): Promise<void> {
+  await curlGet(`${s.url}/v2/${repo}/blobs/${digest}`, size);
+  const file = 'dataDir' in s ? mirrorBlobFile(s, digest) : proxyBlobFile(s, digest);
+  await waitFor(() => fileSize(file) === size, 60_000, `${s.name} to store ${digest}`, 100);
+}
+
+// ---------------------------------------------------------------------------------------------
+// main
+
+async function main(): Promise<void> {
+  const opts = parseOptions(process.argv.slice(2));
+  const here = dirname(fileURLToPath(import.meta.url));
+  // bench/out/bench/run.js -> repository root; fall back to the working directory.
+  const root = [resolve(here, '..', '..', '..'), process.cwd()].find((d) => existsSync(join(d, 'dist', 'main.js'))) ?? process.cwd();
+  const sizes = opts.quick ? { big: 32 * MiB, base: 8 * MiB } : { big: 256 * MiB, base: 64 * MiB };
+  const wrkSeconds = opts.quick ? 2 : 10;
+  const partial = opts.quick || opts.only.size < 7;
+  if (opts.profileDir) mkdirSync(opts.profileDir, { recursive: true });
+
+  await ensureTools(log);
+  const work = makeTempDir('rmb');
+  cleanups.push(() => cleanupDir(work));
+
+  log(`generating images (big layer ${sizes.big / MiB} MiB, shared base ${sizes.base / MiB} MiB) in ${work}`);
+  const fx = await buildFixtures(join(work, 'layout'), sizes);
+  const big = fx.big;
+  const bigRepo = 'bench/big';
+  const bigMiB = big.size / MiB;
+
+  const up = track(await startDistribution({ logLevel: 'error' }));
+  log(`upstream docker-registry at ${up.url}; pushing ${fx.images.length} images with skopeo`);
+  await pushFixtures(fx, up.url);
+  await quiet(up);
+  up.clearRequests();
+
+  const mirrorOpts = (label: string) => ({ root, upstreamUrl: up.url, label, ...(opts.profileDir ? { profileDir: opts.profileDir } : {}) });
+  const want = (n: number) => opts.only.has(n);
+  let mirrorAggregate: number | undefined; // workload 2's aggregate MiB/s, to put workload 5 in proportion
+
+  // ------------------------------------------------------------------ warm workloads 1-4
+  if ([1, 2, 3, 4].some(want)) {
+    // The mirror's dir outlives its first instance: under --profile the mirror is restarted on the
+    // warmed data so its profile holds only the measured workloads, not the warm-up downloads.
+    const mirrorDir = makeTempDir('rmb-mirror');
+    cleanups.push(() => cleanupDir(mirrorDir));
+    let mirror = track(await startMirror({ ...mirrorOpts('warm'), profileDir: undefined, dir: mirrorDir }));
+    const proxy = track(await startProxy(up.url));
+    const nginx = want(1) || want(2) ? track(await startNginx(fx.layoutDir)) : undefined;
+    log(`warm mirror ${mirror.url} (pid ${mirror.pid}), proxy ${proxy.url} (pid ${proxy.pid})${nginx ? `, nginx ${nginx.url}` : ''}`);
+    const m = fx.manifest;
+    for (const s of [mirror, proxy]) {
+      await curlGet(`${s.url}/v2/${m.repo}/manifests/${m.tag}`, undefined);
+      await curlGet(`${s.url}/v2/${m.repo}/manifests/${m.digest}`, undefined);
+      await warmBlob(s, fx.small.repo, fx.small.digest, fx.small.size);
+      // (only when a big-blob workload runs: it would dominate a --profile of workloads 3-4)
+      if (want(1) || want(2)) await warmBlob(s, bigRepo, big.digest, big.size);
+    }
+    await quiet(up);
+    up.clearRequests();
+    if (want(1) || want(2)) {
+      // Proof of warmth: a second fetch of the big blob must not reach upstream.
+      for (const s of [mirror, proxy]) await curlGet(`${s.url}/v2/${bigRepo}/blobs/${big.digest}`, big.size);
+      await quiet(up);
+      if (blobGets(up).length > 0) notes.push(`warning: a warm fetch of the big blob reached upstream ${blobGets(up).length} time(s)`);
+      up.clearRequests();
+    }
+
+    if (opts.profileDir) {
+      await stopTracked(mirror);
+      mirror = track(await startMirror({ ...mirrorOpts('warm'), dir: mirrorDir }));
+      // first requests after a restart read tag records and links from disk: not what is measured
+      await curlGet(`${mirror.url}/v2/${m.repo}/manifests/${m.tag}`, undefined);
+      await curlGet(`${mirror.url}/v2/${m.repo}/manifests/${m.digest}`, undefined);
+      await curlGet(`${mirror.url}/v2/${fx.small.repo}/blobs/${fx.small.digest}`, fx.small.size);
+      log(`profiling: mirror restarted on its warmed data dir as pid ${mirror.pid}`);
+    }
+
+    const blobUrl = (s: Server) => (s === nginx ? `${s.url}/blobs/sha256/${big.digest.slice(7)}` : `${s.url}/v2/${bigRepo}/blobs/${big.digest}`);
+    const targets: Server[] = [mirror, proxy, ...(nginx ? [nginx] : [])];
+
+    if (want(1)) {
+      log('workload 1: warm blob, one client, median of 3 (interleaved)');
+      const speeds = new Map<Server, number[]>(targets.map((t) => [t, []]));
+      for (let rep = 0; rep < 3; rep++) {
+        for (const t of targets) {
+          const f = await curlGet(blobUrl(t), big.size);
+          speeds.get(t)!.push(f.bytes / MiB / f.seconds);
+        }
+      }
+      const mir = median(speeds.get(mirror)!);
+      for (const t of targets.slice(1)) {
+        rows.push({
+          workload: '1',
+          metric: `warm ${fmt(bigMiB, 0)} MiB blob, 1 client, MiB/s`,
+          better: 'higher',
+          mirror: mir,
+          peer: t.name,
+          peerValue: median(speeds.get(t)!),
+          target: { kind: 'ratio>=', value: t === nginx ? 0.8 : 1.5 },
+          digits: 0,
+        });
+      }
+      const raw = targets.map((t) => `${t.name} ${speeds.get(t)!.map((x) => x.toFixed(0)).join(' / ')}`).join('; ');
+      log(`  ${raw} MiB/s`);
+      notes.push(`workload 1, each run in MiB/s (the table shows the median): ${raw}`);
+    }
+
+    if (want(2)) {
+      const n = 20;
+      log(`workload 2: warm blob, ${n} concurrent clients`);
+      const agg = new Map<Server, number>();
+      const rss = new Map<Server, number | undefined>();
+      for (const t of targets) {
+        if (t.pid !== undefined) resetPeakRss(t.pid);
+        const r = await curlConcurrent(blobUrl(t), n, big.size);
+        agg.set(t, (n * big.size) / MiB / r.wallSeconds);
+        rss.set(t, t.pid !== undefined ? peakRss(t.pid) : undefined);
+        log(`  ${t.name}: ${agg.get(t)!.toFixed(0)} MiB/s aggregate, slowest client ${Math.max(...r.fetches.map((f) => f.seconds)).toFixed(2)} s, peak RSS ${fmt((rss.get(t) ?? NaN) / MiB, 0)} MiB`);
+      }
+      mirrorAggregate = agg.get(mirror);
+      for (const t of targets.slice(1)) {
+        rows.push({ workload: '2', metric: `warm blob, ${n} clients, aggregate MiB/s`, better: 'higher', mirror: agg.get(mirror), peer: t.name, peerValue: agg.get(t), digits: 0 });
+      }
+      const mr = rss.get(mirror);
+      const pr = rss.get(proxy);
+      rows.push({
+        workload: '2',
+        metric: `peak RSS during ${n} clients (VmHWM), MiB`,
+        better: 'lower',
+        mirror: mr === undefined ? undefined : mr / MiB,
+        peer: proxy.name,
+        peerValue: pr === undefined ? undefined : pr / MiB,
+        target: { kind: 'mirror<=', value: 150 },
+        digits: 0,
+      });
+    }
+
+    if (want(3)) {
+      log(`workload 3: manifest by tag (within TTL), wrk -t2 -c32 -d${wrkSeconds}s`);
+      const r = new Map<Server, Awaited<ReturnType<typeof wrk>>>();
+      for (const s of [mirror, proxy]) {
+        r.set(s, await wrk(`${s.url}/v2/${m.repo}/manifests/${m.tag}`, work, wrkSeconds));
+        log(`  ${s.name}: ${r.get(s)!.rps.toFixed(0)} req/s, p99 ${r.get(s)!.p99Ms.toFixed(2)} ms, errors ${r.get(s)!.errors}`);
+        await quiet(up);
+        up.clearRequests();
+      }
+      for (const s of [mirror, proxy]) if (r.get(s)!.errors > 0) notes.push(`workload 3: ${s.name} had ${r.get(s)!.errors} errors or non-2xx answers under wrk`);
+      rows.push({ workload: '3', metric: 'manifest by tag, req/s', better: 'higher', mirror: r.get(mirror)!.rps, peer: proxy.name, peerValue: r.get(proxy)!.rps, target: { kind: 'ratio>=', value: 50 }, digits: 0 });
+      rows.push({ workload: '3', metric: 'manifest by tag, p99 latency ms', better: 'lower', mirror: r.get(mirror)!.p99Ms, peer: proxy.name, peerValue: r.get(proxy)!.p99Ms, digits: 2 });
+    }
+
+    if (want(4)) {
+      const cases = [
+        { name: 'manifest by digest', path: `/v2/${m.repo}/manifests/${m.digest}` },
+        { name: `small blob (${fx.small.size} B)`, path: `/v2/${fx.small.repo}/blobs/${fx.small.digest}` },
+      ];
+      for (const c of cases) {
+        log(`workload 4: ${c.name}, wrk -t2 -c32 -d${wrkSeconds}s`);
+        const r = new Map<Server, Awaited<ReturnType<typeof wrk>>>();
+        for (const s of [mirror, proxy]) {
+          r.set(s, await wrk(`${s.url}${c.path}`, work, wrkSeconds));
+          log(`  ${s.name}: ${r.get(s)!.rps.toFixed(0)} req/s, p99 ${r.get(s)!.p99Ms.toFixed(2)} ms, errors ${r.get(s)!.errors}`);
+          if (r.get(s)!.errors > 0) notes.push(`workload 4 (${c.name}): ${s.name} had ${r.get(s)!.errors} errors or non-2xx answers under wrk`);
+        }
+        rows.push({ workload: '4', metric: `${c.name}, req/s`, better: 'higher', mirror: r.get(mirror)!.rps, peer: proxy.name, peerValue: r.get(proxy)!.rps, digits: 0 });
+        rows.push({ workload: '4', metric: `${c.name}, p99 latency ms`, better: 'lower', mirror: r.get(mirror)!.p99Ms, peer: proxy.name, peerValue: r.get(proxy)!.p99Ms, digits: 2 });
+      }
+      await quiet(up);
+      up.clearRequests();
+    }
+
+    await stopTracked(mirror);
+    await stopTracked(proxy);
+    if (nginx) await stopTracked(nginx);
+  }
+
+  type Fresh = () => Promise<MirrorServer | ProxyServer>;
+  const freshMirror = (label: string): Fresh => async () => track(await startMirror(mirrorOpts(label)));
+  const freshProxy: Fresh = async () => track(await startProxy(up.url));
+
+  // ------------------------------------------------------------------ 5: concurrent cold clients
+  if (want(5)) {
+    const n = 10;
+    const res = new Map<string, { one: number; slowest: number; gets: number; bytes: number }>();
+    for (const [kind, fresh] of [['mirror', freshMirror('cold1')], ['proxy', freshProxy]] as const) {
+      log(`workload 5 (${kind}): one cold pull of the ${fmt(bigMiB, 0)} MiB blob on a fresh instance`);
+      let s = await fresh();
+      up.clearRequests();
+      const one = await curlGet(`${s.url}/v2/${bigRepo}/blobs/${big.digest}`, big.size);
+      await quiet(up);
+      await stopTracked(s);
+      log(`workload 5 (${kind}): ${n} concurrent cold clients on another fresh instance`);
+      s = await (kind === 'mirror' ? freshMirror('cold10') : fresh)();
+      up.clearRequests();
+      const r = await curlConcurrent(`${s.url}/v2/${bigRepo}/blobs/${big.digest}`, n, big.size);
+      await quiet(up);
+      const gets = blobGets(up, big.digest);
+      res.set(kind, {
+        one: one.seconds,
+        slowest: Math.max(...r.fetches.map((f) => f.seconds)),
+        gets: gets.length,
+        bytes: gets.reduce((a, e) => a + e.bytes, 0),
+      });
+      log(`  ${kind}: one cold ${one.seconds.toFixed(2)} s; slowest of ${n} ${res.get(kind)!.slowest.toFixed(2)} s; upstream GETs ${gets.length}, ${(res.get(kind)!.bytes / MiB).toFixed(0)} MiB`);
+      up.clearRequests();
+      await stopTracked(s);
+    }
+    const mr = res.get('mirror')!;
+    const pr = res.get('proxy')!;
+    const peer = 'distribution proxy';
+    rows.push({ workload: '5', metric: `${n} cold clients: upstream GETs per unique blob`, better: 'lower', mirror: mr.gets, peer, peerValue: pr.gets, target: { kind: 'mirror=', value: 1 }, digits: 1 });
+    rows.push({ workload: '5', metric: `${n} cold clients: upstream MiB fetched (blob is ${fmt(bigMiB, 0)} MiB)`, better: 'lower', mirror: mr.bytes / MiB, peer, peerValue: pr.bytes / MiB, digits: 0 });
+    rows.push({ workload: '5', metric: 'one cold pull, s', better: 'lower', mirror: mr.one, peer, peerValue: pr.one, digits: 2 });
+    rows.push({ workload: '5', metric: `slowest of ${n} cold clients, s`, better: 'lower', mirror: mr.slowest, peer, peerValue: pr.slowest, digits: 2 });
+    if (mirrorAggregate) {
+      const floor = (n * bigMiB) / mirrorAggregate;
+      notes.push(
+        `workload 5, for scale: the ${n} clients together receive ${fmt(n * bigMiB, 0)} MiB; at the mirror's warm ${20}-client serving rate (workload 2, ${fmt(mirrorAggregate, 0)} MiB/s) that alone takes ${fmt(floor, 2)} s = ${fmt(floor / mr.one, 2)}× its one cold pull: the ratio is bound by serving throughput as much as by the download`,
+      );
+    }
+    rows.push({ workload: '5', metric: `slowest of ${n} ÷ one cold pull`, better: 'lower', mirror: mr.slowest / mr.one, peer, peerValue: pr.slowest / pr.one, target: { kind: 'mirror<=', value: 1.3 }, digits: 2 });
+  }
+
+  // ------------------------------------------------------------------ 6: three images sharing a layer
+  if (want(6)) {
+    const shared = fx.images.filter((i) => i.repo.startsWith('bench/shared-'));
+    const res = new Map<string, { perUnique: number; gets: number; unique: number; seconds: number }>();
+    for (const [kind, fresh] of [['mirror', freshMirror('shared')], ['proxy', freshProxy]] as const) {
+      log(`workload 6 (${kind}): skopeo pulls of ${shared.map((i) => i.repo).join(', ')} one after another`);
+      const s = await fresh();
+      up.clearRequests();
+      let seconds = 0;
+      for (const img of shared) {
+        const dest = join(work, `pull-${kind}-${img.repo.replace('/', '_')}`);
+        seconds += await skopeoPull(s.host, img.repo, img.tag, dest, img.all);
+        await cleanupDir(dest);
+      }
+      await quiet(up);
+      const gets = blobGets(up);
+      const unique = new Set(gets.map((e) => e.path.slice(e.path.lastIndexOf('/') + 1))).size;
+      res.set(kind, { perUnique: gets.length / Math.max(1, unique), gets: gets.length, unique, seconds });
+      log(`  ${kind}: ${gets.length} upstream blob GETs for ${unique} unique blobs; ${seconds.toFixed(2)} s`);
+      up.clearRequests();
+      await stopTracked(s);
+    }
+    const mr = res.get('mirror')!;
+    const pr = res.get('proxy')!;
+    rows.push({ workload: '6', metric: `3 images sharing a layer: upstream GETs per unique blob (${mr.gets}/${mr.unique} vs ${pr.gets}/${pr.unique})`, better: 'lower', mirror: mr.perUnique, peer: 'distribution proxy', peerValue: pr.perUnique, target: { kind: 'mirror=', value: 1 }, digits: 2 });
+    rows.push({ workload: '6', metric: '3 images sharing a layer: pull wall time, s', better: 'lower', mirror: mr.seconds, peer: 'distribution proxy', peerValue: pr.seconds, digits: 2 });
+  }
+
+  // ------------------------------------------------------------------ 7: cold and warm pull of the set
+  if (want(7)) {
+    const res = new Map<string, { cold: number; warm: number }>();
+    for (const [kind, fresh] of [['mirror', freshMirror('pullset')], ['proxy', freshProxy]] as const) {
+      const s = await fresh();
+      const pass = async (label: string): Promise<number> => {
+        let seconds = 0;
+        for (const img of fx.images) {
+          const dest = join(work, `pull-${kind}-${label}-${img.repo.replace('/', '_')}`);
+          seconds += await skopeoPull(s.host, img.repo, img.tag, dest, img.all);
+          await cleanupDir(dest);
+        }
+        return seconds;
+      };
+      log(`workload 7 (${kind}): cold pull of the image set (${fx.images.map((i) => i.repo).join(', ')})`);
+      const cold = await pass('cold');
+      await quiet(up); // a proxy may still be storing in the background
+      log(`workload 7 (${kind}): warm pull of the image set`);
+      const warm = await pass('warm');
+      res.set(kind, { cold, warm });
+      log(`  ${kind}: cold ${cold.toFixed(2)} s, warm ${warm.toFixed(2)} s`);
+      up.clearRequests();
+      await stopTracked(s);
+    }
+    rows.push({ workload: '7', metric: 'skopeo pull of the image set, cold, s', better: 'lower', mirror: res.get('mirror')!.cold, peer: 'distribution proxy', peerValue: res.get('proxy')!.cold, digits: 2 });
+    rows.push({ workload: '7', metric: 'skopeo pull of the image set, warm, s', better: 'lower', mirror: res.get('mirror')!.warm, peer: 'distribution proxy', peerValue: res.get('proxy')!.warm, digits: 2 });
+  }
+
+  await cleanupAll();
+
+  // ------------------------------------------------------------------ report
+  const t = table();
+  process.stdout.write(`\n${t}\n`);
+  for (const n of notes) process.stdout.write(`note: ${n}\n`);
+  const mach = machine(root);
+  const md = [
+    '# regmirror benchmark results',
+    '',
+    `Written by \`npm run bench\` (bench/run.ts)${partial ? ` — partial run (${opts.quick ? 'quick' : `workloads ${[...opts.only].join(',')}`})` : ''}; the command rewrites this file. Total bench time ${((Date.now() - started) / 1000).toFixed(0)} s.`,
+    '',
+    '## Machine',
+    '',
+    '| | |',
+    '|---|---|',
+    ...mach.map(([k, v]) => `| ${k} | ${v.replace(/\|/g, '\\|')} |`),
+    '',
+    '## Set-up (all on 127.0.0.1, one run)',
+    '',
+    `- **upstream**: Debian's docker-registry (distribution 2.8) filled by \`skopeo copy\` from a generated OCI layout: \`bench/multi:v1\` (index of linux/amd64 + linux/arm64), \`bench/shared-{a,b,c}:v1\` (one ${fmt(fx.base.size / MiB, 0)} MiB base layer shared by the three, plus a 256 KiB layer each), \`bench/big:v1\` (one ${fmt(bigMiB, 0)} MiB layer). Large layers are uncompressed tars of AES-CTR pseudo-random bytes.`,
+    '- **regmirror**: `node dist/main.js --config <tmp>.yaml`, upstream docker.io → the upstream registry, fresh temp data dir, log level warn.',
+    '- **distribution proxy**: the same docker-registry with `proxy.remoteurl` = the upstream (the reference pull-through cache).',
+    '- **nginx sendfile**: nginx serving the blob file from the layout, `sendfile on`, `access_log off`, `worker_processes auto`.',
+    '- Workloads 1–4 use one warm instance of each (blob and manifests fetched once and stored); 5–7 use fresh instances (empty storage).',
+    '- Blob clients are `curl -o /dev/null` (one process per client; MiB/s from curl’s own timing); small requests use `wrk -t2 -c32 --latency` with an Accept header for OCI and Docker manifests; pulls use `skopeo copy docker://… dir:`.',
+    '- Upstream traffic is read from the upstream registry’s access log (GET blob requests with status 200/206 and their response sizes).',
+    '- Peak RSS is VmHWM from /proc/PID/status, reset (clear_refs 5) just before the 20-client batch.',
+    '- “mirror ÷ peer” is the mirror’s value divided by the peer’s; the arrow says which way is better. Targets are goals, not assertions.',
+    '',
+    '## Results',
+    '',
+    t,
+    '',
+    ...(notes.length ? ['## Notes', '', ...notes.map((n) => `- ${n}`), ''] : []),
+  ].join('\n');
+  const out = partial ? join(root, 'bench', 'out', 'RESULTS.partial.md') : join(root, 'bench', 'RESULTS.md');
+  mkdirSync(dirname(out), { recursive: true });
+  writeFileSync(out, md);
+  log(`wrote ${out}`);
+
+  if (opts.profileDir) {
+    const files = readdirSync(opts.profileDir).filter((f) => f.endsWith('.cpuprofile')).map((f) => join(opts.profileDir!, f));
+    for (const f of files) {
+      process.stdout.write(`\n=== CPU profile ${f}\n${formatSummary(summarize([f], `${root}/`), 25)}\n`);
+    }
+  }
+}
+
+let interrupted = false;
+process.on('SIGINT', () => {
+  if (interrupted) process.exit(130); // second ^C: the harness's exit hook SIGKILLs the daemons
+  interrupted = true;
+  log('SIGINT: stopping every process and removing temp dirs');
+  void cleanupAll().finally(() => process.exit(130));
+});
+process.on('SIGTERM', () => {
+  void cleanupAll().finally(() => process.exit(143));
+});
+
+main().catch(async (e: unknown) => {
+  log(`failed: ${(e as Error)?.stack ?? String(e)}`);
+  await cleanupAll();
+  process.exit(1);
+});
