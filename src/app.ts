@@ -41,7 +41,9 @@ export function createApp(deps: AppDeps): Hono<Env> {
     const out = c.env?.outgoing;
     if (out && typeof out.setHeader === 'function') for (const [k, v] of Object.entries(common)) out.setHeader(k, v);
     await next();
-    if (!c.res.headers.get('x-hono-already-sent')) for (const [k, v] of Object.entries(common)) c.header(k, v);
+    // Under Node the headers went in with setHeader above. c.header() on a finished response rebuilds
+    // it (turning a buffered body into a web stream), so it is only for app.request (tests, no Node).
+    if (!out) for (const [k, v] of Object.entries(common)) c.header(k, v);
     const route = c.get('route');
     const seconds = (performance.now() - started) / 1000;
     const status = c.res.status === 200 && c.res.headers.get('x-hono-already-sent') ? (c.env?.outgoing?.statusCode ?? 200) : c.res.status;

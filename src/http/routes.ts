@@ -119,7 +119,12 @@ async function blob(c: Context<Env>, registry: Registry, ref: ReturnType<Registr
   } else if (res.size !== undefined) {
     headers['content-length'] = String(res.size);
   }
-  return sendStream(c.env, status, headers, res.stream, (n) => {
+  if (Buffer.isBuffer(res.body)) {
+    c.set('bytes', res.body.length);
+    onServed(res.source, res.body.length);
+    return new Response(res.body, { status, headers });
+  }
+  return sendStream(c.env, status, headers, res.body, (n) => {
     c.set('bytes', n);
     onServed(res.source, n);
   });

@@ -34,6 +34,8 @@ export class Download {
   writer: BlobWriter | undefined;
   /** The store could not take the bytes: pass-through, nothing kept. */
   spilled = false;
+  /** Complete and matching its digest (possibly not yet durable on disk). */
+  verified = false;
   /** Resolves once upstream answered with a body (size known if upstream said); rejects if it never did. */
   readonly ready: Promise<void>;
   /** Resolves when the blob is complete and verified (stored, unless spilled); rejects on failure. */
@@ -124,7 +126,14 @@ export class Download {
     }
   }
 
+  /** The bytes received are the whole blob and match its digest: readers may send the last byte. */
+  markVerified(): void {
+    this.verified = true;
+    this.wake();
+  }
+
   markDone(): void {
+    this.verified = true;
     this.state = 'done';
     this.resolveReady();
     this.resolveFinished();
@@ -214,7 +223,7 @@ class DownloadReader extends Readable {
         const limit = this.end !== undefined ? this.end + 1 : Infinity;
         if (this.pos >= limit) return this.finish();
         if (dl.state === 'failed') return void this.destroy(asError(dl.error));
-        const verified = dl.state === 'done';
+        const verified = dl.verified;
         const ceiling = verified ? dl.received : Math.min(dl.received, (dl.size ?? Infinity) - 1);
         const available = Math.min(ceiling, limit);
         if (this.pos < available) {

@@ -103,9 +103,10 @@ export class InflightDownloads {
       if (dl.spilled) {
         const actual = `${dl.digest.slice(0, dl.digest.indexOf(':'))}:${hash!.digest('hex')}`;
         if (actual !== dl.digest || (dl.size !== undefined && dl.size !== dl.received)) throw new DigestMismatchError(dl.digest, actual, dl.received);
+        dl.markVerified();
         await dl.writer?.abort();
       } else {
-        await dl.writer!.commit(dl.size);
+        await dl.writer!.commit(dl.size, () => dl.markVerified());
         this.opts.observer.completed(dl.digest, dl.received);
       }
       dl.markDone();

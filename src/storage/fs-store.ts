@@ -9,8 +9,11 @@ import type { Readable } from 'node:stream';
 import { StorePaths, splitDigest } from './paths.js';
 import { DigestMismatchError, StoreFullError, type BlobInfo, type BlobStore, type BlobWriter, type ByteRange } from './store.js';
 
-/** Large reads: fewer syscalls and event-loop turns per served byte. */
-const READ_CHUNK = 1024 * 1024;
+/**
+ * Read size for served blobs: large enough for few syscalls per byte, small enough that twenty
+ * clients streaming at once stay within a modest heap (each holds about two chunks).
+ */
+const READ_CHUNK = 256 * 1024;
 
 /** Told when a blob appears in or leaves the store (for size accounting). Must not throw. */
 export interface StoreEvents {
@@ -51,9 +54,12 @@ export class FsBlobStore implements BlobStore {
       if (isNotFound(e)) return undefined;
       throw e;
     }
+    // Never allocate more than the bytes to be read: a 500-byte blob must not cost a 256 KiB buffer.
+    const length = range ? range.end - range.start + 1 : (await handle.stat()).size;
+
     return handle.createReadStream({
       ...(range ? { start: range.start, end: range.end } : {}),
-      highWaterMark: READ_CHUNK,
+      highWaterMark: Math.max(1, Math.min(READ_CHUNK, length)),
       autoClose: true,
     });
   }
@@ -158,13 +164,14 @@ class FsBlobWriter implements BlobWriter {
     return got === n ? buf : buf.subarray(0, got);
   }
 
-  async commit(expectedSize?: number): Promise<void> {
+  async commit(expectedSize?: number, onVerified?: () => void): Promise<void> {
     if (this.state !== 'open') throw new Error(`commit after ${this.state}`);
     const actual = `${this.digest.slice(0, this.digest.indexOf(':'))}:${this.hash.digest('hex')}`;
     if (actual !== this.digest || (expectedSize !== undefined && expectedSize !== this.written)) {
       await this.abort();
       throw new DigestMismatchError(this.digest, actual, this.written);
     }
+    onVerified?.();
     try {
       await this.handle.sync();
       await mkdir(dirname(this.finalPath), { recursive: true });

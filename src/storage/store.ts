@@ -68,9 +68,10 @@ export interface BlobWriter {
   readAt(position: number, length: number): Promise<Buffer>;
   /**
    * Verifies the digest (and `expectedSize` when given), makes the data durable and publishes it.
-   * Throws DigestMismatchError, after which nothing is kept.
+   * Throws DigestMismatchError, after which nothing is kept. `onVerified` runs as soon as the bytes
+   * are known good, before the (slow) sync and rename: readers may finish while it is made durable.
    */
-  commit(expectedSize?: number): Promise<void>;
+  commit(expectedSize?: number, onVerified?: () => void): Promise<void>;
   /** Discards the bytes; nothing is kept. Safe to call after a failed commit. */
   abort(): Promise<void>;
   /** Releases the read handle; call once readers are done (after commit or abort). */

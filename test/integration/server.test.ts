@@ -49,6 +49,8 @@ describe('the mirror over real HTTP', () => {
     };
     const digests = await Promise.all([pull(), pull(), pull(), pull()]);
     expect(new Set(digests)).toEqual(new Set([big.digest]));
+    // Clients finish once the bytes are verified; the fsync and rename into the cache follow.
+    await vi.waitFor(async () => expect(await mirror.blobs.stat(big.digest)).toBeDefined());
     expect(await pull()).toBe(big.digest);
     expect(hub.count({ kind: 'cdn', path: new RegExp(big.digest.slice(7)) })).toBe(1);
     // Bytes served are counted when the server-side stream closes, a moment after the client has them all.

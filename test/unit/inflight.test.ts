@@ -324,6 +324,8 @@ describe('InflightDownloads', () => {
     expect(r.error).toBeUndefined();
     expectBytes(r.bytes, blob);
     expect(up.offsets).toEqual([0, 200_000]);
+    // Readers finish once the bytes are verified; the rename into the store follows.
+    await dl.finished;
     expectBytes(await store.read(d), blob);
   });
 
