@@ -10,10 +10,14 @@ import { StorePaths, splitDigest } from './paths.js';
 import { DigestMismatchError, StoreFullError, type BlobInfo, type BlobStore, type BlobWriter, type ByteRange } from './store.js';
 
 /**
- * Read size for served blobs: large enough for few syscalls per byte, small enough that twenty
- * clients streaming at once stay within a modest heap (each holds about two chunks).
+ * Read sizes for served blobs. Big reads mean fewer syscalls and event-loop turns per byte (one
+ * client streams fastest with 1 MiB reads); each open stream holds about two reads in memory, so the
+ * size shrinks as streams multiply and the memory they take stays near READ_BUDGET however many
+ * clients there are.
  */
-const READ_CHUNK = 256 * 1024;
+const MAX_READ = 1024 * 1024;
+const MIN_READ = 64 * 1024;
+const READ_BUDGET = 4 * 1024 * 1024;
 
 /** Told when a blob appears in or leaves the store (for size accounting). Must not throw. */
 export interface StoreEvents {
@@ -23,6 +27,8 @@ export interface StoreEvents {
 
 export class FsBlobStore implements BlobStore {
   readonly paths: StorePaths;
+  /** Read streams open now: sizes the reads of the next one. */
+  private openStreams = 0;
 
   constructor(root: string, private readonly events?: StoreEvents) {
     this.paths = new StorePaths(root);
@@ -54,14 +60,17 @@ export class FsBlobStore implements BlobStore {
       if (isNotFound(e)) return undefined;
       throw e;
     }
-    // Never allocate more than the bytes to be read: a 500-byte blob must not cost a 256 KiB buffer.
     const length = range ? range.end - range.start + 1 : (await handle.stat()).size;
-
-    return handle.createReadStream({
+    const share = Math.max(MIN_READ, Math.min(MAX_READ, Math.floor(READ_BUDGET / (this.openStreams + 1))));
+    const stream = handle.createReadStream({
       ...(range ? { start: range.start, end: range.end } : {}),
-      highWaterMark: Math.max(1, Math.min(READ_CHUNK, length)),
+      // Never more than the bytes to be read: a small blob must not cost a large buffer.
+      highWaterMark: Math.max(1, Math.min(share, length)),
       autoClose: true,
     });
+    this.openStreams++;
+    stream.once('close', () => this.openStreams--);
+    return stream;
   }
 
   async read(digest: string): Promise<Buffer | undefined> {
