@@ -16,7 +16,7 @@ import { Readable } from 'node:stream';
 import type { BlobWriter } from '../storage/store.js';
 
 const READ_CHUNK = 512 * 1024;
-/** Bytes of recent chunks a spilled download keeps for its readers. */
+/** Bytes of recent chunks a spilled download keeps for its readers (besides any not yet on disk). */
 export const SPILL_WINDOW = 16 * 1024 * 1024;
 
 interface Chunk {
@@ -81,7 +81,7 @@ export class Download {
 
   /** Whether a new reader from offset 0 can still be served (false once a pass-through moved on). */
   get joinable(): boolean {
-    return !this.spilled || this.window.length === 0 || this.window[0]!.offset === 0;
+    return !this.spilled || (this.window[0]?.offset ?? this.received) <= (this.writer?.written ?? 0);
   }
 
   /** A pass-through whose clients all left: nobody wants the rest. */
@@ -106,12 +106,26 @@ export class Download {
     this.window.push({ offset: this.received, bytes });
     this.windowBytes += bytes.length;
     this.received += bytes.length;
-    // Outside spill mode one chunk is enough: readers behind it read the file.
-    const keep = this.spilled ? SPILL_WINDOW : 0;
-    while (this.window.length > 1 && this.windowBytes - this.window[0]!.bytes.length >= keep) {
-      this.windowBytes -= this.window.shift()!.bytes.length;
-    }
+    this.trim();
     this.wake();
+  }
+
+  /**
+   * Drops chunks no reader needs from memory: those already in the temp file (readers behind read
+   * the file) and, when spilled, those every reader has passed. The newest chunk always stays, for
+   * readers at the live edge. A spilled download paces itself by its slowest reader, which bounds
+   * what stays here.
+   */
+  trim(): void {
+    const onDisk = this.writer?.written ?? 0;
+    const passed = this.spilled ? this.slowestReader() : 0;
+    while (this.window.length > 1) {
+      const first = this.window[0]!;
+      const end = first.offset + first.bytes.length;
+      if (end > onDisk && end > passed) break;
+      this.window.shift();
+      this.windowBytes -= first.bytes.length;
+    }
   }
 
   /** Switches to pass-through; bytes [0, writer.written) stay readable from the temp file. */
@@ -121,9 +135,10 @@ export class Download {
 
   /** In spill mode: resolves once the slowest reader is within half a window of the live edge. */
   async waitForReaders(): Promise<void> {
-    while (this.state === 'running' && this.readers.size > 0 && this.received - this.slowestReader() > SPILL_WINDOW / 2) {
+    while (this.state === 'running' && this.received - this.slowestReader() > SPILL_WINDOW / 2) {
       await this.nextProgress();
     }
+    this.trim();
   }
 
   /** The bytes received are the whole blob and match its digest: readers may send the last byte. */

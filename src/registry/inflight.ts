@@ -10,9 +10,13 @@ import type { BlobStore } from '../storage/store.js';
 import { DigestMismatchError, StoreFullError } from '../storage/store.js';
 import type { BlobBody } from '../upstream/types.js';
 import { Download } from './download.js';
+import { WriteBehind } from './write-behind.js';
 import { RegistryError } from './errors.js';
 
 export { Download } from './download.js';
+
+/** Bytes a download may run ahead of its temp file (held in memory for the readers meanwhile). */
+const WRITE_LAG = 32 * 1024 * 1024;
 
 /** Opens the upstream body at an offset (a Range resume when offset > 0). */
 export type BlobSource = (offset: number) => Promise<BlobBody>;
@@ -132,9 +136,24 @@ export class InflightDownloads {
     return createHash(dl.digest.slice(0, dl.digest.indexOf(':')));
   }
 
-  /** Copies upstream bytes into the writer (or only to the readers when spilled), resuming a cut transfer with Range. */
+  /**
+   * Copies upstream bytes to the readers and, behind them, into the writer (or only to the readers
+   * when spilled), resuming a cut transfer with Range. Returns the hash verifying a spilled download.
+   */
   private async fill(dl: Download, source: BlobSource, spillHash: Hash | undefined): Promise<Hash | undefined> {
     let hash = spillHash;
+    const disk = dl.writer && !dl.spilled ? new WriteBehind(dl.writer, WRITE_LAG, () => dl.trim()) : undefined;
+    /** The store filled up: hash what reached the disk and what was still queued, then pass through. */
+    const spillNow = async (e: unknown): Promise<void> => {
+      if (!(e instanceof StoreFullError)) throw e;
+      hash = this.spill(dl, e);
+      for (let pos = 0; pos < dl.writer!.written; ) {
+        const part = await dl.writer!.readAt(pos, 1024 * 1024);
+        hash.update(part);
+        pos += part.length;
+      }
+      for (const c of disk!.pending()) hash.update(c);
+    };
     for (let resumes = 0; ; resumes++) {
       let body: BlobBody;
       try {
@@ -162,16 +181,9 @@ export class InflightDownloads {
           }
           if (!dl.spilled) {
             try {
-              await dl.writer!.write(c);
+              disk!.push(c);
             } catch (e) {
-              if (!(e instanceof StoreFullError)) throw e;
-              hash = this.spill(dl, e);
-              // Bytes already on disk are part of the blob: hash them back from the temp file once.
-              for (let pos = 0; pos < dl.writer!.written; ) {
-                const part = await dl.writer!.readAt(pos, 1024 * 1024);
-                hash.update(part);
-                pos += part.length;
-              }
+              await spillNow(e);
             }
           }
           if (dl.spilled) {
@@ -182,17 +194,22 @@ export class InflightDownloads {
             }
           }
           dl.received_(c);
+          if (!dl.spilled) await disk!.belowLag().catch(spillNow);
           if (dl.spilled) await dl.waitForReaders();
         }
-        if (dl.size === undefined || dl.received >= dl.size) return hash;
-        throw new Error(`upstream body ended at ${dl.received} of ${dl.size} bytes`);
+        if (dl.size !== undefined && dl.received < dl.size) throw new Error(`upstream body ended at ${dl.received} of ${dl.size} bytes`);
       } catch (e) {
         body.cancel();
         // The connection failed after the last byte arrived: the body is complete.
-        if (dl.size !== undefined && dl.received >= dl.size && !(e instanceof StoreFullError)) return hash;
-        if (!isTransient(e) || resumes >= this.maxResumes) throw e;
-        this.opts.observer.resumed(dl.digest, dl.received);
+        const complete = dl.size !== undefined && dl.received >= dl.size && !(e instanceof StoreFullError);
+        if (!complete) {
+          if (!isTransient(e) || resumes >= this.maxResumes) throw e;
+          this.opts.observer.resumed(dl.digest, dl.received);
+          continue;
+        }
       }
+      if (!dl.spilled) await disk!.drain().catch(spillNow);
+      return hash;
     }
   }
 

@@ -146,19 +146,34 @@ class FsBlobWriter implements BlobWriter {
     private readonly events: StoreEvents | undefined,
   ) {}
 
-  async write(chunk: Uint8Array): Promise<void> {
+  async write(data: Uint8Array | Uint8Array[]): Promise<void> {
     if (this.state !== 'open') throw new Error('write after commit or abort');
-    let off = 0;
+    const chunks = Array.isArray(data) ? data : [data];
+    const total = chunks.reduce((n, c) => n + c.length, 0);
     try {
-      while (off < chunk.length) {
-        const { bytesWritten } = await this.handle.write(chunk, off, chunk.length - off, this.written + off);
-        off += bytesWritten;
-      }
+      // One writev for many chunks: no copy into a joined buffer, one trip to the thread pool.
+      const { bytesWritten } = await this.handle.writev(chunks, this.written);
+      if (bytesWritten < total) await this.writeRest(chunks, bytesWritten);
     } catch (e) {
       throw wrapWriteError(e);
     }
-    this.hash.update(chunk);
-    this.written += chunk.length;
+    for (const c of chunks) this.hash.update(c);
+    this.written += total;
+  }
+
+  /** Finishes a short writev, chunk by chunk. */
+  private async writeRest(chunks: Uint8Array[], done: number): Promise<void> {
+    let skip = done;
+    let pos = this.written + done;
+    for (const c of chunks) {
+      let off = Math.min(skip, c.length);
+      skip -= off;
+      while (off < c.length) {
+        const { bytesWritten } = await this.handle.write(c, off, c.length - off, pos);
+        off += bytesWritten;
+        pos += bytesWritten;
+      }
+    }
   }
 
   async readAt(position: number, length: number): Promise<Buffer> {

@@ -62,8 +62,8 @@ export interface BlobWriter {
   readonly digest: string;
   /** Bytes written so far. */
   readonly written: number;
-  /** Appends bytes and feeds the hash. Throws StoreFullError on ENOSPC/EDQUOT. */
-  write(chunk: Uint8Array): Promise<void>;
+  /** Appends bytes (one chunk or several, in order) and feeds the hash. Throws StoreFullError on ENOSPC/EDQUOT. */
+  write(data: Uint8Array | Uint8Array[]): Promise<void>;
   /** Reads back up to `length` bytes at `position` (< written). */
   readAt(position: number, length: number): Promise<Buffer>;
   /**

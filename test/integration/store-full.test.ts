@@ -27,7 +27,8 @@ class FullStore extends FsBlobStore {
     const capacity = this.capacity;
     const write = w.write.bind(w);
     w.write = async (chunk) => {
-      if (w.written + chunk.length > capacity) throw new StoreFullError(Object.assign(new Error('no space'), { code: 'ENOSPC' }));
+      const n = Array.isArray(chunk) ? chunk.reduce((a, b) => a + b.length, 0) : chunk.length;
+      if (w.written + n > capacity) throw new StoreFullError(Object.assign(new Error('no space'), { code: 'ENOSPC' }));
       return write(chunk);
     };
     return w;

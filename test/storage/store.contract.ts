@@ -318,6 +318,21 @@ export function blobStoreContract(name: string, make: () => Promise<BlobStoreFix
         await expectNoTempEntries();
       });
 
+      it('write takes several chunks at once, in order, and verifies them like single writes', async () => {
+        const bytes = randomBytes(300 * 1024 + 5);
+        const d = digestOf(bytes);
+        const w = await writer(d);
+        await w.write(bytes.subarray(0, 1000));
+        await w.write([bytes.subarray(1000, 70_000), bytes.subarray(70_000, 70_001), bytes.subarray(70_001)]);
+        expect(w.written).toBe(bytes.length);
+        expectBytes(await w.readAt(69_990, 20), bytes.subarray(69_990, 70_010));
+        let verified = false;
+        await w.commit(bytes.length, () => (verified = true));
+        expect(verified).toBe(true);
+        await w.close();
+        expectBytes(await store.read(d), bytes);
+      });
+
       it('a writer for a digest already stored commits as a no-op', async () => {
         const bytes = Buffer.from('already here');
         const d = digestOf(bytes);

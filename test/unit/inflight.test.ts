@@ -131,7 +131,8 @@ const enospc = () => new StoreFullError(Object.assign(new Error('ENOSPC: no spac
  * A store that is full: createWriter fails with StoreFullError, or (with `failAtWrite`) the writer's
  * n-th write does, as a disk filling up mid-download would.
  */
-function fullStore(inner: FsBlobStore, failAtWrite?: number): BlobStore {
+/** A store whose writers fail with ENOSPC from the start, or once `capacity` bytes are written. */
+function fullStore(inner: FsBlobStore, capacity?: number): BlobStore {
   return {
     init: () => inner.init(),
     stat: (d) => inner.stat(d),
@@ -141,9 +142,8 @@ function fullStore(inner: FsBlobStore, failAtWrite?: number): BlobStore {
     delete: (d) => inner.delete(d),
     list: () => inner.list(),
     createWriter: async (d): Promise<BlobWriter> => {
-      if (failAtWrite === undefined) throw enospc();
+      if (capacity === undefined) throw enospc();
       const w = await inner.createWriter(d);
-      let writes = 0;
       return {
         get digest() {
           return w.digest;
@@ -152,11 +152,13 @@ function fullStore(inner: FsBlobStore, failAtWrite?: number): BlobStore {
           return w.written;
         },
         write: async (c) => {
-          if (++writes >= failAtWrite) throw enospc();
+          // Writes are coalesced behind the download, so capacity is counted in bytes, not calls.
+          const n = Array.isArray(c) ? c.reduce((a, b) => a + b.length, 0) : c.length;
+          if (w.written + n > capacity) throw enospc();
           await w.write(c);
         },
         readAt: (p, l) => w.readAt(p, l),
-        commit: (size) => w.commit(size),
+        commit: (size, onVerified) => w.commit(size, onVerified),
         abort: () => w.abort(),
         close: () => w.close(),
       };
@@ -183,7 +185,11 @@ describe('InflightDownloads', () => {
     observer = new RecordingObserver();
     inflight = new InflightDownloads({ store, observer, maxResumes: 3, lingerMs: 60_000 });
   });
-  afterEach(() => rm(root, { recursive: true, force: true }));
+  afterEach(async () => {
+    // Readers finish at verification; the fsync and rename into the store may still be running.
+    await inflight.drain(10_000);
+    await rm(root, { recursive: true, force: true });
+  });
 
   it('one download, any number of joined readers, all get the identical correct bytes', async () => {
     const blob = randomBytes(1536 * 1024 + 17);
@@ -444,7 +450,7 @@ describe('InflightDownloads', () => {
     });
 
     it('a disk filling up mid-download spills without losing the bytes already written', async () => {
-      inflight = new InflightDownloads({ store: fullStore(store, 4), observer, lingerMs: 60_000 });
+      inflight = new InflightDownloads({ store: fullStore(store, 200 * 1024), observer, lingerMs: 60_000 });
       const blob = randomBytes(600 * 1024);
       const d = digestOf(blob);
       const dl = inflight.join(d, ORIGIN, scripted(blob).source);
