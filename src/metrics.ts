@@ -93,6 +93,7 @@ export class Metrics {
   cacheObserver(): CacheObserver {
     return {
       result: (kind: CacheKind, upstream: string, result: CacheResult) => this.cacheResults.inc({ kind, upstream, result }),
+      rejected: (upstream: string) => this.upstreamErrors.inc({ upstream, class: 'digest_mismatch' }),
     };
   }
 
@@ -119,8 +120,10 @@ export class Metrics {
       resumed: () => this.resumes.inc(),
       completed: () => this.downloads.inc({ result: 'ok' }),
       spilled: () => this.storeFull.inc(),
-      failed: (_digest: string, error: unknown) => {
-        this.downloads.inc({ result: (error as Error)?.name === 'DigestMismatchError' ? 'digest_mismatch' : 'failed' });
+      failed: (_digest: string, error: unknown, origin: string) => {
+        const mismatch = (error as Error)?.name === 'DigestMismatchError';
+        this.downloads.inc({ result: mismatch ? 'digest_mismatch' : 'failed' });
+        if (mismatch) this.upstreamErrors.inc({ upstream: origin.slice(0, origin.indexOf('/')), class: 'digest_mismatch' });
       },
     };
   }

@@ -17,6 +17,8 @@ export type CacheKind = 'manifest' | 'blob' | 'tags' | 'referrers';
 /** Cache outcomes, for metrics. Implementations must not throw. */
 export interface CacheObserver {
   result(kind: CacheKind, upstream: string, result: CacheResult): void;
+  /** Upstream sent a manifest whose bytes do not match its digest (rejected, not kept). */
+  rejected(upstream: string): void;
 }
 
 export interface Logger {

@@ -29,7 +29,8 @@ export interface InflightObserver {
   completed(digest: string, bytes: number): void;
   /** The store was full: the blob is being passed through uncached. */
   spilled(digest: string, cause: unknown): void;
-  failed(digest: string, error: unknown): void;
+  /** `origin` is the `<upstream>/<repo>` whose request started the download. */
+  failed(digest: string, error: unknown, origin: string): void;
 }
 
 export interface InflightOptions {
@@ -123,7 +124,7 @@ export class InflightDownloads {
     } catch (e) {
       await dl.writer?.abort();
       this.forget(dl);
-      this.opts.observer.failed(dl.digest, e);
+      this.opts.observer.failed(dl.digest, e, dl.origin);
       dl.markFailed(e instanceof DigestMismatchError ? new RegistryError('DIGEST_INVALID', 'upstream blob does not match its digest', { status: 502, cause: e }) : e);
       dl.release();
     }

@@ -92,7 +92,13 @@ export class ManifestService {
 
   private async fetchOnce(ref: RepoRef, reference: string, accept: Set<string> | undefined, tag: string | undefined): Promise<ManifestResponse> {
     const res = await this.ctx.upstream(ref).getManifest(ref.repo, reference, upstreamAccept(accept));
-    const digest = verifyManifest(res, tag === undefined ? reference : undefined);
+    let digest: string;
+    try {
+      digest = verifyManifest(res, tag === undefined ? reference : undefined);
+    } catch (e) {
+      this.ctx.deps.observer.rejected(ref.upstream);
+      throw e;
+    }
     const parsed = parseManifest(res.bytes, res.mediaType);
     if (!parsed) throw new RegistryError('MANIFEST_INVALID', 'upstream sent a manifest that is not JSON', { status: 502, detail: { digest } });
     // The upstream's Content-Type is what a client would have seen from upstream; trust it over inference.

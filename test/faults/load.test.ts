@@ -1,6 +1,6 @@
 /**
  * 500 concurrent clients against the real server process for LOAD_SECONDS (default 15; 60 with
- * FULL_LOAD=1): manifests by tag and by digest, warm blobs, cold blobs (first fetch, coalesced by
+ * FULL_LOAD=1 or in CI): manifests by tag and by digest, warm blobs, cold blobs (first fetch, coalesced by
  * several clients), HEADs and tag lists. No errors, no wrong bodies, memory bounded (VmHWM of the
  * mirror process), no leaked file descriptors. Prints requests, errors, throughput and peak RSS.
  */
@@ -12,7 +12,8 @@ import { blobOf, makeImage, makeRandomLayer, pseudoRandomBytes, type Blob, type 
 import { httpGet, spawnMirror, type SpawnedMirror } from '../helpers/spawn.js';
 import { DOCKER_ACCEPT, waitFor } from './util.js';
 
-const SECONDS = Number(process.env.LOAD_SECONDS ?? (process.env.FULL_LOAD === '1' ? 60 : 15));
+// CI runs the full minute the issue asks for; a developer's run is shorter unless FULL_LOAD=1.
+const SECONDS = Number(process.env.LOAD_SECONDS ?? (process.env.FULL_LOAD === '1' || process.env.CI === 'true' ? 60 : 15));
 const CLIENTS = Number(process.env.LOAD_CLIENTS ?? 500);
 /** Peak resident set the mirror may reach under this load (MiB). */
 const MAX_PEAK_RSS_MIB = Number(process.env.LOAD_MAX_RSS_MIB ?? 512);

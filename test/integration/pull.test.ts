@@ -152,6 +152,22 @@ describe('pulling through the mirror from a fake Docker Hub', () => {
     expect(byDigest.status).toBe(404);
   });
 
+  it('serves a Docker manifest list and its schema 2 manifests', async () => {
+    const d1 = makeImage({ layers: [appA], architecture: 'amd64', format: 'docker' });
+    const d2 = makeImage({ layers: [appB], architecture: 'arm64', format: 'docker' });
+    const list = makeIndex([d1, d2], 'docker');
+    hub.putIndex('library/dlist', list, [d1, d2], 'latest');
+    await start();
+    const r = await mirror.request('/v2/dlist/manifests/latest', { headers: { accept: DOCKER_ACCEPT } });
+    expect(r.status).toBe(200);
+    expect(r.headers.get('content-type')).toBe(MT.dockerList);
+    expect(r.headers.get('docker-content-digest')).toBe(list.digest);
+    const child = await mirror.request(`/v2/dlist/manifests/${d2.manifest.digest}`, { headers: { accept: MT.dockerManifest } });
+    expect(child.status).toBe(200);
+    expect(child.headers.get('content-type')).toBe(MT.dockerManifest);
+    expect(sha(await child.arrayBuffer())).toBe(d2.manifest.digest);
+  });
+
   it('does not serve a blob under a repository that is not known to hold it', async () => {
     await start();
     await mirror.request('/v2/app/manifests/a', { headers: { accept: DOCKER_ACCEPT } });

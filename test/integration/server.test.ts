@@ -77,6 +77,7 @@ describe('the mirror over real HTTP', () => {
     expect(await mirror.blobs.stat(bad.digest)).toBeUndefined();
     expect(await readdir(join(mirror.dataDir, 'tmp'))).toEqual([]);
     expect(await mirror.metric('mirror_blob_downloads_total', { result: 'digest_mismatch' })).toBe(1);
+    expect(await mirror.metric('mirror_upstream_errors_total', { upstream: 'docker.io', class: 'digest_mismatch' })).toBe(1);
     hub.faults.corruptBlob = false;
     const again = await request(`${mirror.url}/v2/srv/blobs/${bad.digest}`);
     const h = createHash('sha256');
