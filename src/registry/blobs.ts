@@ -8,6 +8,8 @@ import type { ByteRange } from '../storage/store.js';
 import { RegistryContext, repoKey } from './context.js';
 import { resolveRange, type RangeSpec } from './range.js';
 import { parseDigest, type RepoRef } from './reference.js';
+import { SingleFlight } from './single-flight.js';
+import type { BlobHead } from '../upstream/types.js';
 
 export interface BlobStat {
   size: number | undefined;
@@ -24,7 +26,19 @@ export interface BlobResponse {
 }
 
 export class BlobService {
+  /** One upstream HEAD per (repository, digest) at a time. */
+  private readonly heads = new SingleFlight<BlobHead>();
+
   constructor(private readonly ctx: RegistryContext) {}
+
+  /** Asks upstream whether the repository holds the blob (no download), and remembers a yes. */
+  private confirm(ref: RepoRef, digest: string): Promise<BlobHead> {
+    return this.heads.run(`${repoKey(ref)}@${digest}`, async () => {
+      const head = await this.ctx.upstream(ref).headBlob(ref.repo, digest);
+      await this.ctx.link(ref, [digest]);
+      return head;
+    });
+  }
 
   /** Size of a blob without downloading it: from disk, or from an upstream HEAD. */
   async stat(ref: RepoRef, digest: string): Promise<BlobStat> {
@@ -35,8 +49,7 @@ export class BlobService {
       return { size: local };
     }
     this.ctx.assertOnline('blob', ref);
-    const head = await this.ctx.upstream(ref).headBlob(ref.repo, digest);
-    await this.ctx.link(ref, [digest]);
+    const head = await this.confirm(ref, digest);
     this.ctx.deps.observer.result('blob', ref.upstream, local !== undefined ? 'hit' : 'miss');
     return { size: local ?? head.size };
   }
@@ -48,8 +61,7 @@ export class BlobService {
     if (local !== undefined) {
       if (!(await this.ctx.linked(ref, digest))) {
         this.ctx.assertOnline('blob', ref);
-        await this.ctx.upstream(ref).headBlob(ref.repo, digest);
-        await this.ctx.link(ref, [digest]);
+        await this.confirm(ref, digest);
       }
       const range = spec ? resolveRange(spec, local) : undefined;
       const body = local <= SMALL_BLOB ? await this.readSmall(digest, range) : await deps.blobs.open(digest, range ?? wholeBlob(local));
@@ -70,8 +82,7 @@ export class BlobService {
     const running = deps.inflight.get(digest);
     if (running && running.origin !== origin && !(await this.ctx.linked(ref, digest))) {
       // Joining a download another repository started: confirm this one holds the blob first.
-      await upstream.headBlob(ref.repo, digest);
-      await this.ctx.link(ref, [digest]);
+      await this.confirm(ref, digest);
     }
     const dl = deps.inflight.join(digest, origin, (offset) => upstream.getBlob(ref.repo, digest, offset));
     await dl.ready;

@@ -11,6 +11,7 @@ import { RegistryError, isUpstreamFailure } from './errors.js';
 import { accepts, ALL_MANIFEST_TYPES, parseManifest, upstreamAccept } from './manifest.js';
 import { isDigest, parseDigest, validateTag, type RepoRef } from './reference.js';
 import { MemoryIndex, type CachedManifest } from '../cache/index.js';
+import { SingleFlight } from './single-flight.js';
 
 export interface ManifestResponse {
   bytes: Buffer;
@@ -20,8 +21,8 @@ export interface ManifestResponse {
 }
 
 export class ManifestService {
-  /** One upstream fetch per (repository, reference, accept set) at a time. */
-  private readonly pending = new Map<string, Promise<ManifestResponse>>();
+  /** One upstream exchange per (repository, reference, accept set) at a time: fifty clients, one request. */
+  private readonly flights = new SingleFlight<ManifestResponse>();
 
   constructor(private readonly ctx: RegistryContext) {}
 
@@ -63,11 +64,12 @@ export class ManifestService {
     this.ctx.assertOnline('manifest', ref);
     try {
       if (variant && cached) {
-        const head = await this.ctx.upstream(ref).headManifest(ref.repo, tag, upstreamAccept(accept));
-        if (head.digest === variant.digest) {
+        return await this.flights.run(flightKey(ref, `${tag}?revalidate`, accept), async () => {
+          const head = await this.ctx.upstream(ref).headManifest(ref.repo, tag, upstreamAccept(accept));
+          if (head.digest !== variant.digest) return this.fetchOnce(ref, tag, accept, tag);
           await this.saveTag(ref, tag, { ...variant, fetchedAt: deps.now() });
           return fromCache('revalidated');
-        }
+        });
       }
       return await this.fetch(ref, tag, accept, tag);
     } catch (e) {
@@ -81,13 +83,7 @@ export class ManifestService {
 
   /** GETs a manifest from upstream (coalesced), verifies and stores it, and records the tag. */
   private fetch(ref: RepoRef, reference: string, accept: Set<string> | undefined, tag: string | undefined): Promise<ManifestResponse> {
-    const key = `${repoKey(ref)}:${reference}|${accept ? [...accept].sort().join(',') : '*'}`;
-    let p = this.pending.get(key);
-    if (!p) {
-      p = this.fetchOnce(ref, reference, accept, tag).finally(() => this.pending.delete(key));
-      this.pending.set(key, p);
-    }
-    return p;
+    return this.flights.run(flightKey(ref, reference, accept), () => this.fetchOnce(ref, reference, accept, tag));
   }
 
   private async fetchOnce(ref: RepoRef, reference: string, accept: Set<string> | undefined, tag: string | undefined): Promise<ManifestResponse> {
@@ -136,6 +132,9 @@ export class ManifestService {
     await meta.putTag(ref, tag, record);
   }
 }
+
+const flightKey = (ref: RepoRef, reference: string, accept: Set<string> | undefined) =>
+  `${repoKey(ref)}:${reference}|${accept ? [...accept].sort().join(',') : '*'}`;
 
 /** The most recently confirmed variant the client accepts. */
 function pickVariant(record: TagRecord | undefined, accept: Set<string> | undefined): TagVariant | undefined {

@@ -120,6 +120,14 @@ describe('pulling through the mirror from a fake Docker Hub', () => {
     expect(hub.count({ kind: 'blob', method: 'GET' })).toBe(0);
   });
 
+  it('twenty concurrent HEADs of an uncached blob cause one upstream HEAD', async () => {
+    await start();
+    const all = await Promise.all(Array.from({ length: 20 }, () => mirror.request(`/v2/library/app/blobs/${appB.digest}`, { method: 'HEAD' })));
+    for (const r of all) expect(Number(r.headers.get('content-length'))).toBe(appB.size);
+    expect(hub.count({ kind: 'blob', method: 'HEAD', status: 200 })).toBe(1);
+    expect(hub.count({ kind: 'cdn' })).toBe(0);
+  });
+
   it('manifests by digest are immutable: no upstream call once cached', async () => {
     await start();
     const first = await mirror.request(`/v2/library/app/manifests/${imgA.manifest.digest}`, { headers: { accept: DOCKER_ACCEPT } });

@@ -50,6 +50,18 @@ describe('tags: TTL, HEAD revalidation, stale-if-error, offline', () => {
     expect(await mirror.metric('mirror_cache_requests_total', { kind: 'manifest', result: 'revalidated' })).toBe(1);
   });
 
+  it('twenty clients hitting an expired tag at once cause one upstream HEAD', async () => {
+    hub.putImage('library/tool', v1, 'latest');
+    mirror = await startMirror({ upstreams: { 'docker.io': { url: hub.url, libraryPrefix: true, tagTtl: 60 } }, clock });
+    expect((await get()).status).toBe(200);
+    clock.now += 61_000;
+    hub.resetCounters();
+    const all = await Promise.all(Array.from({ length: 20 }, () => get()));
+    for (const r of all) expect(r.headers.get('docker-content-digest')).toBe(v1.manifest.digest);
+    expect(hub.count({ kind: 'manifest', method: 'HEAD', status: 200 })).toBe(1);
+    expect(hub.count({ kind: 'manifest', method: 'GET' })).toBe(0);
+  });
+
   it('serves the cached manifest, marked stale, when upstream is down, 5xx or rate-limited', async () => {
     hub.putImage('library/tool', v1, 'latest');
     mirror = await startMirror({ upstreams: { 'docker.io': { url: hub.url, libraryPrefix: true, tagTtl: 1 } }, clock });
