@@ -21,7 +21,7 @@ import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { startDistribution, type AccessLogEntry, type Distribution } from '../test/e2e/harness/distribution.js';
 import { cleanupDir, makeTempDir, waitFor } from '../test/e2e/harness/tools.js';
-import { buildFixtures, MiB, pushFixtures, type Fixtures } from './fixtures.js';
+import { buildFixtures, MiB, pushFixtures } from './fixtures.js';
 import { curlConcurrent, curlGet, median, skopeoPull, wrk } from './measure.js';
 import { formatSummary, summarize } from './profile.js';
 import { ensureTools, peakRss, resetPeakRss, startMirror, startNginx, startProxy, type MirrorServer, type ProxyServer, type Server } from './servers.js';

@@ -2,7 +2,7 @@
  * What the registry services share: their dependencies, and the two questions every request asks
  * of the cache: "is this digest known to be in this repository?" and "what are this manifest's bytes?".
  */
-import type { MemoryIndex, CachedManifest } from '../cache/index.js';
+import { MemoryIndex, type CachedManifest } from '../cache/index.js';
 import type { BlobStore } from '../storage/store.js';
 import type { MetaStore } from '../storage/meta-store.js';
 import type { Upstream } from '../upstream/types.js';
@@ -104,4 +104,4 @@ export class RegistryContext {
 }
 
 export const repoKey = (ref: RepoRef) => `${ref.upstream}/${ref.repo}`;
-const linkKey = (ref: RepoRef, digest: string) => `${ref.upstream}/${ref.repo}@${digest}`;
+const linkKey = (ref: RepoRef, digest: string) => MemoryIndex.linkKey(ref.upstream, ref.repo, digest);
