@@ -23,6 +23,8 @@ export interface ManifestResponse {
 export class ManifestService {
   /** One upstream exchange per (repository, reference, accept set) at a time: fifty clients, one request. */
   private readonly flights = new SingleFlight<ManifestResponse>();
+  /** One upstream HEAD at a time confirming a cached manifest belongs to another repository too. */
+  private readonly confirmations = new SingleFlight<void>();
 
   constructor(private readonly ctx: RegistryContext) {}
 
@@ -39,8 +41,10 @@ export class ManifestService {
       if (!(await this.ctx.linked(ref, digest))) {
         // Held for another repository: serve it here only once upstream confirms this one has it too.
         this.ctx.assertOnline('manifest', ref);
-        await this.ctx.upstream(ref).headManifest(ref.repo, digest, [...ALL_MANIFEST_TYPES, cached.mediaType]);
-        await this.ctx.link(ref, [digest, ...cached.references]);
+        await this.confirmations.run(`${repoKey(ref)}@${digest}`, async () => {
+          await this.ctx.upstream(ref).headManifest(ref.repo, digest, [...ALL_MANIFEST_TYPES, cached.mediaType]);
+          await this.ctx.link(ref, [digest, ...cached.references]);
+        });
       }
       if (!accepts(accept, cached.mediaType)) throw notAcceptable(cached.mediaType);
       return { bytes: cached.bytes, mediaType: cached.mediaType, digest, cache: 'hit' };
