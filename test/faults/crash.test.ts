@@ -4,73 +4,62 @@
  */
 import { existsSync, statSync } from 'node:fs';
 import { join } from 'node:path';
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { FakeUpstream } from '../helpers/fake-upstream.js';
 import { makeImage, makeRandomLayer } from '../helpers/images.js';
-import { spawnMirror, type SpawnedMirror } from '../helpers/spawn.js';
-import { blobFile, expectOciError, rawGet, sha256, tmpEntries, waitFor } from './util.js';
+import { spawnMirror } from '../helpers/spawn.js';
+import { blobFile, expectOciError, rawGet, sha256, tmpEntries, waitFor, faultFixture } from './util.js';
 
 const layer = makeRandomLayer(2 * 1024 * 1024, 'crash-layer');
 const img = makeImage({ layers: [layer] });
 
-let hub: FakeUpstream;
-let mirror: SpawnedMirror | undefined;
-
-beforeAll(async () => {
-  hub = await FakeUpstream.start();
+const fx = faultFixture(async () => {
+  const hub = await FakeUpstream.start();
   hub.putImage('library/app', img, 'v1');
-});
-afterAll(async () => {
-  await hub.close();
-});
-afterEach(async () => {
-  await mirror?.stop();
-  mirror = undefined;
-  await hub.resetFaults();
-  hub.resetCounters();
+  return hub;
 });
 
-const cdnGets = () => hub.count({ kind: 'cdn', method: 'GET', path: new RegExp(layer.digest.slice(7)) });
+const cdnGets = () => fx.hub.count({ kind: 'cdn', method: 'GET', path: new RegExp(layer.digest.slice(7)) });
 
 describe('SIGKILL mid-download', () => {
   it('restart sweeps tmp/, never serves the partial blob, and fetches it again', async () => {
-    mirror = await spawnMirror({ upstreams: { 'docker.io': { url: hub.url, libraryPrefix: true } } });
-    const url = `${mirror.url}/v2/library/app/blobs/${layer.digest}`;
-    hub.faults.trickle = { bytesPerTick: 64 * 1024, tickMs: 100 };
+    fx.mirror = await spawnMirror({ upstreams: { 'docker.io': { url: fx.hub.url, libraryPrefix: true } } });
+    const url = `${fx.mirror.url}/v2/library/app/blobs/${layer.digest}`;
+    fx.hub.faults.trickle = { bytesPerTick: 64 * 1024, tickMs: 100 };
     const clientP = rawGet(url, { timeoutMs: 20_000 });
-    const tmpSize = () => tmpEntries(mirror!.dataDir).reduce((n, e) => n + statSync(join(mirror!.dataDir, 'tmp', e)).size, 0);
+    const tmpSize = () => tmpEntries(fx.mirror!.dataDir).reduce((n, e) => n + statSync(join(fx.mirror!.dataDir, 'tmp', e)).size, 0);
     expect(await waitFor(() => tmpSize() > 256 * 1024, 10_000)).toBe(true);
-    const exit = await mirror.kill('SIGKILL');
+    const exit = await fx.mirror.kill('SIGKILL');
     expect(exit.signal).toBe('SIGKILL');
 
     const client = await clientP;
     expect(client.complete).toBe(false);
     expect(client.body.length).toBeLessThan(layer.size);
     // The crash left a partial temp file behind, and no blob.
-    const leftovers = tmpEntries(mirror.dataDir);
+    const leftovers = tmpEntries(fx.mirror.dataDir);
     expect(leftovers.length).toBeGreaterThan(0);
-    expect(existsSync(blobFile(mirror.dataDir, layer.digest))).toBe(false);
+    expect(existsSync(blobFile(fx.mirror.dataDir, layer.digest))).toBe(false);
     const fetchesBefore = cdnGets();
 
     // Restart with upstream down: the partial file is swept and nothing partial is served.
-    await hub.resetFaults();
-    await hub.goDown();
-    await mirror.restart();
-    expect(tmpEntries(mirror.dataDir)).toEqual([]);
-    expect(existsSync(blobFile(mirror.dataDir, layer.digest))).toBe(false);
+    await fx.hub.resetFaults();
+    await fx.hub.goDown();
+    await fx.mirror.restart();
+    expect(tmpEntries(fx.mirror.dataDir)).toEqual([]);
+    expect(existsSync(blobFile(fx.mirror.dataDir, layer.digest))).toBe(false);
     const whileDown = await rawGet(url, { timeoutMs: 10_000 });
     expectOciError(whileDown, [502, 503]);
     const head = await rawGet(url, { method: 'HEAD', timeoutMs: 10_000 });
     expect(head.status).not.toBe(200);
 
     // Upstream back: fetched again (the fake's counter goes up), complete and correct.
-    await hub.goUp();
+    await fx.hub.goUp();
     const again = await rawGet(url, { timeoutMs: 20_000 });
     expect(again.status).toBe(200);
     expect(again.complete).toBe(true);
     expect(sha256(again.body)).toBe(layer.digest);
     expect(cdnGets()).toBe(fetchesBefore + 1);
-    expect(await waitFor(() => existsSync(blobFile(mirror!.dataDir, layer.digest)), 5000)).toBe(true);
+    expect(await waitFor(() => existsSync(blobFile(fx.mirror!.dataDir, layer.digest)), 5000)).toBe(true);
     console.log(`[crash] killed with ${client.body.length}/${layer.size} bytes sent; tmp/ held ${leftovers.length} file(s); swept on restart; refetched once`);
   });
 });

@@ -5,11 +5,11 @@
  * upstream confirms that name holds it.
  */
 import { execFile } from 'node:child_process';
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { FakeUpstream } from '../helpers/fake-upstream.js';
 import { makeImage, makeLayer, makeRandomLayer } from '../helpers/images.js';
-import { MAIN_JS, ROOT, spawnMirror, type SpawnedMirror } from '../helpers/spawn.js';
-import { DOCKER_ACCEPT, expectOciError, rawGet, sha256 } from './util.js';
+import { MAIN_JS, ROOT, spawnMirror } from '../helpers/spawn.js';
+import { DOCKER_ACCEPT, expectOciError, rawGet, sha256, faultFixture } from './util.js';
 
 const USER = 'sec-user';
 const PASS = 'Upstream-S3cret-pw-7731';
@@ -25,31 +25,20 @@ const imgA = makeImage({ layers: [shared, slow] });
 const imgB = makeImage({ layers: [onlyB] });
 const imgC = makeImage({ layers: [shared], cmd: ['c'] });
 
-let hub: FakeUpstream;
-let mirror: SpawnedMirror | undefined;
-
-beforeAll(async () => {
-  hub = await FakeUpstream.start({ credentials: { username: USER, password: PASS } });
+const fx = faultFixture(async () => {
+  const hub = await FakeUpstream.start({ credentials: { username: USER, password: PASS } });
   hub.putImage('team/a', imgA, 'v1');
   hub.putImage('team/b', imgB, 'v1');
   hub.putImage('team/c', imgC, 'v1');
-});
-afterAll(async () => {
-  await hub.close();
-});
-afterEach(async () => {
-  await mirror?.stop();
-  mirror = undefined;
-  await hub.resetFaults();
-  hub.resetCounters();
+  return hub;
 });
 
 const start = () =>
   spawnMirror({
     upstreams: {
-      'docker.io': { url: hub.url, username: USER, password: PASS },
+      'docker.io': { url: fx.hub.url, username: USER, password: PASS },
       // Same registry, wrong password: its failures must not leak the password either.
-      'ghcr.io': { url: hub.url, username: USER, password: WRONG },
+      'ghcr.io': { url: fx.hub.url, username: USER, password: WRONG },
     },
     defaultRegistry: 'docker.io',
     extraConfig: { log: { level: 'trace', format: 'json' } },
@@ -58,7 +47,7 @@ const start = () =>
 /** Every secret that must never leave the mirror: configured passwords, the Basic header, issued tokens. */
 function secrets(): string[] {
   const tokens = new Set<string>();
-  for (const r of hub.requests) {
+  for (const r of fx.hub.requests) {
     const m = /^Bearer\s+(\S+)$/i.exec(String(r.headers.authorization ?? ''));
     if (m && m[1] !== CLIENT_TOKEN) tokens.add(m[1]!);
   }
@@ -71,29 +60,29 @@ function expectNoSecrets(text: string, where: string): void {
 
 describe('credentials', () => {
   it('never forwards the client Authorization; never shows upstream credentials in logs, errors or /metrics', async () => {
-    mirror = await start();
-    const allRequests: typeof hub.requests = [];
-    const m = await rawGet(`${mirror.url}/v2/team/a/manifests/v1`, { headers: { accept: DOCKER_ACCEPT, authorization: `Bearer ${CLIENT_TOKEN}` } });
+    fx.mirror = await start();
+    const allRequests: typeof fx.hub.requests = [];
+    const m = await rawGet(`${fx.mirror.url}/v2/team/a/manifests/v1`, { headers: { accept: DOCKER_ACCEPT, authorization: `Bearer ${CLIENT_TOKEN}` } });
     expect(m.status).toBe(200);
     for (const b of [imgA.config, shared, slow]) {
-      const r = await rawGet(`${mirror.url}/v2/team/a/blobs/${b.digest}`, { headers: { authorization: `Basic ${CLIENT_BASIC}` } });
+      const r = await rawGet(`${fx.mirror.url}/v2/team/a/blobs/${b.digest}`, { headers: { authorization: `Basic ${CLIENT_BASIC}` } });
       expect(r.status).toBe(200);
       expect(sha256(r.body)).toBe(b.digest);
     }
-    const head = await rawGet(`${mirror.url}/v2/team/c/blobs/${shared.digest}`, { method: 'HEAD', headers: { authorization: `Bearer ${CLIENT_TOKEN}` } });
+    const head = await rawGet(`${fx.mirror.url}/v2/team/c/blobs/${shared.digest}`, { method: 'HEAD', headers: { authorization: `Bearer ${CLIENT_TOKEN}` } });
     expect(head.status).toBe(200);
 
     // Errors of every kind: unknown upstream repo, refused credentials, upstream down, bad input.
     const errors = [
-      await rawGet(`${mirror.url}/v2/team/missing/manifests/v1`, { headers: { accept: DOCKER_ACCEPT, authorization: `Bearer ${CLIENT_TOKEN}` } }),
-      await rawGet(`${mirror.url}/v2/ghcr.io/team/a/manifests/v1`, { headers: { accept: DOCKER_ACCEPT } }),
-      await rawGet(`${mirror.url}/v2/ghcr.io/team/a/blobs/${shared.digest}`),
-      await rawGet(`${mirror.url}/v2/team/a/manifests/Bad Tag`.replace(' ', '%20')),
+      await rawGet(`${fx.mirror.url}/v2/team/missing/manifests/v1`, { headers: { accept: DOCKER_ACCEPT, authorization: `Bearer ${CLIENT_TOKEN}` } }),
+      await rawGet(`${fx.mirror.url}/v2/ghcr.io/team/a/manifests/v1`, { headers: { accept: DOCKER_ACCEPT } }),
+      await rawGet(`${fx.mirror.url}/v2/ghcr.io/team/a/blobs/${shared.digest}`),
+      await rawGet(`${fx.mirror.url}/v2/team/a/manifests/Bad Tag`.replace(' ', '%20')),
     ];
-    allRequests.push(...hub.requests);
-    await hub.goDown();
-    errors.push(await rawGet(`${mirror.url}/v2/team/b/manifests/v1`, { headers: { accept: DOCKER_ACCEPT } }));
-    await hub.goUp();
+    allRequests.push(...fx.hub.requests);
+    await fx.hub.goDown();
+    errors.push(await rawGet(`${fx.mirror.url}/v2/team/b/manifests/v1`, { headers: { accept: DOCKER_ACCEPT } }));
+    await fx.hub.goUp();
     for (const e of errors) {
       expect(e.status).toBeGreaterThanOrEqual(400);
       expectOciError(e, [400, 401, 403, 404, 502, 503]);
@@ -112,22 +101,22 @@ describe('credentials', () => {
       expect(auth).not.toContain(CLIENT_BASIC);
       if (r.kind === 'cdn') expect(r.headers.authorization).toBeUndefined();
     }
-    expect(hub.cdnRejectedAuth).toBe(0);
+    expect(fx.hub.cdnRejectedAuth).toBe(0);
     // The registry did get the configured credentials (so the check above is not vacuous).
     expect(allRequests.some((r) => r.kind === 'token' && r.headers.authorization === `Basic ${BASIC}`)).toBe(true);
 
-    const metrics = await mirror.metrics();
+    const metrics = await fx.mirror.metrics();
     expectNoSecrets(metrics, '/metrics');
     expect(metrics).not.toContain(CLIENT_TOKEN);
     await new Promise((r) => setTimeout(r, 200));
-    expect(mirror.lines.length).toBeGreaterThan(5);
-    expectNoSecrets(mirror.output(), 'stdout/stderr (log level trace)');
-    expect(mirror.output()).not.toContain(CLIENT_TOKEN);
-    expect(mirror.output()).not.toContain(CLIENT_BASIC);
+    expect(fx.mirror.lines.length).toBeGreaterThan(5);
+    expectNoSecrets(fx.mirror.output(), 'stdout/stderr (log level trace)');
+    expect(fx.mirror.output()).not.toContain(CLIENT_TOKEN);
+    expect(fx.mirror.output()).not.toContain(CLIENT_BASIC);
 
     // --print-config hides them too.
     const printed = await new Promise<string>((resolve, reject) =>
-      execFile(process.execPath, [MAIN_JS, '--config', mirror!.configPath, '--print-config'], { cwd: ROOT, timeout: 15_000 }, (err, out, errOut) => (err ? reject(err) : resolve(out + errOut))),
+      execFile(process.execPath, [MAIN_JS, '--config', fx.mirror!.configPath, '--print-config'], { cwd: ROOT, timeout: 15_000 }, (err, out, errOut) => (err ? reject(err) : resolve(out + errOut))),
     );
     expect(printed).toContain('docker.io');
     expectNoSecrets(printed, '--print-config');
@@ -136,62 +125,62 @@ describe('credentials', () => {
 
 describe('repository isolation on a credentialed upstream', () => {
   it('serves a cached blob under another name only when upstream confirms that name holds it', async () => {
-    mirror = await start();
-    const man = await rawGet(`${mirror.url}/v2/team/a/manifests/v1`, { headers: { accept: DOCKER_ACCEPT } });
+    fx.mirror = await start();
+    const man = await rawGet(`${fx.mirror.url}/v2/team/a/manifests/v1`, { headers: { accept: DOCKER_ACCEPT } });
     expect(man.status).toBe(200);
-    for (const b of [imgA.config, shared]) expect((await rawGet(`${mirror.url}/v2/team/a/blobs/${b.digest}`)).status).toBe(200);
-    const cdnBefore = hub.count({ kind: 'cdn' });
+    for (const b of [imgA.config, shared]) expect((await rawGet(`${fx.mirror.url}/v2/team/a/blobs/${b.digest}`)).status).toBe(200);
+    const cdnBefore = fx.hub.count({ kind: 'cdn' });
 
     // team/b does not hold it upstream: refused (GET and HEAD), manifest by digest too.
-    const b = await rawGet(`${mirror.url}/v2/team/b/blobs/${shared.digest}`);
+    const b = await rawGet(`${fx.mirror.url}/v2/team/b/blobs/${shared.digest}`);
     expectOciError(b, [404], ['BLOB_UNKNOWN']);
     expect(b.body.includes(shared.bytes)).toBe(false);
-    const bHead = await rawGet(`${mirror.url}/v2/team/b/blobs/${shared.digest}`, { method: 'HEAD' });
+    const bHead = await rawGet(`${fx.mirror.url}/v2/team/b/blobs/${shared.digest}`, { method: 'HEAD' });
     expect(bHead.status).toBe(404);
-    const bMan = await rawGet(`${mirror.url}/v2/team/b/manifests/${imgA.manifest.digest}`, { headers: { accept: DOCKER_ACCEPT } });
+    const bMan = await rawGet(`${fx.mirror.url}/v2/team/b/manifests/${imgA.manifest.digest}`, { headers: { accept: DOCKER_ACCEPT } });
     expectOciError(bMan, [404], ['MANIFEST_UNKNOWN']);
     // Asking again does not flip it (no negative result cached as positive).
-    expect((await rawGet(`${mirror.url}/v2/team/b/blobs/${shared.digest}`)).status).toBe(404);
+    expect((await rawGet(`${fx.mirror.url}/v2/team/b/blobs/${shared.digest}`)).status).toBe(404);
     // A repository that does not exist upstream at all.
-    expect((await rawGet(`${mirror.url}/v2/team/nothere/blobs/${shared.digest}`)).status).toBe(404);
+    expect((await rawGet(`${fx.mirror.url}/v2/team/nothere/blobs/${shared.digest}`)).status).toBe(404);
 
     // team/c holds it upstream: confirmed with a HEAD and served from the cache (no new download).
-    const c = await rawGet(`${mirror.url}/v2/team/c/blobs/${shared.digest}`);
+    const c = await rawGet(`${fx.mirror.url}/v2/team/c/blobs/${shared.digest}`);
     expect(c.status).toBe(200);
     expect(sha256(c.body)).toBe(shared.digest);
-    expect(hub.count({ kind: 'cdn' })).toBe(cdnBefore);
-    expect(hub.count({ kind: 'blob', method: 'HEAD', path: `/v2/team/c/blobs/${shared.digest}` })).toBeGreaterThanOrEqual(1);
+    expect(fx.hub.count({ kind: 'cdn' })).toBe(cdnBefore);
+    expect(fx.hub.count({ kind: 'blob', method: 'HEAD', path: `/v2/team/c/blobs/${shared.digest}` })).toBeGreaterThanOrEqual(1);
 
     // The same name on another upstream (wrong credentials there) is not served from this cache.
-    const other = await rawGet(`${mirror.url}/v2/ghcr.io/team/a/blobs/${shared.digest}`);
+    const other = await rawGet(`${fx.mirror.url}/v2/ghcr.io/team/a/blobs/${shared.digest}`);
     expect(other.status).not.toBe(200);
 
     // Joining a download under way: team/b must be confirmed first, and is refused.
-    hub.faults.trickle = { bytesPerTick: 64 * 1024, tickMs: 50 };
+    fx.hub.faults.trickle = { bytesPerTick: 64 * 1024, tickMs: 50 };
     const [aSlow, bSlow] = await Promise.all([
-      rawGet(`${mirror.url}/v2/team/a/blobs/${slow.digest}`, { timeoutMs: 20_000 }),
-      new Promise((r) => setTimeout(r, 150)).then(() => rawGet(`${mirror!.url}/v2/team/b/blobs/${slow.digest}`, { timeoutMs: 20_000 })),
+      rawGet(`${fx.mirror.url}/v2/team/a/blobs/${slow.digest}`, { timeoutMs: 20_000 }),
+      new Promise((r) => setTimeout(r, 150)).then(() => rawGet(`${fx.mirror!.url}/v2/team/b/blobs/${slow.digest}`, { timeoutMs: 20_000 })),
     ]);
     expect(aSlow.status).toBe(200);
     expect(sha256(aSlow.body)).toBe(slow.digest);
     expectOciError(bSlow, [404], ['BLOB_UNKNOWN']);
-    await hub.resetFaults();
+    await fx.hub.resetFaults();
 
     // Upstream down: nothing to confirm with, so team/b is still refused; team/a is served.
-    await hub.goDown();
-    const bDown = await rawGet(`${mirror.url}/v2/team/b/blobs/${shared.digest}`);
+    await fx.hub.goDown();
+    const bDown = await rawGet(`${fx.mirror.url}/v2/team/b/blobs/${shared.digest}`);
     expect(bDown.status).not.toBe(200);
     expectOciError(bDown, [404, 502, 503]);
-    expect((await rawGet(`${mirror.url}/v2/team/a/blobs/${shared.digest}`)).status).toBe(200);
+    expect((await rawGet(`${fx.mirror.url}/v2/team/a/blobs/${shared.digest}`)).status).toBe(200);
     // And after a restart (membership read back from disk), still the same.
-    await mirror.restart();
-    expect((await rawGet(`${mirror.url}/v2/team/b/blobs/${shared.digest}`)).status).not.toBe(200);
-    expect((await rawGet(`${mirror.url}/v2/team/b/manifests/${imgA.manifest.digest}`, { headers: { accept: DOCKER_ACCEPT } })).status).not.toBe(200);
-    const aAfter = await rawGet(`${mirror.url}/v2/team/a/blobs/${shared.digest}`);
+    await fx.mirror.restart();
+    expect((await rawGet(`${fx.mirror.url}/v2/team/b/blobs/${shared.digest}`)).status).not.toBe(200);
+    expect((await rawGet(`${fx.mirror.url}/v2/team/b/manifests/${imgA.manifest.digest}`, { headers: { accept: DOCKER_ACCEPT } })).status).not.toBe(200);
+    const aAfter = await rawGet(`${fx.mirror.url}/v2/team/a/blobs/${shared.digest}`);
     expect(aAfter.status).toBe(200);
     expect(sha256(aAfter.body)).toBe(shared.digest);
-    const cAfter = await rawGet(`${mirror.url}/v2/team/c/blobs/${shared.digest}`);
+    const cAfter = await rawGet(`${fx.mirror.url}/v2/team/c/blobs/${shared.digest}`);
     expect(cAfter.status).toBe(200);
-    await hub.goUp();
+    await fx.hub.goUp();
   });
 });

@@ -5,11 +5,11 @@
  */
 import { existsSync } from 'node:fs';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { FakeUpstream } from '../helpers/fake-upstream.js';
 import { makeImage, makeRandomLayer } from '../helpers/images.js';
 import { spawnMirror, type SpawnedMirror } from '../helpers/spawn.js';
-import { blobFile, DOCKER_ACCEPT, expectOciError, rawGet, sha256, tmpEntries, tree, waitFor } from './util.js';
+import { blobFile, DOCKER_ACCEPT, expectOciError, rawGet, sha256, tmpEntries, tree, waitFor, faultFixture } from './util.js';
 
 const MiB = 1024 * 1024;
 const truncLayer = makeRandomLayer(3 * MiB, 'transfer-trunc');
@@ -22,37 +22,26 @@ const warmLayer = makeRandomLayer(300_000, 'transfer-warm');
 const img = makeImage({ layers: [truncLayer, corruptLayer, stallLayer, trickleLayer, hangLayer, hangLayer2, warmLayer] });
 const manifestImg = makeImage({ layers: [warmLayer], cmd: ['corrupt-manifest'] });
 
-let hub: FakeUpstream;
-let mirror: SpawnedMirror | undefined;
-
-beforeAll(async () => {
-  hub = await FakeUpstream.start();
+const fx = faultFixture(async () => {
+  const hub = await FakeUpstream.start();
   hub.putImage('library/app', img, 'v1');
   hub.putImage('library/man', manifestImg, 'v1');
-});
-afterAll(async () => {
-  await hub.close();
-});
-afterEach(async () => {
-  await mirror?.stop();
-  mirror = undefined;
-  await hub.resetFaults();
-  hub.resetCounters();
+  return hub;
 });
 
 const start = (extraConfig?: Record<string, unknown>) =>
-  spawnMirror({ upstreams: { 'docker.io': { url: hub.url, libraryPrefix: true } }, ...(extraConfig ? { extraConfig } : {}) });
+  spawnMirror({ upstreams: { 'docker.io': { url: fx.hub.url, libraryPrefix: true } }, ...(extraConfig ? { extraConfig } : {}) });
 
 const blobUrl = (m: SpawnedMirror, digest: string, repo = 'library/app') => `${m.url}/v2/${repo}/blobs/${digest}`;
-const cdnGets = (digest: string) => hub.requests.filter((r) => r.kind === 'cdn' && r.method === 'GET' && r.path.endsWith(digest.slice(7)));
+const cdnGets = (digest: string) => fx.hub.requests.filter((r) => r.kind === 'cdn' && r.method === 'GET' && r.path.endsWith(digest.slice(7)));
 
 describe('body cut halfway', () => {
   it('resumes with Range: bytes=N- and every client gets the complete, correct body', async () => {
-    mirror = await start();
-    hub.faults.truncateBlobAfter = 1 * MiB;
-    hub.faults.truncateBlobTimes = 1;
+    fx.mirror = await start();
+    fx.hub.faults.truncateBlobAfter = 1 * MiB;
+    fx.hub.faults.truncateBlobTimes = 1;
     // Trickled, so the clients are mid-stream when the body is cut.
-    hub.faults.trickle = { bytesPerTick: 128 * 1024, tickMs: 20 };
+    fx.hub.faults.trickle = { bytesPerTick: 128 * 1024, tickMs: 20 };
     const totals = [0, 0, 0, 0];
     let atResume: number[] | undefined;
     const resumeSeen = () => cdnGets(truncLayer.digest).some((g) => g.headers.range !== undefined);
@@ -62,7 +51,7 @@ describe('body cut halfway', () => {
         else await sleep(5);
       }
     })();
-    const results = await Promise.all(totals.map((_, i) => rawGet(blobUrl(mirror!, truncLayer.digest), { timeoutMs: 20_000, onData: (_c, n) => void (totals[i] = n) })));
+    const results = await Promise.all(totals.map((_, i) => rawGet(blobUrl(fx.mirror!, truncLayer.digest), { timeoutMs: 20_000, onData: (_c, n) => void (totals[i] = n) })));
     await watch;
     expect(atResume, 'a Range request was seen').toBeDefined();
     // Clients were streaming when the cut happened (they had bytes before the resume started).
@@ -79,19 +68,19 @@ describe('body cut halfway', () => {
     const offset = Number(/^bytes=(\d+)-$/.exec(String(ranged[0]!.headers.range))![1]);
     expect(offset).toBeGreaterThan(0);
     expect(offset).toBeLessThanOrEqual(1 * MiB);
-    expect(await mirror.metric('mirror_download_resumes_total')).toBeGreaterThanOrEqual(1);
-    expect(await waitFor(() => existsSync(blobFile(mirror!.dataDir, truncLayer.digest)), 5000)).toBe(true);
+    expect(await fx.mirror.metric('mirror_download_resumes_total')).toBeGreaterThanOrEqual(1);
+    expect(await waitFor(() => existsSync(blobFile(fx.mirror!.dataDir, truncLayer.digest)), 5000)).toBe(true);
     console.log(`[transfer] truncation: resumed at bytes=${offset}-; ${gets.length} upstream GETs; clients had ${atResume!.join('/')} bytes at the resume; all 4 got ${truncLayer.size} correct bytes`);
   });
 });
 
 describe('a corrupted byte', () => {
   it('keeps nothing, aborts every client mid-stream, counts digest_mismatch, and tries upstream again next time', async () => {
-    mirror = await start();
-    hub.faults.corruptBlob = true;
+    fx.mirror = await start();
+    fx.hub.faults.corruptBlob = true;
     // Slow enough that all clients are streaming when the mismatch is found.
-    hub.faults.trickle = { bytesPerTick: 256 * 1024, tickMs: 50 };
-    const clients = await Promise.all(Array.from({ length: 6 }, () => rawGet(blobUrl(mirror!, corruptLayer.digest), { timeoutMs: 20_000 })));
+    fx.hub.faults.trickle = { bytesPerTick: 256 * 1024, tickMs: 50 };
+    const clients = await Promise.all(Array.from({ length: 6 }, () => rawGet(blobUrl(fx.mirror!, corruptLayer.digest), { timeoutMs: 20_000 })));
     const summary = clients.map((c) => `${c.status}:${c.body.length}:${c.error ?? 'complete'}`);
     for (const c of clients) {
       // Either an error status, or an aborted/short body: never all bytes delivered as a success.
@@ -103,41 +92,41 @@ describe('a corrupted byte', () => {
       }
       expect(sha256(c.body)).not.toBe(corruptLayer.digest);
     }
-    expect(existsSync(blobFile(mirror.dataDir, corruptLayer.digest))).toBe(false);
-    expect(await waitFor(() => tmpEntries(mirror!.dataDir).length === 0, 3000), `tmp/: ${tmpEntries(mirror.dataDir).join(', ')}`).toBe(true);
+    expect(existsSync(blobFile(fx.mirror.dataDir, corruptLayer.digest))).toBe(false);
+    expect(await waitFor(() => tmpEntries(fx.mirror!.dataDir).length === 0, 3000), `tmp/: ${tmpEntries(fx.mirror.dataDir).join(', ')}`).toBe(true);
     const fetches = cdnGets(corruptLayer.digest).length;
     expect(fetches).toBeGreaterThanOrEqual(1);
-    expect(await mirror.metric('mirror_blob_downloads_total', { result: 'digest_mismatch' })).toBe(fetches);
+    expect(await fx.mirror.metric('mirror_blob_downloads_total', { result: 'digest_mismatch' })).toBe(fetches);
 
     // The fault is gone: the next request goes upstream again and gets the right bytes.
-    await hub.resetFaults();
-    const again = await rawGet(blobUrl(mirror, corruptLayer.digest), { timeoutMs: 20_000 });
+    await fx.hub.resetFaults();
+    const again = await rawGet(blobUrl(fx.mirror, corruptLayer.digest), { timeoutMs: 20_000 });
     expect(again.status).toBe(200);
     expect(again.complete).toBe(true);
     expect(sha256(again.body)).toBe(corruptLayer.digest);
     expect(cdnGets(corruptLayer.digest).length).toBe(fetches + 1);
-    expect(await waitFor(() => existsSync(blobFile(mirror!.dataDir, corruptLayer.digest)), 5000)).toBe(true);
+    expect(await waitFor(() => existsSync(blobFile(fx.mirror!.dataDir, corruptLayer.digest)), 5000)).toBe(true);
     console.log(`[transfer] corrupt byte: clients (status:bytes:outcome) ${summary.join(' ')}; upstream fetches ${fetches}`);
   });
 });
 
 describe('a manifest whose bytes do not match', () => {
   it('rejects a corrupted manifest asked for by digest with MANIFEST_INVALID and keeps nothing', async () => {
-    mirror = await start();
-    hub.faults.corruptManifest = true;
-    const before = tree(mirror.dataDir).filter((p) => p.startsWith('blobs'));
-    const r = await rawGet(`${mirror.url}/v2/man/manifests/${manifestImg.manifest.digest}`, { headers: { accept: DOCKER_ACCEPT } });
+    fx.mirror = await start();
+    fx.hub.faults.corruptManifest = true;
+    const before = tree(fx.mirror.dataDir).filter((p) => p.startsWith('blobs'));
+    const r = await rawGet(`${fx.mirror.url}/v2/man/manifests/${manifestImg.manifest.digest}`, { headers: { accept: DOCKER_ACCEPT } });
     expectOciError(r, [400, 422, 500, 502, 503], ['MANIFEST_INVALID']);
-    expect(existsSync(blobFile(mirror.dataDir, manifestImg.manifest.digest))).toBe(false);
+    expect(existsSync(blobFile(fx.mirror.dataDir, manifestImg.manifest.digest))).toBe(false);
     // Nothing stored under any digest (the corrupted bytes hash to another one).
-    expect(tree(mirror.dataDir).filter((p) => p.startsWith('blobs'))).toEqual(before);
+    expect(tree(fx.mirror.dataDir).filter((p) => p.startsWith('blobs'))).toEqual(before);
     // By tag: the upstream's Docker-Content-Digest no longer matches the bytes either.
-    const byTag = await rawGet(`${mirror.url}/v2/man/manifests/v1`, { headers: { accept: DOCKER_ACCEPT } });
+    const byTag = await rawGet(`${fx.mirror.url}/v2/man/manifests/v1`, { headers: { accept: DOCKER_ACCEPT } });
     expectOciError(byTag, [400, 422, 500, 502, 503], ['MANIFEST_INVALID']);
-    expect(tree(mirror.dataDir).filter((p) => p.startsWith('blobs') || p.includes('_tags'))).toEqual(before);
+    expect(tree(fx.mirror.dataDir).filter((p) => p.startsWith('blobs') || p.includes('_tags'))).toEqual(before);
     // Not remembered as bad either: once upstream is fixed it is served.
-    hub.faults.corruptManifest = false;
-    const ok = await rawGet(`${mirror.url}/v2/man/manifests/${manifestImg.manifest.digest}`, { headers: { accept: DOCKER_ACCEPT } });
+    fx.hub.faults.corruptManifest = false;
+    const ok = await rawGet(`${fx.mirror.url}/v2/man/manifests/${manifestImg.manifest.digest}`, { headers: { accept: DOCKER_ACCEPT } });
     expect(ok.status).toBe(200);
     expect(sha256(ok.body)).toBe(manifestImg.manifest.digest);
   });
@@ -145,26 +134,26 @@ describe('a manifest whose bytes do not match', () => {
 
 describe('slow upstream', () => {
   it('aborts a stalled transfer within a few seconds with bodyIdle: 1000, keeping nothing', async () => {
-    mirror = await start({ timeouts: { bodyIdle: 1000 } });
-    hub.faults.stallBlobAfter = 256 * 1024;
-    const r = await rawGet(blobUrl(mirror, stallLayer.digest), { timeoutMs: 30_000 });
+    fx.mirror = await start({ timeouts: { bodyIdle: 1000 } });
+    fx.hub.faults.stallBlobAfter = 256 * 1024;
+    const r = await rawGet(blobUrl(fx.mirror, stallLayer.digest), { timeoutMs: 30_000 });
     const short = r.status !== 200 || r.error !== undefined || r.body.length < stallLayer.size;
     expect(short, `${r.status} ${r.body.length} ${r.error}`).toBe(true);
     expect(r.error).not.toBe('timeout');
     expect(r.ms, `stalled transfer took ${Math.round(r.ms)} ms`).toBeLessThan(10_000);
-    expect(existsSync(blobFile(mirror.dataDir, stallLayer.digest))).toBe(false);
-    expect(await waitFor(() => tmpEntries(mirror!.dataDir).length === 0, 3000), `tmp/: ${tmpEntries(mirror.dataDir).join(', ')}`).toBe(true);
+    expect(existsSync(blobFile(fx.mirror.dataDir, stallLayer.digest))).toBe(false);
+    expect(await waitFor(() => tmpEntries(fx.mirror!.dataDir).length === 0, 3000), `tmp/: ${tmpEntries(fx.mirror.dataDir).join(', ')}`).toBe(true);
     console.log(`[transfer] stall: client saw ${r.status}/${r.body.length} bytes/${r.error ?? 'complete'} after ${Math.round(r.ms)} ms; upstream GETs ${cdnGets(stallLayer.digest).length}`);
   });
 
   it('completes a trickle that makes progress (64 KiB every 200 ms) correctly', async () => {
-    mirror = await start({ timeouts: { bodyIdle: 1000 } });
-    hub.faults.trickle = { bytesPerTick: 64 * 1024, tickMs: 200 };
-    const r = await rawGet(blobUrl(mirror, trickleLayer.digest), { timeoutMs: 30_000 });
+    fx.mirror = await start({ timeouts: { bodyIdle: 1000 } });
+    fx.hub.faults.trickle = { bytesPerTick: 64 * 1024, tickMs: 200 };
+    const r = await rawGet(blobUrl(fx.mirror, trickleLayer.digest), { timeoutMs: 30_000 });
     expect(r.status).toBe(200);
     expect(r.complete).toBe(true);
     expect(sha256(r.body)).toBe(trickleLayer.digest);
-    expect(await waitFor(() => existsSync(blobFile(mirror!.dataDir, trickleLayer.digest)), 5000)).toBe(true);
+    expect(await waitFor(() => existsSync(blobFile(fx.mirror!.dataDir, trickleLayer.digest)), 5000)).toBe(true);
     expect(cdnGets(trickleLayer.digest).length).toBe(1);
     console.log(`[transfer] trickle: ${trickleLayer.size} bytes in ${Math.round(r.ms)} ms, one upstream GET`);
   });
@@ -172,25 +161,25 @@ describe('slow upstream', () => {
 
 describe('the client hangs up mid-stream', () => {
   it('the download continues for the cache, other readers get full bodies, no file descriptors leak', async () => {
-    mirror = await start();
+    fx.mirror = await start();
     // Warm up pools and lazily opened handles so the fd baseline is steady.
-    const w = await rawGet(blobUrl(mirror, warmLayer.digest));
-    expect(w.status, `${w.error} ${w.body.toString().slice(0, 300)}\n${mirror.output().slice(-3000)}\n${JSON.stringify(hub.requests.slice(-6).map((q) => [q.method, q.path, q.status, q.headers.range]))}`).toBe(200);
+    const w = await rawGet(blobUrl(fx.mirror, warmLayer.digest));
+    expect(w.status, `${w.error} ${w.body.toString().slice(0, 300)}\n${fx.mirror.output().slice(-3000)}\n${JSON.stringify(fx.hub.requests.slice(-6).map((q) => [q.method, q.path, q.status, q.headers.range]))}`).toBe(200);
     expect(sha256(w.body)).toBe(warmLayer.digest);
     await sleep(300);
-    const fdBefore = mirror.fdCount();
+    const fdBefore = fx.mirror.fdCount();
 
-    hub.faults.trickle = { bytesPerTick: 128 * 1024, tickMs: 40 };
+    fx.hub.faults.trickle = { bytesPerTick: 128 * 1024, tickMs: 40 };
     // The only client hangs up: the cache still wants the blob.
-    const lone = await rawGet(blobUrl(mirror, hangLayer.digest), { hangUpAfterBytes: 200 * 1024 });
+    const lone = await rawGet(blobUrl(fx.mirror, hangLayer.digest), { hangUpAfterBytes: 200 * 1024 });
     expect(lone.error).toBe('hung up by the client');
-    expect(await waitFor(() => existsSync(blobFile(mirror!.dataDir, hangLayer.digest)), 15_000)).toBe(true);
+    expect(await waitFor(() => existsSync(blobFile(fx.mirror!.dataDir, hangLayer.digest)), 15_000)).toBe(true);
 
     // One hangs up while two others read the same download.
     const [quitter, a, b] = await Promise.all([
-      rawGet(blobUrl(mirror, hangLayer2.digest), { hangUpAfterBytes: 100 * 1024 }),
-      rawGet(blobUrl(mirror, hangLayer2.digest), { timeoutMs: 20_000 }),
-      rawGet(blobUrl(mirror, hangLayer2.digest), { timeoutMs: 20_000 }),
+      rawGet(blobUrl(fx.mirror, hangLayer2.digest), { hangUpAfterBytes: 100 * 1024 }),
+      rawGet(blobUrl(fx.mirror, hangLayer2.digest), { timeoutMs: 20_000 }),
+      rawGet(blobUrl(fx.mirror, hangLayer2.digest), { timeoutMs: 20_000 }),
     ]);
     expect(quitter.error).toBe('hung up by the client');
     for (const r of [a, b]) {
@@ -198,21 +187,21 @@ describe('the client hangs up mid-stream', () => {
       expect(r.complete).toBe(true);
       expect(sha256(r.body)).toBe(hangLayer2.digest);
     }
-    expect(await waitFor(() => existsSync(blobFile(mirror!.dataDir, hangLayer2.digest)), 15_000)).toBe(true);
+    expect(await waitFor(() => existsSync(blobFile(fx.mirror!.dataDir, hangLayer2.digest)), 15_000)).toBe(true);
     expect(cdnGets(hangLayer.digest).length).toBe(1);
     expect(cdnGets(hangLayer2.digest).length).toBe(1);
 
     // Served from the cache afterwards.
-    await hub.resetFaults();
-    const cached = await rawGet(blobUrl(mirror, hangLayer.digest));
+    await fx.hub.resetFaults();
+    const cached = await rawGet(blobUrl(fx.mirror, hangLayer.digest));
     expect(sha256(cached.body)).toBe(hangLayer.digest);
     expect(cdnGets(hangLayer.digest).length).toBe(1);
 
     const fdAfter = await waitFor(() => {
-      const n = mirror!.fdCount();
+      const n = fx.mirror!.fdCount();
       return n <= fdBefore + 4 ? n : 0;
     }, 8000, 100);
-    const final = mirror.fdCount();
+    const final = fx.mirror.fdCount();
     console.log(`[transfer] hang-up: fds before ${fdBefore}, after ${final}`);
     expect(fdAfter || final, `fds before ${fdBefore}, after ${final}`).toBeLessThanOrEqual(fdBefore + 4);
   });

@@ -9,7 +9,9 @@ import http from 'node:http';
 import { connect } from 'node:net';
 import { join, relative } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { expect } from 'vitest';
+import { afterAll, afterEach, beforeAll, expect } from 'vitest';
+import type { FakeUpstream } from '../helpers/fake-upstream.js';
+import type { SpawnedMirror } from '../helpers/spawn.js';
 
 export const sha256 = (b: Uint8Array) => `sha256:${createHash('sha256').update(b).digest('hex')}`;
 
@@ -213,9 +215,42 @@ export function tree(dir: string, limit = 100_000): string[] {
 /** Entries of tmp/ under the data dir (in-progress downloads). */
 export const tmpEntries = (dataDir: string) => (existsSync(join(dataDir, 'tmp')) ? readdirSync(join(dataDir, 'tmp')) : []);
 
-export const DOCKER_ACCEPT = [
-  'application/vnd.docker.distribution.manifest.v2+json',
-  'application/vnd.docker.distribution.manifest.list.v2+json',
-  'application/vnd.oci.image.index.v1+json',
-  'application/vnd.oci.image.manifest.v1+json',
-].join(', ');
+/** The Accept header docker sends for manifests (one definition, in the test helpers). */
+export { DOCKER_ACCEPT } from '../helpers/mirror.js';
+
+/** A fault suite's fixture: one fake upstream per file, the test's spawned mirror (if any). */
+export interface FaultFixture {
+  readonly hub: FakeUpstream;
+  /** Set by a test; stopped after it. */
+  mirror: SpawnedMirror | undefined;
+}
+
+/**
+ * Starts the file's fake upstream before its tests and closes it after; after each test stops the
+ * test's mirror and clears the upstream's faults, rate limit and counters, so tests stay independent.
+ */
+export function faultFixture(startHub: () => Promise<FakeUpstream>): FaultFixture {
+  let hub: FakeUpstream | undefined;
+  const fx: FaultFixture = {
+    get hub(): FakeUpstream {
+      if (!hub) throw new Error('the fake upstream starts in beforeAll');
+      return hub;
+    },
+    mirror: undefined,
+  };
+  beforeAll(async () => {
+    hub = await startHub();
+  });
+  afterAll(async () => {
+    await hub?.close();
+  });
+  afterEach(async () => {
+    await fx.mirror?.stop();
+    fx.mirror = undefined;
+    if (!hub) return;
+    await hub.resetFaults();
+    hub.rateLimit = undefined;
+    hub.resetCounters();
+  });
+  return fx;
+}
