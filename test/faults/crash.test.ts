@@ -5,10 +5,12 @@
 import { existsSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
+import { digestOf } from '../helpers/digest.js';
 import { FakeUpstream } from '../helpers/fake-upstream.js';
 import { makeImage, makeRandomLayer } from '../helpers/images.js';
 import { spawnMirror } from '../helpers/spawn.js';
-import { blobFile, expectOciError, rawGet, sha256, tmpEntries, waitFor, faultFixture } from './util.js';
+import { waitFor } from '../helpers/wait.js';
+import { blobFile, expectOciError, rawGet, tmpEntries, faultFixture } from './util.js';
 
 const layer = makeRandomLayer(2 * 1024 * 1024, 'crash-layer');
 const img = makeImage({ layers: [layer] });
@@ -28,7 +30,7 @@ describe('SIGKILL mid-download', () => {
     fx.hub.faults.trickle = { bytesPerTick: 64 * 1024, tickMs: 100 };
     const clientP = rawGet(url, { timeoutMs: 20_000 });
     const tmpSize = () => tmpEntries(fx.mirror!.dataDir).reduce((n, e) => n + statSync(join(fx.mirror!.dataDir, 'tmp', e)).size, 0);
-    expect(await waitFor(() => tmpSize() > 256 * 1024, 10_000)).toBe(true);
+    await waitFor(() => tmpSize() > 256 * 1024, 10_000, () => `256 KiB in tmp/ (have ${tmpSize()})`);
     const exit = await fx.mirror.kill('SIGKILL');
     expect(exit.signal).toBe('SIGKILL');
 
@@ -57,9 +59,9 @@ describe('SIGKILL mid-download', () => {
     const again = await rawGet(url, { timeoutMs: 20_000 });
     expect(again.status).toBe(200);
     expect(again.complete).toBe(true);
-    expect(sha256(again.body)).toBe(layer.digest);
+    expect(digestOf(again.body)).toBe(layer.digest);
     expect(cdnGets()).toBe(fetchesBefore + 1);
-    expect(await waitFor(() => existsSync(blobFile(fx.mirror!.dataDir, layer.digest)), 5000)).toBe(true);
+    await waitFor(() => existsSync(blobFile(fx.mirror!.dataDir, layer.digest)), 5000, `${layer.digest} in the cache`);
     console.log(`[crash] killed with ${client.body.length}/${layer.size} bytes sent; tmp/ held ${leftovers.length} file(s); swept on restart; refetched once`);
   });
 });

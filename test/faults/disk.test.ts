@@ -9,10 +9,12 @@ import { mkdir, mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { digestOf } from '../helpers/digest.js';
 import { FakeUpstream } from '../helpers/fake-upstream.js';
 import { makeImage, makeLayer, makeRandomLayer } from '../helpers/images.js';
 import { httpGet, spawnMirror, type SpawnedMirror } from '../helpers/spawn.js';
-import { blobFile, DOCKER_ACCEPT, rawGet, sha256, tmpEntries, waitFor } from './util.js';
+import { waitFor } from '../helpers/wait.js';
+import { blobFile, DOCKER_ACCEPT, rawGet, tmpEntries } from './util.js';
 
 const big = makeRandomLayer(3 * 1024 * 1024, 'disk-big');
 const small = makeLayer([{ path: 'small.txt', content: 'still fits' }]);
@@ -75,7 +77,7 @@ describe('disk full (ENOSPC)', () => {
       .slice(0, 400)}`;
     console.log(`[disk] big blob: ${summary}`);
     expect(existsSync(blobFile(dataDir, big.digest))).toBe(false);
-    expect(await waitFor(() => tmpEntries(dataDir).length === 0, 3000), `tmp/: ${tmpEntries(dataDir).join(', ')}`).toBe(true);
+    await waitFor(() => tmpEntries(dataDir).length === 0, 3000, () => `an empty tmp/ (has ${tmpEntries(dataDir).join(', ')})`);
     const fullMetric = await mirror.metric('mirror_store_full_total');
     const fullLogged = mirror.lines.some((l) => /full|ENOSPC|no space/i.test(`${l.msg ?? ''} ${JSON.stringify(l)}`));
     expect(fullMetric > 0 || fullLogged, summary).toBe(true);
@@ -84,23 +86,23 @@ describe('disk full (ENOSPC)', () => {
     expect((await httpGet(`${mirror.url}/healthz`)).status).toBe(200);
     const sm = await rawGet(`${mirror.url}/v2/small/manifests/v1`, { headers: { accept: DOCKER_ACCEPT } });
     expect(sm.status).toBe(200);
-    expect(sha256(sm.body)).toBe(smallImg.manifest.digest);
+    expect(digestOf(sm.body)).toBe(smallImg.manifest.digest);
     const sb = await rawGet(`${mirror.url}/v2/library/small/blobs/${small.digest}`);
     expect(sb.status).toBe(200);
-    expect(sha256(sb.body)).toBe(small.digest);
+    expect(digestOf(sb.body)).toBe(small.digest);
     expect(mirror.exited).toBe(false);
 
     // The client got the right bytes from upstream (pass-through), also when asked again, concurrently.
     expect(r.status, summary).toBe(200);
     expect(r.complete, summary).toBe(true);
-    expect(sha256(r.body)).toBe(big.digest);
+    expect(digestOf(r.body)).toBe(big.digest);
     const again = await Promise.all([rawGet(url, { timeoutMs: 20_000 }), rawGet(url, { timeoutMs: 20_000 })]);
     for (const a of again) {
       expect(a.status).toBe(200);
       expect(a.complete).toBe(true);
-      expect(sha256(a.body)).toBe(big.digest);
+      expect(digestOf(a.body)).toBe(big.digest);
     }
     expect(existsSync(blobFile(dataDir, big.digest))).toBe(false);
-    expect(await waitFor(() => tmpEntries(dataDir).length === 0, 3000)).toBe(true);
+    await waitFor(() => tmpEntries(dataDir).length === 0, 3000, () => `an empty tmp/ (has ${tmpEntries(dataDir).join(', ')})`);
   });
 });

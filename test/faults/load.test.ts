@@ -4,13 +4,14 @@
  * several clients), HEADs and tag lists. No errors, no wrong bodies, memory bounded (VmHWM of the
  * mirror process), no leaked file descriptors. Prints requests, errors, throughput and peak RSS.
  */
-import { createHash } from 'node:crypto';
 import { Agent, request } from 'undici';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { digestOf, digestOfStream } from '../helpers/digest.js';
 import { FakeUpstream } from '../helpers/fake-upstream.js';
 import { blobOf, makeImage, makeRandomLayer, pseudoRandomBytes, type Blob, type Image } from '../helpers/images.js';
 import { httpGet, spawnMirror, type SpawnedMirror } from '../helpers/spawn.js';
-import { DOCKER_ACCEPT, waitFor } from './util.js';
+import { waitFor } from '../helpers/wait.js';
+import { DOCKER_ACCEPT } from './util.js';
 
 // CI runs the full minute the issue asks for; a developer's run is shorter unless FULL_LOAD=1.
 const SECONDS = Number(process.env.LOAD_SECONDS ?? (process.env.FULL_LOAD === '1' || process.env.CI === 'true' ? 60 : 15));
@@ -51,9 +52,7 @@ describe(`${CLIENTS} concurrent clients for ${SECONDS} s`, () => {
         await res.body.dump();
         return { status: res.statusCode, digest: undefined };
       }
-      const h = createHash('sha256');
-      for await (const c of res.body) h.update(c as Buffer);
-      return { status: res.statusCode, digest: `sha256:${h.digest('hex')}` };
+      return { status: res.statusCode, digest: await digestOfStream(res.body) };
     };
 
     // Warm: every image's tag and blobs once.
@@ -96,7 +95,7 @@ describe(`${CLIENTS} concurrent clients for ${SECONDS} s`, () => {
         const owner = images.findIndex((im) => [im.config, ...im.layers].includes(b));
         return { name: 'blob-head', method: 'HEAD', path: `/v2/library/load${owner}/blobs/${b.digest}`, headers: {}, expect: undefined };
       }
-      return { name: 'range', method: 'GET', path: `/v2/library/load${i}/blobs/${img.layers[2]!.digest}`, headers: { range: 'bytes=1000-1999' }, expect: `sha256:${createHash('sha256').update(img.layers[2]!.bytes.subarray(1000, 2000)).digest('hex')}` };
+      return { name: 'range', method: 'GET', path: `/v2/library/load${i}/blobs/${img.layers[2]!.digest}`, headers: { range: 'bytes=1000-1999' }, expect: digestOf(img.layers[2]!.bytes.subarray(1000, 2000)) };
     };
 
     const stats = { requests: 0, errors: 0, wrong: 0, byOp: new Map<string, number>(), samples: [] as string[] };
@@ -140,10 +139,9 @@ describe(`${CLIENTS} concurrent clients for ${SECONDS} s`, () => {
     const peakHwmKiB = mirror.peakRssKiB();
     const coldFetched = Math.min(coldBlobs.length, Math.ceil(coldNext / 3));
     const cdnFetches = hub.count({ kind: 'cdn', method: 'GET' });
-    const fdAfter = await waitFor(() => {
-      const n = mirror.fdCount();
-      return n <= fdBefore + 10 ? n : 0;
-    }, 15_000, 250);
+    // Give descriptors time to close, but report the figures below whether or not they do.
+    await waitFor(() => mirror.fdCount() <= fdBefore + 10, 15_000, 'fds to settle', 250).catch(() => undefined);
+    const fdAfter = mirror.fdCount();
     const figures = [
       `clients ${CLIENTS}, ${elapsed.toFixed(1)} s`,
       `requests ${stats.requests} (${Math.round(stats.requests / elapsed)}/s)`,
@@ -151,7 +149,7 @@ describe(`${CLIENTS} concurrent clients for ${SECONDS} s`, () => {
       `mix ${[...stats.byOp].map(([k, v]) => `${k}=${v}`).join(' ')}`,
       `cold blobs fetched ${coldFetched}, upstream blob GETs ${cdnFetches} (warm-up ${warmBlobs.length})`,
       `mirror RSS before ${Math.round(rssBefore / 1024)} MiB, sampled max ${Math.round(peakRss / 1024)} MiB, VmHWM ${Math.round(peakHwmKiB / 1024)} MiB`,
-      `fds before ${fdBefore}, after ${fdAfter || mirror.fdCount()}`,
+      `fds before ${fdBefore}, after ${fdAfter}`,
     ];
     console.log(`[load] ${figures.join('\n[load] ')}${stats.samples.length ? `\n[load] samples: ${stats.samples.join(' | ')}` : ''}`);
 
@@ -163,6 +161,6 @@ describe(`${CLIENTS} concurrent clients for ${SECONDS} s`, () => {
     // Each cold blob crossed the upstream link once, however many clients asked at once.
     expect(cdnFetches).toBe(warmBlobs.length + coldFetched);
     expect(Math.round(peakHwmKiB / 1024), figures.join('; ')).toBeLessThan(MAX_PEAK_RSS_MIB);
-    expect(fdAfter || mirror.fdCount(), figures.join('; ')).toBeLessThanOrEqual(fdBefore + 10);
+    expect(fdAfter, figures.join('; ')).toBeLessThanOrEqual(fdBefore + 10);
   }, (SECONDS + 120) * 1000);
 });

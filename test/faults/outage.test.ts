@@ -4,10 +4,11 @@
  * (tags marked stale); uncached requests fail fast with an OCI error.
  */
 import { describe, expect, it } from 'vitest';
+import { digestOf } from '../helpers/digest.js';
 import { FakeUpstream } from '../helpers/fake-upstream.js';
 import { makeImage, makeLayer, makeRandomLayer, type Image } from '../helpers/images.js';
 import { httpGet, spawnMirror, type SpawnedMirror } from '../helpers/spawn.js';
-import { DOCKER_ACCEPT, expectOciError, rawGet, sha256, faultFixture } from './util.js';
+import { DOCKER_ACCEPT, expectOciError, rawGet, faultFixture } from './util.js';
 
 const FAST_MS = 5000;
 const base = makeRandomLayer(200_000, 'outage-base');
@@ -28,11 +29,11 @@ const start = (tagTtl = 0) => spawnMirror({ upstreams: { 'docker.io': { url: fx.
 async function warm(m: SpawnedMirror, image: Image, tag: string): Promise<void> {
   const man = await rawGet(`${m.url}/v2/app/manifests/${tag}`, { headers: { accept: DOCKER_ACCEPT } });
   expect(man.status).toBe(200);
-  expect(sha256(man.body)).toBe(image.manifest.digest);
+  expect(digestOf(man.body)).toBe(image.manifest.digest);
   for (const b of [image.config, ...image.layers]) {
     const r = await rawGet(`${m.url}/v2/library/app/blobs/${b.digest}`);
     expect(r.status).toBe(200);
-    expect(sha256(r.body)).toBe(b.digest);
+    expect(digestOf(r.body)).toBe(b.digest);
   }
   expect((await rawGet(`${m.url}/v2/app/tags/list`)).status).toBe(200);
 }
@@ -41,20 +42,24 @@ async function warm(m: SpawnedMirror, image: Image, tag: string): Promise<void> 
 async function expectCacheServed(m: SpawnedMirror, opts: { tagStale: boolean }): Promise<void> {
   const tag = await rawGet(`${m.url}/v2/app/manifests/v1`, { headers: { accept: DOCKER_ACCEPT }, timeoutMs: 10_000 });
   expect(tag.status, tag.body.toString()).toBe(200);
-  expect(sha256(tag.body)).toBe(img.manifest.digest);
+  expect(digestOf(tag.body)).toBe(img.manifest.digest);
   if (opts.tagStale) {
     expect(tag.headers['x-mirror-cache']).toBe('stale');
     expect(String(tag.headers.warning)).toContain('110');
   }
   const byDigest = await rawGet(`${m.url}/v2/app/manifests/${img.manifest.digest}`, { headers: { accept: DOCKER_ACCEPT } });
   expect(byDigest.status).toBe(200);
-  expect(sha256(byDigest.body)).toBe(img.manifest.digest);
+  expect(digestOf(byDigest.body)).toBe(img.manifest.digest);
+  const upstreamBlobRequests = () => fx.hub.count({ kind: 'blob' }) + fx.hub.count({ kind: 'cdn' });
+  const before = upstreamBlobRequests();
   for (const b of [img.config, ...img.layers]) {
     const r = await rawGet(`${m.url}/v2/library/app/blobs/${b.digest}`);
     expect(r.status).toBe(200);
     expect(r.complete).toBe(true);
-    expect(sha256(r.body)).toBe(b.digest);
+    expect(digestOf(r.body)).toBe(b.digest);
   }
+  // Digests are immutable: cached blobs are served without asking upstream (down or not).
+  expect(upstreamBlobRequests()).toBe(before);
 }
 
 /** Uncached tag, manifest digest and blob: an OCI error, quickly. */

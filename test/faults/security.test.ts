@@ -6,10 +6,12 @@
  */
 import { execFile } from 'node:child_process';
 import { describe, expect, it } from 'vitest';
+import { digestOf } from '../helpers/digest.js';
 import { FakeUpstream } from '../helpers/fake-upstream.js';
 import { makeImage, makeLayer, makeRandomLayer } from '../helpers/images.js';
 import { MAIN_JS, ROOT, spawnMirror } from '../helpers/spawn.js';
-import { DOCKER_ACCEPT, expectOciError, rawGet, sha256, faultFixture } from './util.js';
+import { waitFor } from '../helpers/wait.js';
+import { DOCKER_ACCEPT, expectOciError, rawGet, faultFixture } from './util.js';
 
 const USER = 'sec-user';
 const PASS = 'Upstream-S3cret-pw-7731';
@@ -67,7 +69,7 @@ describe('credentials', () => {
     for (const b of [imgA.config, shared, slow]) {
       const r = await rawGet(`${fx.mirror.url}/v2/team/a/blobs/${b.digest}`, { headers: { authorization: `Basic ${CLIENT_BASIC}` } });
       expect(r.status).toBe(200);
-      expect(sha256(r.body)).toBe(b.digest);
+      expect(digestOf(r.body)).toBe(b.digest);
     }
     const head = await rawGet(`${fx.mirror.url}/v2/team/c/blobs/${shared.digest}`, { method: 'HEAD', headers: { authorization: `Bearer ${CLIENT_TOKEN}` } });
     expect(head.status).toBe(200);
@@ -108,8 +110,8 @@ describe('credentials', () => {
     const metrics = await fx.mirror.metrics();
     expectNoSecrets(metrics, '/metrics');
     expect(metrics).not.toContain(CLIENT_TOKEN);
-    await new Promise((r) => setTimeout(r, 200));
-    expect(fx.mirror.lines.length).toBeGreaterThan(5);
+    // Request lines are written as responses end: wait for them before reading the output.
+    await waitFor(() => fx.mirror!.lines.length > 5, 5000, () => `request log lines (have ${fx.mirror!.lines.length})`);
     expectNoSecrets(fx.mirror.output(), 'stdout/stderr (log level trace)');
     expect(fx.mirror.output()).not.toContain(CLIENT_TOKEN);
     expect(fx.mirror.output()).not.toContain(CLIENT_BASIC);
@@ -147,7 +149,7 @@ describe('repository isolation on a credentialed upstream', () => {
     // team/c holds it upstream: confirmed with a HEAD and served from the cache (no new download).
     const c = await rawGet(`${fx.mirror.url}/v2/team/c/blobs/${shared.digest}`);
     expect(c.status).toBe(200);
-    expect(sha256(c.body)).toBe(shared.digest);
+    expect(digestOf(c.body)).toBe(shared.digest);
     expect(fx.hub.count({ kind: 'cdn' })).toBe(cdnBefore);
     expect(fx.hub.count({ kind: 'blob', method: 'HEAD', path: `/v2/team/c/blobs/${shared.digest}` })).toBeGreaterThanOrEqual(1);
 
@@ -159,10 +161,11 @@ describe('repository isolation on a credentialed upstream', () => {
     fx.hub.faults.trickle = { bytesPerTick: 64 * 1024, tickMs: 50 };
     const [aSlow, bSlow] = await Promise.all([
       rawGet(`${fx.mirror.url}/v2/team/a/blobs/${slow.digest}`, { timeoutMs: 20_000 }),
-      new Promise((r) => setTimeout(r, 150)).then(() => rawGet(`${fx.mirror!.url}/v2/team/b/blobs/${slow.digest}`, { timeoutMs: 20_000 })),
+      // team/b asks once team/a's download is under way (the CDN has been asked for the bytes).
+      waitFor(() => fx.hub.count({ kind: 'cdn', method: 'GET', path: new RegExp(slow.digest.slice(7)) }) > 0, 5000, 'the download for team/a to start').then(() => rawGet(`${fx.mirror!.url}/v2/team/b/blobs/${slow.digest}`, { timeoutMs: 20_000 })),
     ]);
     expect(aSlow.status).toBe(200);
-    expect(sha256(aSlow.body)).toBe(slow.digest);
+    expect(digestOf(aSlow.body)).toBe(slow.digest);
     expectOciError(bSlow, [404], ['BLOB_UNKNOWN']);
     await fx.hub.resetFaults();
 
@@ -178,7 +181,7 @@ describe('repository isolation on a credentialed upstream', () => {
     expect((await rawGet(`${fx.mirror.url}/v2/team/b/manifests/${imgA.manifest.digest}`, { headers: { accept: DOCKER_ACCEPT } })).status).not.toBe(200);
     const aAfter = await rawGet(`${fx.mirror.url}/v2/team/a/blobs/${shared.digest}`);
     expect(aAfter.status).toBe(200);
-    expect(sha256(aAfter.body)).toBe(shared.digest);
+    expect(digestOf(aAfter.body)).toBe(shared.digest);
     const cAfter = await rawGet(`${fx.mirror.url}/v2/team/c/blobs/${shared.digest}`);
     expect(cAfter.status).toBe(200);
     await fx.hub.goUp();

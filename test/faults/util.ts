@@ -1,19 +1,16 @@
 /**
  * Small tools the fault suites share: raw HTTP clients that report exactly what arrived (bytes,
  * errors, aborts) rather than normalising it, a raw-socket request for inputs HTTP clients refuse
- * to send, file-tree snapshots, and bounded polling.
+ * to send, file-tree snapshots, and the fault suites' fixture. (Digests: helpers/digest.ts;
+ * waiting for events: helpers/wait.ts.)
  */
-import { createHash } from 'node:crypto';
 import { existsSync, readdirSync, statSync } from 'node:fs';
 import http from 'node:http';
 import { connect } from 'node:net';
 import { join, relative } from 'node:path';
-import { setTimeout as sleep } from 'node:timers/promises';
 import { afterAll, afterEach, beforeAll, expect } from 'vitest';
 import type { FakeUpstream } from '../helpers/fake-upstream.js';
 import type { SpawnedMirror } from '../helpers/spawn.js';
-
-export const sha256 = (b: Uint8Array) => `sha256:${createHash('sha256').update(b).digest('hex')}`;
 
 /** Codes an answer may carry: the distribution spec's list plus the mirror's own. */
 export const OCI_CODES = new Set([
@@ -171,17 +168,6 @@ export const rawBody = (text: string) => {
   }
   return out;
 };
-
-/** Polls `fn` every `stepMs` until it returns truthy or `timeoutMs` passes; returns the last value. */
-export async function waitFor<T>(fn: () => T | Promise<T>, timeoutMs = 5000, stepMs = 25): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  let v = await fn();
-  for (let i = 0; !v && Date.now() < deadline && i < 100_000; i++) {
-    await sleep(stepMs);
-    v = await fn();
-  }
-  return v;
-}
 
 /** Where the filesystem store keeps a verified blob. */
 export const blobFile = (dataDir: string, digest: string) => join(dataDir, 'blobs', 'sha256', digest.slice(7, 9), digest.slice(7));

@@ -1,10 +1,8 @@
-import { createHash } from 'node:crypto';
 import { request } from 'undici';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { digestOf } from './digest.js';
 import { FakeUpstream } from './fake-upstream.js';
 import { MT, blobOf, makeImage, makeIndex, makeLayer, makeRandomLayer, type Image } from './images.js';
-
-const sha = (b: Buffer) => `sha256:${createHash('sha256').update(b).digest('hex')}`;
 
 interface Res {
   status: number;
@@ -110,14 +108,22 @@ describe('FakeUpstream (bearer, CDN)', () => {
       token = await tokenFor(up, '/v2/library/alpine/manifests/latest'); // later tests need a live one
     });
 
-    it('tokens really expire after tokenTtlSeconds', async () => {
-      const u = await FakeUpstream.start({ tokenTtlSeconds: 1, cdn: false });
+    it('tokens expire after tokenTtlSeconds on the injected clock', async () => {
+      const clock = { now: Date.parse('2024-05-01T12:00:00Z') };
+      const u = await FakeUpstream.start({ tokenTtlSeconds: 60, cdn: false, now: () => clock.now });
       try {
         u.putImage('x/y', img, 't');
-        const t = await tokenFor(u, '/v2/x/y/tags/list');
-        expect((await http(`${u.url}/v2/x/y/tags/list`, { headers: { authorization: `Bearer ${t}` } })).status).toBe(200);
-        await new Promise((r) => setTimeout(r, 1100));
-        expect((await http(`${u.url}/v2/x/y/tags/list`, { headers: { authorization: `Bearer ${t}` } })).status).toBe(401);
+        const first = await http(`${u.url}/v2/x/y/tags/list`);
+        const c = parseChallenge(first.headers['www-authenticate']!);
+        const issued = JSON.parse((await http(`${c.realm}?service=${c.service}&scope=${c.scope}`)).body.toString()) as { token: string; expires_in: number; issued_at: string };
+        expect(issued).toMatchObject({ expires_in: 60, issued_at: '2024-05-01T12:00:00.000Z' });
+        const list = () => http(`${u.url}/v2/x/y/tags/list`, { headers: { authorization: `Bearer ${issued.token}` } });
+        clock.now += 59_999;
+        expect((await list()).status).toBe(200);
+        clock.now += 1;
+        const expired = await list();
+        expect(expired.status).toBe(401);
+        expect(parseChallenge(expired.headers['www-authenticate']!).error).toBe('invalid_token');
       } finally {
         await u.close();
       }
@@ -183,7 +189,7 @@ describe('FakeUpstream (bearer, CDN)', () => {
       expect(Number(loc.searchParams.get('expires'))).toBeGreaterThan(Date.now() / 1000);
       const body = await http(r.headers.location!);
       expect(body.status).toBe(200);
-      expect(sha(body.body)).toBe(big.digest);
+      expect(digestOf(body.body)).toBe(big.digest);
       expect(body.headers['content-length']).toBe(String(big.size));
       expect(up.count({ kind: 'blob', status: 307 })).toBe(1);
       expect(up.count({ kind: 'cdn', status: 200 })).toBe(1);
@@ -221,6 +227,23 @@ describe('FakeUpstream (bearer, CDN)', () => {
       expect(r.status).toBe(200);
       expect(r.headers).toMatchObject({ 'content-length': String(big.size), 'docker-content-digest': big.digest });
       expect(up.count({ kind: 'cdn' })).toBe(0);
+    });
+
+    it('CDN URLs expire 20 minutes after the redirect, on the injected clock', async () => {
+      const clock = { now: Date.parse('2024-05-01T12:00:00Z') };
+      const u = await FakeUpstream.start({ auth: 'none', now: () => clock.now });
+      try {
+        u.putBlob('x/y', big);
+        const r = await http(`${u.url}/v2/x/y/blobs/${big.digest}`);
+        expect(r.status).toBe(307);
+        expect(new URL(r.headers.location!).searchParams.get('expires')).toBe(String(clock.now / 1000 + 1200));
+        clock.now += 1200_000;
+        expect((await http(r.headers.location!, { method: 'HEAD' })).status).toBe(200);
+        clock.now += 1000;
+        expect((await http(r.headers.location!, { method: 'HEAD' })).status).toBe(403);
+      } finally {
+        await u.close();
+      }
     });
   });
 
@@ -331,7 +354,7 @@ describe('FakeUpstream (bearer, CDN)', () => {
       up.faults.corruptBlob = true;
       const r = await fetchBlob(big.digest);
       expect(r.body.length).toBe(big.size);
-      expect(sha(r.body)).not.toBe(big.digest);
+      expect(digestOf(r.body)).not.toBe(big.digest);
       expect(r.body.filter((b, i) => b !== big.bytes[i]).length).toBe(1);
       expect((await fetchBlob(big.digest, 'bytes=0-99')).body.equals(big.bytes.subarray(0, 100))).toBe(true);
     });
@@ -341,7 +364,7 @@ describe('FakeUpstream (bearer, CDN)', () => {
       const r = await http(`${up.url}/v2/library/alpine/manifests/latest`, { headers: { ...auth(), accept: ACCEPT_ALL } });
       expect(r.headers['docker-content-digest']).toBe(img.manifest.digest);
       expect(r.body.length).toBe(img.manifest.size);
-      expect(sha(r.body)).not.toBe(img.manifest.digest);
+      expect(digestOf(r.body)).not.toBe(img.manifest.digest);
       expect(() => JSON.parse(r.body.toString())).not.toThrow();
     });
 

@@ -1,11 +1,11 @@
 import { spawnSync } from 'node:child_process';
-import { createHash } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import { mkdtemp, readFile, readlink, rm, stat } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { gunzipSync, gzipSync } from 'node:zlib';
 import { afterAll, describe, expect, it } from 'vitest';
+import { digestOf } from './digest.js';
 import {
   MT,
   allBlobs,
@@ -23,7 +23,6 @@ import {
   type Blob,
 } from './images.js';
 
-const sha = (b: Buffer) => `sha256:${createHash('sha256').update(b).digest('hex')}`;
 const hasTar = existsSync('/usr/bin/tar') || existsSync('/bin/tar');
 const hasSkopeo = existsSync('/usr/bin/skopeo');
 const tmpDirs: string[] = [];
@@ -137,10 +136,10 @@ describe('layers', () => {
     const files = [{ path: 'a.txt', content: 'a' }];
     const layer = makeLayer(files);
     expect(layer.mediaType).toBe(MT.ociLayerGzip);
-    expect(layer.digest).toBe(sha(layer.bytes));
+    expect(layer.digest).toBe(digestOf(layer.bytes));
     expect(layer.size).toBe(layer.bytes.length);
     expect(gunzipSync(layer.bytes).equals(makeTar(files))).toBe(true);
-    expect(diffIdOf(layer)).toBe(sha(makeTar(files)));
+    expect(diffIdOf(layer)).toBe(digestOf(makeTar(files)));
     const plain = makeLayer(files, MT.ociLayer);
     expect(plain.bytes.equals(makeTar(files))).toBe(true);
     expect(diffIdOf(plain)).toBe(plain.digest);
@@ -173,11 +172,11 @@ describe('makeImage / makeIndex', () => {
     expect(img.manifest.mediaType).toBe(MT.ociManifest);
     expect(m.schemaVersion).toBe(2);
     expect(m.mediaType).toBe(MT.ociManifest);
-    expect(m.config).toEqual({ mediaType: MT.ociConfig, digest: sha(img.config.bytes), size: img.config.bytes.length });
-    expect(m.layers).toEqual([l1, l2].map((l) => ({ mediaType: l.mediaType, digest: sha(l.bytes), size: l.bytes.length })));
+    expect(m.config).toEqual({ mediaType: MT.ociConfig, digest: digestOf(img.config.bytes), size: img.config.bytes.length });
+    expect(m.layers).toEqual([l1, l2].map((l) => ({ mediaType: l.mediaType, digest: digestOf(l.bytes), size: l.bytes.length })));
     expect(m.annotations).toEqual({ a: 'b' });
     const c = JSON.parse(img.config.bytes.toString());
-    expect(c.rootfs).toEqual({ type: 'layers', diff_ids: [sha(gunzipSync(l1.bytes)), sha(gunzipSync(l2.bytes))] });
+    expect(c.rootfs).toEqual({ type: 'layers', diff_ids: [digestOf(gunzipSync(l1.bytes)), digestOf(gunzipSync(l2.bytes))] });
     expect(c).toMatchObject({ os: 'linux', architecture: 'arm64', variant: 'v8', config: { Cmd: ['/bin/true'] } });
     expect(c.history).toHaveLength(2);
     expect(img.platform).toEqual({ os: 'linux', architecture: 'arm64', variant: 'v8' });
@@ -304,7 +303,7 @@ describe('busyboxImage', () => {
     expect(parseTar(gunzipSync(image.layers[1]!.bytes)).map((e) => e.path)).toEqual(['data/', 'data/msg.txt']);
     expect(isStaticElf(gunzipSync(image.layers[0]!.bytes).subarray(512 * 2))).toBe(true); // data after bin/ and bin/busybox headers
     const c = JSON.parse(image.config.bytes.toString());
-    expect(c.rootfs.diff_ids).toEqual(image.layers.map((l: Blob) => sha(gunzipSync(l.bytes))));
+    expect(c.rootfs.diff_ids).toEqual(image.layers.map((l: Blob) => digestOf(gunzipSync(l.bytes))));
     expect(busyboxImage({ format: 'docker' })!.manifest.mediaType).toBe(MT.dockerManifest);
   });
 

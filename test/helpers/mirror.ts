@@ -3,13 +3,13 @@
  * (`app.request`) or listening on a loopback port. Each call gets its own metrics registry and clock.
  */
 import { mkdtemp, rm } from 'node:fs/promises';
-import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { Server } from 'node:http';
 import { createMirrorServer } from '../../src/http/server.js';
 import { validateConfig, type Config } from '../../src/config.js';
 import { buildMirror, type Mirror } from '../../src/mirror.js';
+import { listenOn } from './ports.js';
 
 export interface TestMirrorOptions {
   /** upstream key -> settings; e.g. { 'docker.io': { url: fake.url, libraryPrefix: true } } */
@@ -55,9 +55,8 @@ export async function startMirror(opts: TestMirrorOptions): Promise<TestMirror> 
   let server: Server | undefined;
   let url = '';
   if (opts.listen) {
-    const s = createMirrorServer({ fetch: mirror.app.fetch });
-    server = await new Promise<Server>((resolve) => s.listen(0, '127.0.0.1', () => resolve(s)));
-    url = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+    server = createMirrorServer({ fetch: mirror.app.fetch });
+    url = `http://127.0.0.1:${await listenOn(server)}`;
   }
   return {
     ...mirror,
@@ -77,7 +76,7 @@ export async function startMirror(opts: TestMirrorOptions): Promise<TestMirror> 
     stop: async ({ keepData = false } = {}) => {
       if (server) {
         (server as unknown as { closeAllConnections?: () => void }).closeAllConnections?.();
-        await new Promise<void>((r) => server!.close(() => r()));
+        await new Promise<void>((r) => server.close(() => r()));
       }
       await mirror.close();
       if (!keepData && !opts.dataDir) await rm(dataDir, { recursive: true, force: true });

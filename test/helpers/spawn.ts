@@ -16,11 +16,11 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import http from 'node:http';
-import { createServer, type AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { fileURLToPath } from 'node:url';
+import { freePort } from './ports.js';
 
 export const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
 /** The entry point spawned; REGMIRROR_MAIN_JS points the suites at another build (e.g. a patched copy). */
@@ -100,18 +100,6 @@ function installExitHook(): void {
         /* already gone */
       }
     }
-  });
-}
-
-/** A port that was free a moment ago on 127.0.0.1. */
-export function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = createServer();
-    s.once('error', reject);
-    s.listen(0, '127.0.0.1', () => {
-      const { port } = s.address() as AddressInfo;
-      s.close(() => resolve(port));
-    });
   });
 }
 
@@ -198,8 +186,8 @@ export async function spawnMirror(opts: SpawnOptions): Promise<SpawnedMirror> {
       });
     });
     let partial = '';
-    c.stdout!.setEncoding('utf8');
-    c.stdout!.on('data', (s: string) => {
+    c.stdout.setEncoding('utf8');
+    c.stdout.on('data', (s: string) => {
       text += s;
       partial += s;
       let nl: number;
@@ -214,8 +202,8 @@ export async function spawnMirror(opts: SpawnOptions): Promise<SpawnedMirror> {
         }
       }
     });
-    c.stderr!.setEncoding('utf8');
-    c.stderr!.on('data', (s: string) => {
+    c.stderr.setEncoding('utf8');
+    c.stderr.on('data', (s: string) => {
       text += s;
     });
     const deadline = Date.now() + (opts.startTimeoutMs ?? 20_000);

@@ -2,19 +2,17 @@
  * A full store turns a download into a pass-through: every reader still gets the verified bytes,
  * nothing is kept, and a mismatch still aborts the readers.
  */
-import { createHash } from 'node:crypto';
 import { mkdtemp, readdir, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { Readable } from 'node:stream';
 import { afterEach, describe, expect, it } from 'vitest';
-import { InflightDownloads, type InflightObserver } from '../../src/registry/inflight.js';
+import { InflightDownloads, type InflightObserver } from '../../src/transfer/inflight.js';
 import { FsBlobStore } from '../../src/storage/fs-store.js';
 import { StoreFullError, type BlobWriter } from '../../src/storage/store.js';
 import type { BlobBody } from '../../src/upstream/types.js';
+import { digestOf } from '../helpers/digest.js';
 import { pseudoRandomBytes } from '../helpers/images.js';
-
-const digestOf = (b: Buffer) => `sha256:${createHash('sha256').update(b).digest('hex')}`;
 
 /** An FsBlobStore whose writers fail with ENOSPC once `capacity` bytes were written (or at creation when 0). */
 class FullStore extends FsBlobStore {

@@ -12,6 +12,7 @@ import { FakeUpstream } from '../helpers/fake-upstream.js';
 import { makeImage, makeLayer, makeRandomLayer } from '../helpers/images.js';
 import { DOCKER_ACCEPT } from '../helpers/mirror.js';
 import { MAIN_JS, ROOT, spawnMirror } from '../helpers/spawn.js';
+import { waitFor } from '../helpers/wait.js';
 
 describe('the mirror process', () => {
   let hub: FakeUpstream;
@@ -34,11 +35,11 @@ describe('the mirror process', () => {
       const layer = img.layers[0]!;
       const b = await request(`${m.url}/v2/ops/blobs/${layer.digest}`);
       await b.body.arrayBuffer();
-      await new Promise((res) => setTimeout(res, 200));
-      const manifestLog = m.lines.find((l) => l.reqId === 'test-req-1');
+      // A request's line is written when its response ends, a moment after the client has the body.
+      const manifestLog = await waitFor(() => m.lines.find((l) => l.reqId === 'test-req-1'), 5000, 'the manifest request in the log');
       expect(manifestLog).toMatchObject({ msg: 'request', route: 'manifest', repo: 'docker.io/library/ops', status: 200, cache: 'miss', digest: img.manifest.digest });
-      expect(typeof manifestLog!.ms).toBe('number');
-      const blobLog = m.lines.find((l) => l.route === 'blob' && l.digest === layer.digest);
+      expect(typeof manifestLog.ms).toBe('number');
+      const blobLog = await waitFor(() => m.lines.find((l) => l.route === 'blob' && l.digest === layer.digest), 5000, 'the blob request in the log');
       expect(blobLog).toMatchObject({ status: 200, bytes: layer.size, cache: 'miss' });
       expect(m.output()).not.toContain('ops-Secret-123');
       expect(m.output()).not.toContain(Buffer.from('ops-user:ops-Secret-123').toString('base64'));
@@ -53,10 +54,8 @@ describe('the mirror process', () => {
     try {
       const r = await request(`${m.url}/v2/`);
       await r.body.dump();
-      await new Promise((res) => setTimeout(res, 200));
-      const out = m.output();
-      expect(out).toMatch(/INFO\s+regmirror listening/);
-      expect(out).toMatch(/INFO\s+request .*route=base .*status=200/);
+      await waitFor(() => /INFO\s+request .*route=base .*status=200/.test(m.output()), 5000, () => `a pretty request line in:\n${m.output()}`);
+      expect(m.output()).toMatch(/INFO\s+regmirror listening/);
     } finally {
       await m.stop();
     }
@@ -65,7 +64,7 @@ describe('the mirror process', () => {
   it('refuses an invalid configuration, naming the key', async () => {
     const child = spawn(process.execPath, [MAIN_JS], { cwd: ROOT, env: { ...process.env, MIRROR_TAG_TTL: 'soon', MIRROR_DATA_DIR: '/tmp/never-created-by-test' }, stdio: ['ignore', 'pipe', 'pipe'] });
     let err = '';
-    child.stderr!.on('data', (c: Buffer) => (err += c.toString()));
+    child.stderr.on('data', (c: Buffer) => (err += c.toString()));
     const code = await new Promise<number | null>((r) => child.once('exit', (c) => r(c)));
     expect(code).toBe(2);
     expect(err).toContain('cache.tagTtl');
@@ -79,7 +78,8 @@ describe('the mirror process', () => {
       const res = await request(`${m.url}/v2/ops/blobs/${slow.digest}`);
       expect(res.statusCode).toBe(200);
       const body = res.body.arrayBuffer();
-      await new Promise((r) => setTimeout(r, 200));
+      // SIGTERM once the download is under way (its temp file exists).
+      await waitFor(() => readdirSync(join(m.dataDir, 'tmp')).length > 0, 5000, 'the download in tmp/');
       const exited = m.kill('SIGTERM');
       const bytes = Buffer.from(await body);
       expect(bytes.length).toBe(slow.size);

@@ -8,10 +8,11 @@
  * The optional hooks let the suite look at an implementation's temp area: without them the checks
  * that "nothing is left behind" are limited to what the public interface shows.
  */
-import { createHash, randomBytes } from 'node:crypto';
+import { randomBytes } from 'node:crypto';
 import type { Readable } from 'node:stream';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { DigestMismatchError, type BlobStore, type BlobWriter } from '../../src/storage/store.js';
+import { digestOf } from '../helpers/digest.js';
 
 export interface BlobStoreFixture {
   store: BlobStore;
@@ -22,9 +23,8 @@ export interface BlobStoreFixture {
   plantLeftover?(): Promise<void>;
 }
 
-export function digestOf(bytes: Uint8Array, alg: 'sha256' | 'sha512' = 'sha256'): string {
-  return `${alg}:${createHash(alg).update(bytes).digest('hex')}`;
-}
+/** Re-exported for the suites that import it from here; the one definition is helpers/digest.ts. */
+export { digestOf };
 
 /** Compares bytes by size and hash: deep equality on megabyte buffers is very slow in expect(). */
 export function expectBytes(actual: Uint8Array | undefined, expected: Uint8Array): void {

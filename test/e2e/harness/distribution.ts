@@ -140,8 +140,8 @@ export async function startDistribution(opts: StartDistributionOptions = {}): Pr
       await cleanupDir(dir);
       throw e;
     }
-    // Drop our own readiness probes from the counters.
-    await new Promise((r) => setTimeout(r, 50));
+    // Drop our own readiness probes from the counters, once the one that succeeded has been logged.
+    await waitFor(() => entries.some((e) => e.path === '/v2/' && e.status === 200), 5000, `the readiness probe in ${url}'s access log`, 10);
     entries = [];
 
     const api: Distribution = {
@@ -152,8 +152,9 @@ export async function startDistribution(opts: StartDistributionOptions = {}): Pr
       configPath,
       requests: () => [...entries],
       countRequests: (f = {}) => entries.filter((e) => matches(e, f)).length,
-      waitForRequests: (f, atLeast, t = 10_000) =>
-        waitFor(() => api.countRequests(f) >= atLeast, t, `${atLeast} request(s) matching ${describe(f)} on ${url}`, 25),
+      async waitForRequests(f, atLeast, t = 10_000) {
+        await waitFor(() => api.countRequests(f) >= atLeast, t, `${atLeast} request(s) matching ${describe(f)} on ${url}`, 25);
+      },
       async settle(quietMs = 200, t = 10_000) {
         await waitFor(() => Date.now() - lastLineAt >= quietMs, t, `quiet access log on ${url}`, 25);
       },

@@ -9,7 +9,7 @@ import { parseAccessLine, startDistribution, type Distribution } from './distrib
 import { startDockerd, type Dockerd } from './dockerd.js';
 import { Layout, busyboxFiles, type Descriptor } from './mini-oci.js';
 import { inspectRaw, pushIndex, pushOciLayout } from './push.js';
-import { cleanupDir, findProcesses, hasTool, isRoot, makeTempDir, mountsUnder, run, toolPath } from './tools.js';
+import { cleanupDir, findProcesses, hasTool, isRoot, makeTempDir, mountsUnder, run, toolPath, waitFor } from './tools.js';
 
 const missing = (tools: string[]): string | undefined => {
   const absent = tools.filter((t) => !hasTool(t));
@@ -42,13 +42,11 @@ describe('tools', () => {
     const secs = `30.${process.pid}`; // unique argv to find our sleeps
     const ours = (): number[] => findProcesses('cmdline', (c) => c === `sleep\0${secs}\0`);
     const pending = run('sh', ['-c', `sleep ${secs} & sleep ${secs}`], { timeoutMs: 500 });
-    await new Promise((res) => setTimeout(res, 250));
-    expect(ours()).toHaveLength(2);
+    await waitFor(() => ours().length === 2, 450, () => `both sleeps running (have ${ours().length})`, 10);
     const r = await pending;
     expect(r.timedOut).toBe(true);
     expect(r.durationMs).toBeLessThan(5000);
-    await new Promise((res) => setTimeout(res, 100));
-    expect(ours()).toEqual([]);
+    await waitFor(() => ours().length === 0, 2000, () => `both sleeps gone (left: ${ours().join(', ')})`, 10);
   });
 
   it('parses distribution access-log lines', () => {

@@ -1,10 +1,10 @@
 // Minimal OCI image-layout writer used only by the harness smoke test (harness.test.ts), so the
 // harness can be proven without depending on test/helpers/images.ts. Real e2e tests should
 // use the project's image builder.
-import { createHash } from 'node:crypto';
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { gzipSync } from 'node:zlib';
+import { digestOf } from '../../helpers/digest.js';
 
 export type TarEntry =
   | { type: 'dir'; name: string; mode?: number }
@@ -57,8 +57,6 @@ export interface Descriptor {
   annotations?: Record<string, string>;
 }
 
-const sha256 = (b: Buffer): string => `sha256:${createHash('sha256').update(b).digest('hex')}`;
-
 export class Layout {
   private readonly refs: Descriptor[] = [];
   constructor(readonly dir: string) {
@@ -66,7 +64,7 @@ export class Layout {
   }
 
   addBlob(data: Buffer, mediaType: string): Descriptor {
-    const digest = sha256(data);
+    const digest = digestOf(data);
     writeFileSync(join(this.dir, 'blobs', 'sha256', digest.slice(7)), data);
     return { mediaType, digest, size: data.length };
   }
@@ -82,7 +80,7 @@ export class Layout {
           architecture: arch,
           os: 'linux',
           config: { Cmd: opts.cmd ?? ['/bin/sh'], Env: ['PATH=/bin'] },
-          rootfs: { type: 'layers', diff_ids: [sha256(layerTar)] },
+          rootfs: { type: 'layers', diff_ids: [digestOf(layerTar)] },
         }),
       ),
       'application/vnd.oci.image.config.v1+json',

@@ -4,10 +4,14 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { accessSync, constants, existsSync, mkdtempSync, readdirSync, readFileSync, rmdirSync, rmSync } from 'node:fs';
 import { request } from 'node:http';
-import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { delimiter, join } from 'node:path';
+import { waitFor } from '../../helpers/wait.js';
 import { startWatchdog, type WatchdogTarget } from './watchdog.js';
+
+// One freePort and one waitFor for every test: the harness re-exports the test helpers' own.
+export { freePort } from '../../helpers/ports.js';
+export { waitFor };
 
 // dockerd/containerd live in /usr/sbin, which is not on every PATH.
 const EXTRA_BIN_DIRS = ['/usr/local/sbin', '/usr/local/bin', '/usr/sbin', '/usr/bin', '/sbin', '/bin'];
@@ -128,43 +132,7 @@ export function tail(s: string, max = 4000): string {
   return s.length > max ? `…${s.slice(-max)}` : s;
 }
 
-/** A port that was free a moment ago on 127.0.0.1 (tiny race window; fine for tests). */
-export function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const srv = createServer();
-    srv.unref();
-    srv.once('error', reject);
-    srv.listen(0, '127.0.0.1', () => {
-      const addr = srv.address();
-      const port = typeof addr === 'object' && addr ? addr.port : 0;
-      srv.close(() => (port ? resolve(port) : reject(new Error('no port'))));
-    });
-  });
-}
-
 export const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
-
-/** Poll `check` until it returns true; throws `what` after timeoutMs. */
-export async function waitFor(
-  check: () => boolean | Promise<boolean>,
-  timeoutMs: number,
-  what: string,
-  intervalMs = 100,
-): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  let lastErr: unknown;
-  for (;;) {
-    try {
-      if (await check()) return;
-    } catch (e) {
-      lastErr = e;
-    }
-    if (Date.now() >= deadline) {
-      throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}${lastErr ? `: ${String(lastErr)}` : ''}`);
-    }
-    await sleep(intervalMs);
-  }
-}
 
 /** One GET; resolves with the status (any status counts as "answering"). */
 export function httpStatus(url: string, opts: { socketPath?: string; timeoutMs?: number } = {}): Promise<number> {
@@ -187,7 +155,7 @@ export async function waitForHttp(
   opts: { socketPath?: string; ok?: (status: number) => boolean } = {},
 ): Promise<void> {
   const ok = opts.ok ?? ((s: number) => s > 0 && s < 500);
-  await waitFor(async () => ok(await httpStatus(url, { socketPath: opts.socketPath })), timeoutMs, `HTTP ${url}`);
+  await waitFor(async () => ok(await httpStatus(url, { socketPath: opts.socketPath })), timeoutMs, `HTTP ${url}`, 100);
 }
 
 /** Short temp dir: unix socket paths are limited to 108 bytes, so keep prefixes short. */
@@ -307,6 +275,7 @@ export async function waitForDaemon(
       },
       timeoutMs,
       what,
+      100,
     );
   } catch (e) {
     throw new Error(`${(e as Error).message}\n--- daemon log\n${tail(d.logs())}`);
