@@ -75,7 +75,7 @@ export function createApp(deps: AppDeps): Hono<Env> {
   });
 
   app.notFound((c) => {
-    const r = errorResponse(new RegistryError('UNSUPPORTED', 'not found', { status: 404, detail: { path: c.req.path.slice(0, 300) } }));
+    const r = errorResponse(new RegistryError('ROUTE_UNKNOWN', 'not found', { detail: { path: c.req.path.slice(0, 300) } }));
     return c.body(r.body, 404, r.headers);
   });
 

@@ -28,7 +28,7 @@ export interface Config {
   offline: boolean;
   defaultRegistry: string;
   log: { level: LogLevel; format: 'json' | 'pretty' };
-  cache: { tagTtl: number; memoryBytes: number };
+  cache: { tagTtl: number; memoryBytes: number; negativeTtl: number };
   limits: { maxManifestBytes: number; maxPageSize: number };
   timeouts: { connect: number; headers: number; bodyIdle: number };
   tls?: { cert: string; key: string };
@@ -63,7 +63,7 @@ export function mergeRaw(base: Raw, over: Raw, path = ''): Raw {
   const out: Raw = { ...base };
   for (const [k, v] of Object.entries(over)) {
     const key = path ? `${path}.${k}` : k;
-    out[k] = isObject(v) && isObject(base[k]) && key !== 'upstreams' ? mergeRaw(base[k] as Raw, v, key) : v;
+    out[k] = isObject(v) && isObject(base[k]) && key !== 'upstreams' ? mergeRaw(base[k], v, key) : v;
   }
   return out;
 }
@@ -74,7 +74,7 @@ export function applyEnv(raw: Raw, env: Record<string, string | undefined>): Raw
   const set = (path: string[], value: unknown) => {
     let node: Raw = out;
     for (const p of path.slice(0, -1)) {
-      node[p] = isObject(node[p]) ? { ...(node[p] as Raw) } : {};
+      node[p] = isObject(node[p]) ? { ...node[p] } : {};
       node = node[p] as Raw;
     }
     node[path[path.length - 1]!] = value;
@@ -137,7 +137,7 @@ export function validateConfig(raw: Raw): Config {
   const format = str('log.format', log.format ?? 'json');
   if (format !== 'json' && format !== 'pretty') throw new ConfigError('log.format', 'must be json or pretty');
   const cache = obj('cache', raw.cache);
-  known('cache', cache, ['tagTtl', 'memoryBytes']);
+  known('cache', cache, ['tagTtl', 'memoryBytes', 'negativeTtl']);
   const tagTtl = num('cache.tagTtl', cache.tagTtl ?? 300, 0, 365 * 86400);
   const limits = obj('limits', raw.limits);
   known('limits', limits, ['maxManifestBytes', 'maxPageSize']);
@@ -185,7 +185,11 @@ export function validateConfig(raw: Raw): Config {
     offline: bool('offline', raw.offline ?? false),
     defaultRegistry,
     log: { level: level as LogLevel, format },
-    cache: { tagTtl, memoryBytes: num('cache.memoryBytes', cache.memoryBytes ?? 64 * 1024 * 1024, 0) },
+    cache: {
+      tagTtl,
+      memoryBytes: num('cache.memoryBytes', cache.memoryBytes ?? 64 * 1024 * 1024, 0),
+      negativeTtl: num('cache.negativeTtl', cache.negativeTtl ?? 30, 0, 86400),
+    },
     limits: {
       maxManifestBytes: num('limits.maxManifestBytes', limits.maxManifestBytes ?? 4 * 1024 * 1024, 1024),
       maxPageSize: num('limits.maxPageSize', limits.maxPageSize ?? 10000, 1),

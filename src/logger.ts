@@ -29,9 +29,10 @@ function prettyStream(out: NodeJS.WritableStream): Writable {
           const { time, level, msg, ...rest } = JSON.parse(line) as Record<string, unknown>;
           const fields = Object.entries(rest)
             .filter(([, v]) => v !== undefined)
-            .map(([k, v]) => `${k}=${typeof v === 'object' ? JSON.stringify(v) : String(v)}`)
+            .map(([k, v]) => `${k}=${typeof v === 'string' ? v : JSON.stringify(v)}`)
             .join(' ');
-          out.write(`${String(time).slice(11, 23)} ${(LEVELS[level as number] ?? String(level)).padEnd(5)} ${msg ?? ''} ${fields}\n`);
+          const text = typeof msg === 'string' ? msg : msg == null ? '' : JSON.stringify(msg);
+          out.write(`${String(time).slice(11, 23)} ${(LEVELS[level as number] ?? String(level)).padEnd(5)} ${text} ${fields}\n`);
         } catch {
           out.write(`${line}\n`);
         }

@@ -103,6 +103,6 @@ function redact(config: Config): unknown {
 }
 
 main(process.argv.slice(2), process.env).catch((e: unknown) => {
-  process.stderr.write(`regmirror: ${(e as Error)?.stack ?? e}\n`);
+  process.stderr.write(`regmirror: ${e instanceof Error && e.stack ? e.stack : String(e)}\n`);
   process.exit(1);
 });

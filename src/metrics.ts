@@ -3,9 +3,9 @@
  * Names follow Prometheus conventions (`mirror_` prefix, units in the name, `_total` counters).
  */
 import { Counter, Gauge, Histogram, collectDefaultMetrics, type Registry } from 'prom-client';
-import type { CacheKind, CacheObserver, CacheResult } from './registry/context.js';
-import type { InflightObserver } from './registry/inflight.js';
-import type { ErrorClass, RequestKind, UpstreamObserver } from './upstream/types.js';
+import { CACHE_KINDS, CACHE_RESULTS, type CacheKind, type CacheObserver, type CacheResult } from './registry/context.js';
+import type { InflightObserver } from './transfer/inflight.js';
+import { ERROR_CLASSES, type ErrorClass, type RequestKind, type UpstreamObserver } from './upstream/types.js';
 
 export interface MetricsOptions {
   /** Cache size figures (read at scrape time). */
@@ -35,7 +35,6 @@ export class Metrics {
   readonly storeFull: Counter;
   readonly cacheBytes: Gauge;
   readonly cacheBlobs: Gauge;
-  readonly evictions: Counter;
 
   constructor(readonly registry: Registry, opts: MetricsOptions = {}) {
     const registers = [registry];
@@ -58,7 +57,7 @@ export class Metrics {
       buckets: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30],
       registers,
     });
-    this.upstreamErrors = new Counter({ name: 'mirror_upstream_errors_total', help: 'Upstream failures by class (timeout, network, 4xx, 5xx, 429, digest_mismatch, too_large, redirect)', labelNames: ['upstream', 'class'], registers });
+    this.upstreamErrors = new Counter({ name: 'mirror_upstream_errors_total', help: 'Upstream failures by class (timeout, network, 4xx, 5xx, 429, digest_mismatch, redirect)', labelNames: ['upstream', 'class'], registers });
     this.upstreamBytes = new Counter({ name: 'mirror_upstream_bytes_total', help: 'Body bytes received from upstream registries', labelNames: ['upstream'], registers });
     this.tokenFetches = new Counter({ name: 'mirror_upstream_token_fetches_total', help: 'Token requests sent to upstream auth realms', labelNames: ['upstream', 'result'], registers });
     this.rateLimitRemaining = new Gauge({ name: 'mirror_upstream_ratelimit_remaining', help: 'Pulls left in the window, from the upstream ratelimit-remaining header', labelNames: ['upstream'], registers });
@@ -86,8 +85,22 @@ export class Metrics {
       registers,
       ...(stats ? { collect(this: Gauge) { this.set(stats.blobs); } } : {}),
     });
-    this.evictions = new Counter({ name: 'mirror_cache_evictions_total', help: 'Blobs evicted to keep the cache within its size limit', registers });
     this.storeFull = new Counter({ name: 'mirror_store_full_total', help: 'Blobs passed through uncached because the store had no space', registers });
+  }
+
+  /**
+   * Creates every known label combination at 0, so dashboards and alerts see the series before the
+   * first event (a rate() over a series that appears mid-window misses its first increments).
+   */
+  initialiseSeries(upstreams: string[]): void {
+    for (const upstream of upstreams) {
+      for (const kind of CACHE_KINDS) for (const result of CACHE_RESULTS) this.cacheResults.inc({ kind, upstream, result }, 0);
+      for (const cls of ERROR_CLASSES) this.upstreamErrors.inc({ upstream, class: cls }, 0);
+      this.upstreamBytes.inc({ upstream }, 0);
+      for (const result of ['ok', 'error']) this.tokenFetches.inc({ upstream, result }, 0);
+    }
+    for (const source of ['cache', 'upstream']) this.servedBytes.inc({ source }, 0);
+    for (const result of ['ok', 'failed', 'digest_mismatch']) this.downloads.inc({ result }, 0);
   }
 
   cacheObserver(): CacheObserver {

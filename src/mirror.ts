@@ -3,6 +3,7 @@
  * metrics) into an app from a Config. main.ts calls it; so do the tests, with their own dispatcher,
  * clock, logger and metrics registry.
  */
+import { readFileSync } from 'node:fs';
 import { mkdir, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Registry as PromRegistry } from 'prom-client';
@@ -13,7 +14,8 @@ import { CacheStats } from './cache/stats.js';
 import type { Config } from './config.js';
 import { Metrics } from './metrics.js';
 import type { Logger } from './registry/context.js';
-import { InflightDownloads } from './registry/inflight.js';
+import { InflightDownloads } from './transfer/inflight.js';
+import { NegativeCache } from './registry/negative-cache.js';
 import { Registry } from './registry/service.js';
 import { FsMetaStore } from './storage/fs-meta-store.js';
 import { FsBlobStore } from './storage/fs-store.js';
@@ -35,11 +37,21 @@ export interface Mirror {
   metrics: Metrics;
   promRegistry: PromRegistry;
   blobs: FsBlobStore;
-  /** Releases upstream connections. */
+  /** Waits (at most a few seconds) for downloads under way to be stored, then releases upstream connections. */
   close(): Promise<void>;
 }
 
 export const silentLogger: Logger = { debug() {}, info() {}, warn() {}, error() {} };
+
+/** The version in package.json (one directory above both src/ and dist/). */
+export function mirrorVersion(): string {
+  try {
+    const { version } = JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')) as { version?: unknown };
+    return typeof version === 'string' ? version : '0.0.0';
+  } catch {
+    return '0.0.0';
+  }
+}
 
 export async function buildMirror(config: Config, opts: MirrorOptions = {}): Promise<Mirror> {
   const now = opts.now ?? Date.now;
@@ -61,11 +73,12 @@ export async function buildMirror(config: Config, opts: MirrorOptions = {}): Pro
   const scanned = stats.scan(blobs.list()).catch((e: unknown) => logger.warn({ err: (e as Error).message }, 'cache size scan failed'));
   const meta = new FsMetaStore(config.dataDir);
 
-  let inflight: InflightDownloads | undefined;
-  const metrics = new Metrics(promRegistry, { inflightDownloads: () => inflight?.size ?? 0, processMetrics: opts.processMetrics ?? false, cacheStats: stats });
-  inflight = new InflightDownloads({ store: blobs, observer: metrics.inflightObserver() });
+  // The gauge reads the downloads at scrape time, after both exist.
+  const metrics: Metrics = new Metrics(promRegistry, { inflightDownloads: (): number => inflight.size, processMetrics: opts.processMetrics ?? false, cacheStats: stats });
+  const inflight: InflightDownloads = new InflightDownloads({ store: blobs, observer: metrics.inflightObserver() });
 
   const names = Object.keys(config.upstreams);
+  metrics.initialiseSeries(names);
   const health = new UpstreamHealth(names);
   const metricsObserver = metrics.upstreamObserver();
   const healthObserver = health.observer();
@@ -76,6 +89,7 @@ export async function buildMirror(config: Config, opts: MirrorOptions = {}): Pro
       healthObserver.request(...a);
     },
   };
+  const userAgent = `regmirror/${mirrorVersion()}`;
   const upstreams = new Map<string, Upstream>();
   for (const u of Object.values(config.upstreams)) {
     upstreams.set(
@@ -89,6 +103,7 @@ export async function buildMirror(config: Config, opts: MirrorOptions = {}): Pro
         observer,
         timeouts: { headers: config.timeouts.headers, bodyIdle: config.timeouts.bodyIdle },
         maxManifestBytes: config.limits.maxManifestBytes,
+        userAgent,
       }),
     );
   }
@@ -106,6 +121,7 @@ export async function buildMirror(config: Config, opts: MirrorOptions = {}): Pro
       inflight,
       upstreams,
       tagTtl: (name) => config.upstreams[name]?.tagTtl ?? config.cache.tagTtl,
+      negative: new NegativeCache(config.cache.negativeTtl * 1000, now),
       now,
       offline: config.offline,
       observer: metrics.cacheObserver(),
@@ -144,6 +160,8 @@ export async function buildMirror(config: Config, opts: MirrorOptions = {}): Pro
     promRegistry,
     blobs,
     close: async () => {
+      // A client may have all its bytes before the blob is renamed into place: let that finish.
+      await registry.drain(5000);
       await scanned;
       if (ownDispatcher) await dispatcher.close();
     },

@@ -6,9 +6,9 @@
 import { LRUCache } from 'lru-cache';
 import type { TagRecord } from '../storage/meta-store.js';
 
+/** A manifest's bytes and what it references (its media type is per repository record, not here). */
 export interface CachedManifest {
   bytes: Buffer;
-  mediaType: string;
   references: string[];
 }
 
@@ -23,6 +23,8 @@ export class MemoryIndex {
   readonly manifests: LRUCache<string, CachedManifest> | undefined;
   readonly tags: LRUCache<string, TagRecord>;
   readonly links: LRUCache<string, true>;
+  /** linkKey -> the media type the digest is recorded with as a manifest of that repository. */
+  readonly manifestTypes: LRUCache<string, string>;
   readonly blobSizes: LRUCache<string, number>;
 
   constructor(opts: MemoryIndexOptions) {
@@ -33,6 +35,7 @@ export class MemoryIndex {
         : undefined;
     this.tags = new LRUCache({ max: Math.min(max, 50_000) });
     this.links = new LRUCache({ max });
+    this.manifestTypes = new LRUCache({ max });
     this.blobSizes = new LRUCache({ max });
   }
 

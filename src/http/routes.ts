@@ -4,10 +4,14 @@
  */
 import type { Context, Hono } from 'hono';
 import { RegistryError } from '../registry/errors.js';
-import { parseAccept } from '../registry/manifest.js';
+import { parseAccept } from '../registry/media-types.js';
 import { parseRange } from '../registry/range.js';
 import type { Page, Registry } from '../registry/service.js';
+import { multipartByteranges } from './multipart.js';
 import { sendStream, type StreamSink } from './send.js';
+
+/** RFC 9111 Warning for an answer served from the cache because upstream could not be asked. */
+const STALE_WARNING = '110 - "Response is Stale"';
 
 export type Env = { Bindings: StreamSink; Variables: { route: string; repo?: string; digest?: string; cache?: string; bytes?: number } };
 
@@ -31,9 +35,9 @@ export function mountRoutes(app: Hono<Env>, registry: Registry, onServed: (sourc
     const m = API_PATH.exec(path);
     c.set('route', m ? routeOf(m[2]!) : 'unknown');
     if (c.req.method !== 'GET' && c.req.method !== 'HEAD') {
-      throw new RegistryError('UNSUPPORTED', 'this mirror is read-only: only GET and HEAD are supported', { status: 405, detail: { method: c.req.method } });
+      throw new RegistryError('METHOD_UNSUPPORTED', 'this mirror is read-only: only GET and HEAD are supported', { detail: { method: c.req.method } });
     }
-    if (!m) throw new RegistryError('NAME_INVALID', 'not a registry API path', { status: 404, detail: { path: path.slice(0, 300) } });
+    if (!m) throw new RegistryError('ROUTE_UNKNOWN', 'not a registry API path', { detail: { path: path.slice(0, 300) } });
     const [, name, kind, rest] = m as unknown as [string, string, string, string];
     const ref = registry.route(name, c.req.query('ns'));
     c.set('repo', `${ref.upstream}/${ref.repo}`);
@@ -42,13 +46,14 @@ export function mountRoutes(app: Hono<Env>, registry: Registry, onServed: (sourc
       case 'manifests':
         return manifest(c, registry, ref, rest, head, onServed);
       case 'blobs':
-        if (rest.startsWith('uploads')) throw new RegistryError('UNSUPPORTED', 'this mirror is read-only: pushes are not supported', { status: 405 });
+        if (rest.startsWith('uploads')) throw new RegistryError('METHOD_UNSUPPORTED', 'this mirror is read-only: pushes are not supported');
         return blob(c, registry, ref, rest, head, onServed);
       case 'tags': {
-        if (rest !== 'list') throw new RegistryError('NAME_INVALID', 'not a registry API path', { status: 404 });
+        if (rest !== 'list') throw new RegistryError('ROUTE_UNKNOWN', 'not a registry API path');
         const { n, last } = pageParams(c);
         const page = await registry.listTags(ref, n, last);
-        if (page.stale) c.header('x-mirror-cache', 'stale');
+        c.header('x-mirror-cache', page.cache);
+        if (page.cache === 'stale') c.header('warning', STALE_WARNING);
         return listResponse(c, { name, tags: page.items }, page, `/v2/${name}/tags/list`, n);
       }
       default: {
@@ -57,7 +62,10 @@ export function mountRoutes(app: Hono<Env>, registry: Registry, onServed: (sourc
         const res = await registry.referrers(ref, rest, artifactType);
         const headers: Record<string, string> = { 'content-type': 'application/vnd.oci.image.index.v1+json' };
         if (res.filtered) headers['oci-filters-applied'] = 'artifactType';
-        if (res.stale) headers['x-mirror-cache'] = 'stale';
+        if (res.stale) {
+          headers['x-mirror-cache'] = 'stale';
+          headers.warning = STALE_WARNING;
+        }
         return new Response(head ? null : JSON.stringify(res.index), { status: 200, headers });
       }
     }
@@ -70,7 +78,7 @@ function base(c: Context<Env>): Response {
 }
 
 async function manifest(c: Context<Env>, registry: Registry, ref: ReturnType<Registry['route']>, reference: string, head: boolean, onServed: (s: 'cache' | 'upstream', n: number) => void): Promise<Response> {
-  if (reference.includes('/')) throw new RegistryError('MANIFEST_UNKNOWN', 'invalid manifest reference', { status: 404 });
+  if (reference.includes('/')) throw new RegistryError('MANIFEST_UNKNOWN', 'invalid manifest reference');
   const res = await registry.getManifest(ref, reference, parseAccept(c.req.header('accept')));
   c.set('digest', res.digest);
   c.set('cache', res.cache);
@@ -82,7 +90,7 @@ async function manifest(c: Context<Env>, registry: Registry, ref: ReturnType<Reg
     etag,
     'x-mirror-cache': res.cache,
   };
-  if (res.cache === 'stale') headers.warning = '110 - "Response is Stale"';
+  if (res.cache === 'stale') headers.warning = STALE_WARNING;
   if (c.req.header('if-none-match') === etag) {
     delete headers['content-length'];
     return c.body(null, 304, headers);
@@ -93,7 +101,7 @@ async function manifest(c: Context<Env>, registry: Registry, ref: ReturnType<Reg
 }
 
 async function blob(c: Context<Env>, registry: Registry, ref: ReturnType<Registry['route']>, digest: string, head: boolean, onServed: (s: 'cache' | 'upstream', n: number) => void): Promise<Response> {
-  if (digest.includes('/')) throw new RegistryError('DIGEST_INVALID', 'invalid digest', { status: 400 });
+  if (digest.includes('/')) throw new RegistryError('DIGEST_INVALID', 'invalid digest');
   c.set('digest', digest);
   const common: Record<string, string> = {
     'docker-content-digest': digest,
@@ -107,15 +115,26 @@ async function blob(c: Context<Env>, registry: Registry, ref: ReturnType<Registr
     if (stat.size !== undefined) headers['content-length'] = String(stat.size);
     return c.body(null, 200, headers);
   }
-  const range = parseRange(c.req.header('range'));
-  const res = await registry.openBlob(ref, digest, range);
-  c.set('cache', res.source === 'cache' ? 'hit' : 'miss');
-  const headers: Record<string, string> = { ...common, 'content-type': 'application/octet-stream' };
+  const ranges = parseRange(c.req.header('range'));
+  const res = await registry.openBlob(ref, digest, ranges);
+  const cache = res.source === 'cache' ? 'hit' : 'miss';
+  c.set('cache', cache);
+  const headers: Record<string, string> = { ...common, 'content-type': 'application/octet-stream', 'x-mirror-cache': cache };
   let status = 200;
-  if (res.range) {
+  if (res.ranges && res.ranges.length > 1 && res.openRange && res.size !== undefined) {
+    const multi = multipartByteranges(res.ranges, res.size, 'application/octet-stream', res.body, res.openRange);
+    headers['content-type'] = multi.contentType;
+    headers['content-length'] = String(multi.length);
+    return sendStream(c.env, 206, headers, multi.stream, (n) => {
+      c.set('bytes', n);
+      onServed(res.source, n);
+    });
+  }
+  const range = res.ranges?.[0];
+  if (range) {
     status = 206;
-    headers['content-range'] = `bytes ${res.range.start}-${res.range.end}/${res.size ?? '*'}`;
-    headers['content-length'] = String(res.range.end - res.range.start + 1);
+    headers['content-range'] = `bytes ${range.start}-${range.end}/${res.size ?? '*'}`;
+    headers['content-length'] = String(range.end - range.start + 1);
   } else if (res.size !== undefined) {
     headers['content-length'] = String(res.size);
   }
@@ -146,7 +165,7 @@ function pageParams(c: Context<Env>): { n: number | undefined; last: string | un
   const nRaw = c.req.query('n');
   let n: number | undefined;
   if (nRaw !== undefined && nRaw !== '') {
-    if (!/^\d{1,15}$/.test(nRaw)) throw new RegistryError('PAGINATION_NUMBER_INVALID', 'n must be a non-negative integer', { status: 400 });
+    if (!/^\d{1,15}$/.test(nRaw)) throw new RegistryError('PAGINATION_NUMBER_INVALID', 'n must be a non-negative integer');
     n = Number(nRaw);
   }
   const last = c.req.query('last') || undefined;

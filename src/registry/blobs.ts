@@ -5,23 +5,31 @@
  */
 import type { Readable } from 'node:stream';
 import type { ByteRange } from '../storage/store.js';
-import { RegistryContext, repoKey } from './context.js';
-import { resolveRange, type RangeSpec } from './range.js';
-import { parseDigest, type RepoRef } from './reference.js';
-import { SingleFlight } from './single-flight.js';
+import { isUpstreamError } from '../upstream/errors.js';
 import type { BlobHead } from '../upstream/types.js';
+import { SingleFlight } from '../util/single-flight.js';
+import { RegistryContext, repoKey } from './context.js';
+import { resolveRanges, type RangeSpec } from './range.js';
+import { parseDigest, type RepoRef } from './reference.js';
 
 export interface BlobStat {
   size: number | undefined;
 }
 
+export type BlobBody = Readable | Buffer;
+
 export interface BlobResponse {
   /** Full blob size, when known (unknown only while a download from an upstream that sent no length runs). */
   size: number | undefined;
-  /** The inclusive range served, when the client asked for one. */
-  range: ByteRange | undefined;
-  /** The bytes: a stream, or for a small cached blob the bytes themselves (cheaper than a stream). */
-  body: Readable | Buffer;
+  /**
+   * The ranges served (inclusive, sorted, merged), when the client asked for ranges and they are
+   * honoured; several only for a cached blob (a miss with several ranges is answered whole).
+   */
+  ranges: ByteRange[] | undefined;
+  /** The bytes: of the whole blob or its one range. A stream, or for a small cached blob the bytes themselves. */
+  body: BlobBody;
+  /** For several ranges: opens each after the first (whose bytes are `body`), in order, each once. */
+  openRange?: (range: ByteRange) => Promise<BlobBody>;
   source: 'cache' | 'upstream';
 }
 
@@ -31,12 +39,19 @@ export class BlobService {
 
   constructor(private readonly ctx: RegistryContext) {}
 
-  /** Asks upstream whether the repository holds the blob (no download), and remembers a yes. */
+  /** Asks upstream whether the repository holds the blob (no download), and remembers a yes (and briefly a no). */
   private confirm(ref: RepoRef, digest: string): Promise<BlobHead> {
     return this.heads.run(`${repoKey(ref)}@${digest}`, async () => {
-      const head = await this.ctx.upstream(ref).headBlob(ref.repo, digest);
-      await this.ctx.link(ref, [digest]);
-      return head;
+      const key = negativeKey(ref, digest);
+      this.ctx.deps.negative.check(key);
+      try {
+        const head = await this.ctx.upstream(ref).headBlob(ref.repo, digest);
+        await this.ctx.link(ref, [digest]);
+        return head;
+      } catch (e) {
+        if (isUpstreamError(e) && e.notFound) this.ctx.deps.negative.remember(key, e);
+        throw e;
+      }
     });
   }
 
@@ -54,7 +69,7 @@ export class BlobService {
     return { size: local ?? head.size };
   }
 
-  async open(ref: RepoRef, digest: string, spec: RangeSpec | undefined): Promise<BlobResponse> {
+  async open(ref: RepoRef, digest: string, specs: RangeSpec[] | undefined): Promise<BlobResponse> {
     parseDigest(digest);
     const { deps } = this.ctx;
     const local = await this.ctx.localBlobSize(digest);
@@ -63,18 +78,35 @@ export class BlobService {
         this.ctx.assertOnline('blob', ref);
         await this.confirm(ref, digest);
       }
-      const range = spec ? resolveRange(spec, local) : undefined;
-      const body = local <= SMALL_BLOB ? await this.readSmall(digest, range) : await deps.blobs.open(digest, range ?? wholeBlob(local));
+      const ranges = specs ? resolveRanges(specs, local) : undefined;
+      const first = ranges?.[0] ?? wholeBlob(local);
+      const body = await this.readLocal(digest, local, first);
       if (body) {
         deps.observer.result('blob', ref.upstream, 'hit');
-        return { size: local, range, body, source: 'cache' };
+        const res: BlobResponse = { size: local, ranges, body, source: 'cache' };
+        if (ranges && ranges.length > 1) {
+          res.openRange = async (r) => {
+            const b = await this.readLocal(digest, local, r);
+            if (!b) throw new Error(`blob ${digest} left the cache while being served`);
+            return b;
+          };
+        }
+        return res;
       }
       deps.index.blobSizes.delete(digest); // gone from disk since we looked: fetch it again
     }
     this.ctx.assertOnline('blob', ref);
-    return this.fromUpstream(ref, digest, spec);
+    const key = negativeKey(ref, digest);
+    deps.negative.check(key);
+    try {
+      return await this.fromUpstream(ref, digest, specs?.length === 1 ? specs[0] : undefined);
+    } catch (e) {
+      if (isUpstreamError(e) && e.notFound) deps.negative.remember(key, e);
+      throw e;
+    }
   }
 
+  /** Streams the live download; one range at most (several are answered with the whole body). */
   private async fromUpstream(ref: RepoRef, digest: string, spec: RangeSpec | undefined): Promise<BlobResponse> {
     const { deps } = this.ctx;
     const upstream = this.ctx.upstream(ref);
@@ -92,17 +124,15 @@ export class BlobService {
       await dl.finished;
       size = dl.received;
     }
-    const range = spec && size !== undefined ? resolveRange(spec, size) : undefined;
+    const range = spec && size !== undefined ? resolveRanges([spec], size)[0] : undefined;
+    const ranges = range ? [range] : undefined;
     deps.observer.result('blob', ref.upstream, 'miss');
-    if (dl.state === 'done' && !dl.spilled) {
-      // Finished while we waited: it is on disk, and the download may already have let go of its file.
-      const body = await deps.blobs.open(digest, range ?? (size !== undefined ? wholeBlob(size) : undefined));
-      if (body) return { size, range, body, source: 'upstream' };
-    }
-    return { size, range, body: dl.createReader(range?.start ?? 0, range?.end), source: 'upstream' };
+    return { size, ranges, body: await dl.open(range?.start ?? 0, range?.end), source: 'upstream' };
   }
 
-  private async readSmall(digest: string, range: ByteRange | undefined): Promise<Buffer | undefined> {
+  /** The blob's bytes (or a range of them) from disk: one read for a small blob, else a stream. */
+  private async readLocal(digest: string, size: number, range: ByteRange | undefined): Promise<BlobBody | undefined> {
+    if (size > SMALL_BLOB) return this.ctx.deps.blobs.open(digest, range);
     const bytes = await this.ctx.deps.blobs.read(digest);
     return bytes && range ? bytes.subarray(range.start, range.end + 1) : bytes;
   }
@@ -113,3 +143,5 @@ const SMALL_BLOB = 64 * 1024;
 
 /** The whole blob as a range: lets the store size its reads without another stat. */
 const wholeBlob = (size: number): ByteRange | undefined => (size > 0 ? { start: 0, end: size - 1 } : undefined);
+
+const negativeKey = (ref: RepoRef, digest: string) => `blob ${repoKey(ref)}@${digest}`;

@@ -1,18 +1,22 @@
 /**
- * What the registry services share: their dependencies, and the two questions every request asks
- * of the cache: "is this digest known to be in this repository?" and "what are this manifest's bytes?".
+ * What the registry services share: their dependencies, and the questions every request asks of the
+ * cache: "is this digest known to be in this repository?", "is it a manifest there, of what type?"
+ * and "what are this manifest's bytes?".
  */
 import { MemoryIndex, type CachedManifest } from '../cache/index.js';
 import type { BlobStore } from '../storage/store.js';
 import type { MetaStore } from '../storage/meta-store.js';
 import type { Upstream } from '../upstream/types.js';
 import { RegistryError } from './errors.js';
-import type { InflightDownloads } from './inflight.js';
-import { parseManifest } from './manifest.js';
+import type { InflightDownloads } from '../transfer/inflight.js';
+import { parseManifest } from './media-types.js';
+import type { NegativeCache } from './negative-cache.js';
 import type { RepoRef } from './reference.js';
 
 export type CacheResult = 'hit' | 'miss' | 'stale' | 'revalidated';
 export type CacheKind = 'manifest' | 'blob' | 'tags' | 'referrers';
+export const CACHE_KINDS: readonly CacheKind[] = ['manifest', 'blob', 'tags', 'referrers'];
+export const CACHE_RESULTS: readonly CacheResult[] = ['hit', 'miss', 'stale', 'revalidated'];
 
 /** Cache outcomes, for metrics. Implementations must not throw. */
 export interface CacheObserver {
@@ -36,12 +40,19 @@ export interface RegistryDeps {
   upstreams: ReadonlyMap<string, Upstream>;
   /** Seconds a tag (or referrers answer) is trusted without asking upstream, per upstream. */
   tagTtl: (upstream: string) => number;
+  /** Upstream "does not exist" answers, remembered briefly. */
+  negative: NegativeCache;
   now: () => number;
   offline: boolean;
   observer: CacheObserver;
   logger: Logger;
   maxPageSize: number;
   defaultUpstream: string;
+}
+
+export interface ManifestEntry {
+  digest: string;
+  mediaType: string;
 }
 
 export class RegistryContext {
@@ -72,22 +83,42 @@ export class RegistryContext {
 
   async link(ref: RepoRef, digests: string[]): Promise<void> {
     const { index, meta } = this.deps;
-    const missing = digests.filter((d) => !index.links.has(linkKey(ref, d)));
+    const missing = [...new Set(digests)].filter((d) => !index.links.has(linkKey(ref, d)));
     if (missing.length === 0) return;
     await meta.addLinks(ref, missing);
     for (const d of missing) index.links.set(linkKey(ref, d), true);
   }
 
-  /** A manifest's bytes from memory or disk, or undefined when not cached. */
+  /** The media type the digest was stored with as a manifest of the repository, or undefined. */
+  async manifestType(ref: RepoRef, digest: string): Promise<string | undefined> {
+    const { index, meta } = this.deps;
+    const key = linkKey(ref, digest);
+    const known = index.manifestTypes.get(key);
+    if (known !== undefined) return known;
+    const t = await meta.getManifestType(ref, digest);
+    if (t !== undefined) index.manifestTypes.set(key, t);
+    return t;
+  }
+
+  /** Records manifests of the repository (and their membership). */
+  async recordManifests(ref: RepoRef, manifests: ManifestEntry[]): Promise<void> {
+    const { index, meta } = this.deps;
+    const changed = manifests.filter((m) => index.manifestTypes.get(linkKey(ref, m.digest)) !== m.mediaType);
+    if (changed.length > 0) {
+      await meta.addManifests(ref, changed);
+      for (const m of changed) index.manifestTypes.set(linkKey(ref, m.digest), m.mediaType);
+    }
+    await this.link(ref, manifests.map((m) => m.digest));
+  }
+
+  /** A manifest's bytes (and references) from memory or disk, or undefined when not stored. */
   async localManifest(digest: string): Promise<CachedManifest | undefined> {
     const { index, blobs } = this.deps;
     const hit = index.manifests?.get(digest);
     if (hit) return hit;
     const bytes = await blobs.read(digest);
     if (!bytes) return undefined;
-    const parsed = parseManifest(bytes);
-    if (!parsed) return undefined;
-    const m: CachedManifest = { bytes, mediaType: parsed.mediaType, references: parsed.references };
+    const m: CachedManifest = { bytes, references: parseManifest(bytes)?.references ?? [] };
     index.manifests?.set(digest, m);
     return m;
   }

@@ -1,18 +1,23 @@
 /**
- * List-like answers: tags (upstream first, the last cached answer when upstream fails), the catalog
- * (what the cache holds) and referrers (OCI 1.1; upstream's API, else its fallback tag; cached with
- * the tag TTL).
+ * List-like answers: tags (the whole list fetched from upstream, following its pages, kept with the
+ * tag TTL and paged here, so upstreams that ignore `n`/`last` still give correct pages; the last
+ * list when upstream is unavailable), the catalog (what the cache holds) and referrers (OCI 1.1;
+ * upstream's API, else its fallback tag; cached with the tag TTL).
  */
-import { RegistryContext } from './context.js';
-import { isUpstreamFailure, RegistryError } from './errors.js';
-import { MediaTypes } from './manifest.js';
-import { displayName, parseDigest, validateTag, type RepoRef } from './reference.js';
+import { isUpstreamError } from '../upstream/errors.js';
+import { SingleFlight } from '../util/single-flight.js';
+import { RegistryContext, repoKey, type CacheResult } from './context.js';
+import { RegistryError } from './errors.js';
+import { ALL_MANIFEST_TYPES, MediaTypes } from './media-types.js';
+import { displayName, isDigest, parseDigest, validateTag, type RepoRef } from './reference.js';
+import { isUpstreamUnavailable } from './upstream-errors.js';
 
 export interface Page<T> {
   items: T[];
   /** The `last` value for the next page, when there is one. */
   next: string | undefined;
-  stale: boolean;
+  /** Where the whole list came from: the cache within its TTL, upstream, or the cache when upstream failed (or offline). */
+  cache: CacheResult;
 }
 
 export interface ReferrersIndex {
@@ -21,12 +26,17 @@ export interface ReferrersIndex {
   manifests: Array<{ mediaType?: string; digest?: string; size?: number; artifactType?: string; annotations?: Record<string, string> }>;
 }
 
+/** At most this many upstream pages are followed for one tag list (a bound against a hostile upstream). */
+const MAX_TAG_PAGES = 100;
+
 export class ListingService {
+  private readonly tagFlights = new SingleFlight<string[]>();
+
   constructor(private readonly ctx: RegistryContext) {}
 
   checkPageSize(n: number | undefined): void {
     if (n !== undefined && (!Number.isSafeInteger(n) || n < 0 || n > this.ctx.deps.maxPageSize)) {
-      throw new RegistryError('PAGINATION_NUMBER_INVALID', `n must be an integer from 0 to ${this.ctx.deps.maxPageSize}`, { status: 400 });
+      throw new RegistryError('PAGINATION_NUMBER_INVALID', `n must be an integer from 0 to ${this.ctx.deps.maxPageSize}`);
     }
   }
 
@@ -34,36 +44,51 @@ export class ListingService {
     this.checkPageSize(n);
     if (last !== undefined) validateTag(last);
     const { deps } = this.ctx;
-    if (!deps.offline) {
-      try {
-        const page = await this.ctx.upstream(ref).getTags(ref.repo, n, last);
-        const tags = tagsOf(page.body);
-        if (n === undefined && last === undefined && !page.next) await deps.meta.putDoc(ref, 'tags', { fetchedAt: deps.now(), body: tags });
-        deps.observer.result('tags', ref.upstream, 'miss');
-        return { items: tags, next: page.next?.last, stale: false };
-      } catch (e) {
-        if (!isUpstreamFailure(e)) throw e;
-        const cached = await deps.meta.getDoc(ref, 'tags');
-        if (!cached) throw e;
-        deps.observer.result('tags', ref.upstream, 'stale');
-        return { ...paginate(tagsOf({ tags: cached.body }), n, last), stale: true };
-      }
-    }
     const cached = await deps.meta.getDoc(ref, 'tags');
-    if (!cached) this.ctx.assertOnline('tags', ref);
-    deps.observer.result('tags', ref.upstream, 'stale');
-    return { ...paginate(tagsOf({ tags: cached!.body }), n, last), stale: true };
+    const page = (body: unknown, cache: CacheResult): Page<string> => {
+      deps.observer.result('tags', ref.upstream, cache);
+      return { ...paginate(stringsOf(body), n, last), cache };
+    };
+    if (cached && deps.now() - cached.fetchedAt < deps.tagTtl(ref.upstream) * 1000) return page(cached.body, 'hit');
+    if (deps.offline) {
+      if (!cached) this.ctx.assertOnline('tags', ref);
+      return page(cached!.body, 'stale');
+    }
+    try {
+      const tags = await this.tagFlights.run(repoKey(ref), () => this.fetchAllTags(ref));
+      return page(tags, 'miss');
+    } catch (e) {
+      if (!cached || !isUpstreamUnavailable(e)) throw e;
+      return page(cached.body, 'stale');
+    }
   }
 
-  /** Repositories held in the cache, by their client-visible names. */
+  /** The whole tag list from upstream, following its Link pages; stored for later pages and outages. */
+  private async fetchAllTags(ref: RepoRef): Promise<string[]> {
+    const upstream = this.ctx.upstream(ref);
+    const all = new Set<string>();
+    let last: string | undefined;
+    for (let pages = 0; pages < MAX_TAG_PAGES; pages++) {
+      const res = await upstream.getTags(ref.repo, undefined, last);
+      for (const t of stringsOf((res.body as { tags?: unknown })?.tags)) all.add(t);
+      // A next page that does not move forward would loop: stop there.
+      if (!res.next || res.next.last === last) break;
+      last = res.next.last;
+    }
+    const tags = [...all].sort();
+    await this.ctx.deps.meta.putDoc(ref, 'tags', { fetchedAt: this.ctx.deps.now(), body: tags });
+    return tags;
+  }
+
+  /** Repositories with cached manifests, by their client-visible names. */
   async catalog(n: number | undefined, last: string | undefined): Promise<Page<string>> {
     this.checkPageSize(n);
     const repos = await this.ctx.deps.meta.listRepos();
     const names = repos.map((r) => displayName(r, this.ctx.deps.defaultUpstream)).sort();
-    return { ...paginate(names, n, last), stale: false };
+    return { ...paginate(names, n, last), cache: 'hit' };
   }
 
-  /** The referrers of a manifest, optionally filtered by artifactType. */
+  /** The referrers of a manifest, optionally filtered by artifactType. Nothing is stored unless upstream answered. */
   async referrers(ref: RepoRef, digest: string, artifactType: string | undefined): Promise<{ index: ReferrersIndex; filtered: boolean; stale: boolean }> {
     const { algorithm, hex } = parseDigest(digest);
     const { deps } = this.ctx;
@@ -77,16 +102,17 @@ export class ListingService {
       stale = !fresh;
       deps.observer.result('referrers', ref.upstream, fresh ? 'hit' : 'stale');
     } else if (deps.offline) {
+      if (!(await this.ctx.manifestType(ref, digest))) this.ctx.assertOnline('manifest', ref);
       manifests = [];
     } else {
       try {
         manifests = await this.fetchReferrers(ref, digest, algorithm, hex);
         await deps.meta.putDoc(ref, docName, { fetchedAt: deps.now(), body: manifests });
-        const digests = manifests.map((m) => m.digest).filter((d): d is string => typeof d === 'string' && /^[a-z0-9]+:[a-f0-9]+$/.test(d));
-        await this.ctx.link(ref, digests);
+        const entries = manifests.filter((m): m is { digest: string; mediaType: string } => typeof m.digest === 'string' && isDigest(m.digest) && typeof m.mediaType === 'string');
+        await this.ctx.recordManifests(ref, entries.map((m) => ({ digest: m.digest, mediaType: m.mediaType })));
         deps.observer.result('referrers', ref.upstream, 'miss');
       } catch (e) {
-        if (!cached || !isUpstreamFailure(e)) throw e;
+        if (!cached || !isUpstreamUnavailable(e)) throw e;
         manifests = cached.body as ReferrersIndex['manifests'];
         stale = true;
         deps.observer.result('referrers', ref.upstream, 'stale');
@@ -101,26 +127,28 @@ export class ListingService {
     const upstream = this.ctx.upstream(ref);
     const body = await upstream.getReferrers(ref.repo, digest);
     if (body !== undefined) return manifestsOf(body);
-    // No referrers API upstream: the OCI fallback is an index tagged <alg>-<hex>.
+    // No referrers API upstream. The answer is ours to give, but only for a subject upstream has:
+    // an unknown repository or subject is a 404, as upstream says.
+    if (!(await this.ctx.manifestType(ref, digest))) await upstream.headManifest(ref.repo, digest, ALL_MANIFEST_TYPES);
+    // The OCI fallback: an index tagged <alg>-<hex>.
     try {
       const res = await upstream.getManifest(ref.repo, `${algorithm}-${hex}`, [MediaTypes.ociIndex]);
       return manifestsOf(JSON.parse(res.bytes.toString('utf8')));
     } catch (e) {
-      if (e instanceof RegistryError && e.status === 404) return [];
+      if (isUpstreamError(e) && e.notFound) return [];
       if (e instanceof SyntaxError) return [];
       throw e;
     }
   }
 }
 
-function tagsOf(body: unknown): string[] {
-  const tags = (body as { tags?: unknown })?.tags;
-  return Array.isArray(tags) ? tags.filter((t): t is string => typeof t === 'string') : [];
+function stringsOf(v: unknown): string[] {
+  return Array.isArray(v) ? v.filter((t): t is string => typeof t === 'string') : [];
 }
 
 function manifestsOf(body: unknown): ReferrersIndex['manifests'] {
   const m = (body as { manifests?: unknown })?.manifests;
-  return Array.isArray(m) ? m.filter((x) => typeof x === 'object' && x !== null) : [];
+  return Array.isArray(m) ? (m as unknown[]).filter((x): x is ReferrersIndex['manifests'][number] => typeof x === 'object' && x !== null) : [];
 }
 
 /** Lexical pagination as the distribution spec describes: entries after `last`, at most `n`. */

@@ -1,17 +1,25 @@
 /**
- * Manifests: by digest from the cache forever (once the repository is known to hold them); by tag
- * from the cache within the TTL, then revalidated with a HEAD (free against Docker Hub's pull limit)
- * and fetched with a GET only when the digest changed; stale when upstream fails.
+ * Manifests: by digest from the cache forever (once the repository is known to hold them as
+ * manifests), whatever the client's Accept; by tag from the cache within the TTL, then revalidated
+ * with a HEAD (free against Docker Hub's pull limit) and fetched with a GET only when the digest
+ * changed; stale when upstream is unavailable.
+ *
+ * A tag answers each client with what upstream would give that client's Accept: upstream answers a
+ * client that does not accept a tag's index with one platform's manifest, and such a narrowed answer
+ * is kept apart (see tag-variants.ts), never served to a client that accepts the index.
  */
 import { createHash } from 'node:crypto';
 import type { TagRecord, TagVariant } from '../storage/meta-store.js';
+import { isUpstreamError, UpstreamError } from '../upstream/errors.js';
 import type { ManifestResult } from '../upstream/types.js';
+import { SingleFlight } from '../util/single-flight.js';
+import { MemoryIndex } from '../cache/index.js';
 import { RegistryContext, repoKey, type CacheResult } from './context.js';
-import { RegistryError, isUpstreamFailure } from './errors.js';
-import { accepts, ALL_MANIFEST_TYPES, parseManifest, upstreamAccept } from './manifest.js';
-import { isDigest, parseDigest, validateTag, type RepoRef } from './reference.js';
-import { MemoryIndex, type CachedManifest } from '../cache/index.js';
-import { SingleFlight } from './single-flight.js';
+import { RegistryError } from './errors.js';
+import { accepts, ALL_MANIFEST_TYPES, parseManifest, upstreamAccept } from './media-types.js';
+import { parseDigest, validateTag, type RepoRef } from './reference.js';
+import { acceptKey, pickVariant, upgradeRecord, variantFor } from './tag-variants.js';
+import { isUpstreamUnavailable } from './upstream-errors.js';
 
 export interface ManifestResponse {
   bytes: Buffer;
@@ -24,42 +32,68 @@ export class ManifestService {
   /** One upstream exchange per (repository, reference, accept set) at a time: fifty clients, one request. */
   private readonly flights = new SingleFlight<ManifestResponse>();
   /** One upstream HEAD at a time confirming a cached manifest belongs to another repository too. */
-  private readonly confirmations = new SingleFlight<void>();
+  private readonly confirmations = new SingleFlight<string>();
 
   constructor(private readonly ctx: RegistryContext) {}
 
   async get(ref: RepoRef, reference: string, accept: Set<string> | undefined): Promise<ManifestResponse> {
-    const res = isDigest(reference) ? await this.byDigest(ref, reference, accept) : await this.byTag(ref, reference, accept);
+    let res: ManifestResponse;
+    if (DIGEST_SHAPED.test(reference)) {
+      parseDigest(reference);
+      res = await this.byDigest(ref, reference);
+    } else {
+      // Neither a digest nor a tag, so no such manifest (as the registry and the conformance suite answer).
+      if (!isTag(reference)) throw new RegistryError('MANIFEST_UNKNOWN', 'manifest unknown: not a valid tag', { detail: { reference: reference.slice(0, 200) } });
+      res = await this.byTag(ref, reference, accept);
+    }
     this.ctx.deps.observer.result('manifest', ref.upstream, res.cache);
     return res;
   }
 
-  private async byDigest(ref: RepoRef, digest: string, accept: Set<string> | undefined): Promise<ManifestResponse> {
-    parseDigest(digest);
-    const cached = await this.ctx.localManifest(digest);
-    if (cached) {
-      if (!(await this.ctx.linked(ref, digest))) {
-        // Held for another repository: serve it here only once upstream confirms this one has it too.
-        this.ctx.assertOnline('manifest', ref);
-        await this.confirmations.run(`${repoKey(ref)}@${digest}`, async () => {
-          await this.ctx.upstream(ref).headManifest(ref.repo, digest, [...ALL_MANIFEST_TYPES, cached.mediaType]);
-          await this.ctx.link(ref, [digest, ...cached.references]);
-        });
-      }
-      if (!accepts(accept, cached.mediaType)) throw notAcceptable(cached.mediaType);
-      return { bytes: cached.bytes, mediaType: cached.mediaType, digest, cache: 'hit' };
+  /** A digest names one content: served as it is, with its real media type, whatever the Accept. */
+  private async byDigest(ref: RepoRef, digest: string): Promise<ManifestResponse> {
+    const { ctx } = this;
+    let mediaType = await ctx.manifestType(ref, digest);
+    if (mediaType === undefined && (await ctx.localBlobSize(digest)) !== undefined) {
+      // Stored for another repository (or as a blob here): serve it here only once upstream says this
+      // repository has it as a manifest, and of which type.
+      ctx.assertOnline('manifest', ref);
+      mediaType = await this.confirm(ref, digest);
     }
-    this.ctx.assertOnline('manifest', ref);
-    return this.fetch(ref, digest, accept, undefined);
+    if (mediaType !== undefined) {
+      const cached = await ctx.localManifest(digest);
+      if (cached) return { bytes: cached.bytes, mediaType, digest, cache: 'hit' };
+    }
+    ctx.assertOnline('manifest', ref);
+    return this.fetch(ref, digest, undefined, undefined);
+  }
+
+  private confirm(ref: RepoRef, digest: string): Promise<string> {
+    return this.confirmations.run(`${repoKey(ref)}@${digest}`, async () => {
+      const key = negativeKey(ref, digest, undefined);
+      this.ctx.deps.negative.check(key);
+      let mediaType: string;
+      try {
+        mediaType = (await this.ctx.upstream(ref).headManifest(ref.repo, digest, ALL_MANIFEST_TYPES)).mediaType;
+      } catch (e) {
+        if (isUpstreamError(e) && e.notFound) this.ctx.deps.negative.remember(key, e);
+        throw e;
+      }
+      const cached = await this.ctx.localManifest(digest);
+      const parsed = cached ? parseManifest(cached.bytes) : undefined;
+      const type = mediaType || parsed?.mediaType || 'application/octet-stream';
+      await this.ctx.recordManifests(ref, [{ digest, mediaType: type }, ...(parsed?.children ?? [])]);
+      await this.ctx.link(ref, cached?.references ?? []);
+      return type;
+    });
   }
 
   private async byTag(ref: RepoRef, tag: string, accept: Set<string> | undefined): Promise<ManifestResponse> {
-    validateTag(tag);
     const { deps } = this.ctx;
     const record = await this.loadTag(ref, tag);
     const variant = pickVariant(record, accept);
     const cached = variant ? await this.ctx.localManifest(variant.digest) : undefined;
-    const fromCache = (cache: CacheResult): ManifestResponse => ({ bytes: cached!.bytes, mediaType: cached!.mediaType, digest: variant!.digest, cache });
+    const fromCache = (cache: CacheResult): ManifestResponse => ({ bytes: cached!.bytes, mediaType: variant!.mediaType, digest: variant!.digest, cache });
     if (variant && cached) {
       const fresh = deps.now() - variant.fetchedAt < deps.tagTtl(ref.upstream) * 1000;
       if (fresh) return fromCache('hit');
@@ -77,8 +111,8 @@ export class ManifestService {
       }
       return await this.fetch(ref, tag, accept, tag);
     } catch (e) {
-      if (variant && cached && isUpstreamFailure(e)) {
-        deps.logger.warn({ repo: ref.repo, upstream: ref.upstream, tag, err: (e as Error).message }, 'upstream failed; serving the cached manifest (stale)');
+      if (variant && cached && isUpstreamUnavailable(e)) {
+        deps.logger.warn({ repo: ref.repo, upstream: ref.upstream, tag, err: (e as Error).message }, 'upstream unavailable; serving the cached manifest (stale)');
         return fromCache('stale');
       }
       throw e;
@@ -87,33 +121,44 @@ export class ManifestService {
 
   /** GETs a manifest from upstream (coalesced), verifies and stores it, and records the tag. */
   private fetch(ref: RepoRef, reference: string, accept: Set<string> | undefined, tag: string | undefined): Promise<ManifestResponse> {
-    return this.flights.run(flightKey(ref, reference, accept), () => this.fetchOnce(ref, reference, accept, tag));
+    return this.flights.run(flightKey(ref, reference, accept), async () => {
+      const key = negativeKey(ref, reference, accept);
+      this.ctx.deps.negative.check(key);
+      try {
+        return await this.fetchOnce(ref, reference, accept, tag);
+      } catch (e) {
+        if (isUpstreamError(e) && e.notFound) this.ctx.deps.negative.remember(key, e);
+        throw e;
+      }
+    });
   }
 
   private async fetchOnce(ref: RepoRef, reference: string, accept: Set<string> | undefined, tag: string | undefined): Promise<ManifestResponse> {
-    const res = await this.ctx.upstream(ref).getManifest(ref.repo, reference, upstreamAccept(accept));
+    // By digest the client's Accept does not matter: ask for every type, so upstream sends the content as it is.
+    const wanted = tag === undefined ? [...new Set([...ALL_MANIFEST_TYPES, ...(accept ?? [])])] : upstreamAccept(accept);
+    const upstream = this.ctx.upstream(ref);
+    const res = await upstream.getManifest(ref.repo, reference, wanted);
     let digest: string;
     try {
-      digest = verifyManifest(res, tag === undefined ? reference : undefined);
+      digest = verifyManifest(res, tag === undefined ? reference : undefined, upstream.name);
     } catch (e) {
       this.ctx.deps.observer.rejected(ref.upstream);
       throw e;
     }
     const parsed = parseManifest(res.bytes, res.mediaType);
-    if (!parsed) throw new RegistryError('MANIFEST_INVALID', 'upstream sent a manifest that is not JSON', { status: 502, detail: { digest } });
+    if (!parsed) throw new UpstreamError('protocol', upstream.name, 'upstream sent a manifest that is not JSON', { code: 'MANIFEST_INVALID' });
     // The upstream's Content-Type is what a client would have seen from upstream; trust it over inference.
     const mediaType = res.mediaType || parsed.mediaType;
-    if (!accepts(accept, mediaType)) throw notAcceptable(mediaType);
+    if (tag !== undefined && !accepts(accept, mediaType)) {
+      throw new RegistryError('MANIFEST_UNKNOWN', `manifest is ${mediaType}, which the client does not accept`, { detail: { mediaType } });
+    }
     const { deps } = this.ctx;
     await deps.blobs.put(digest, res.bytes);
-    const entry: CachedManifest = { bytes: res.bytes, mediaType, references: parsed.references };
-    deps.index.manifests?.set(digest, entry);
+    deps.index.manifests?.set(digest, { bytes: res.bytes, references: parsed.references });
     deps.index.blobSizes.set(digest, res.bytes.length);
-    await this.ctx.link(ref, [digest, ...parsed.references]);
-    if (tag !== undefined) {
-      const record = (await this.loadTag(ref, tag)) ?? { variants: [] };
-      await this.saveTag(ref, tag, { digest, mediaType, size: res.bytes.length, fetchedAt: deps.now() }, record);
-    }
+    await this.ctx.recordManifests(ref, [{ digest, mediaType }, ...parsed.children]);
+    await this.ctx.link(ref, parsed.references);
+    if (tag !== undefined) await this.saveTag(ref, tag, variantFor({ digest, mediaType, size: res.bytes.length, fetchedAt: deps.now() }, accept));
     return { bytes: res.bytes, mediaType, digest, cache: 'miss' };
   }
 
@@ -122,53 +167,54 @@ export class ManifestService {
     const key = MemoryIndex.tagKey(ref.upstream, ref.repo, tag);
     const hit = index.tags.get(key);
     if (hit) return hit;
-    const rec = await meta.getTag(ref, tag);
+    const stored = await meta.getTag(ref, tag);
+    const rec = stored && upgradeRecord(stored);
     if (rec) index.tags.set(key, rec);
     return rec;
   }
 
-  /** Upserts one variant (one per media type) and persists the record. */
-  private async saveTag(ref: RepoRef, tag: string, variant: TagVariant, base?: TagRecord): Promise<void> {
+  /** Upserts one variant (one per media type and narrowing) and persists the record. */
+  private async saveTag(ref: RepoRef, tag: string, variant: TagVariant): Promise<void> {
     const { index, meta } = this.ctx.deps;
-    const current = base ?? (await this.loadTag(ref, tag)) ?? { variants: [] };
-    const record: TagRecord = { variants: [...current.variants.filter((v) => v.mediaType !== variant.mediaType), variant] };
+    const current = (await this.loadTag(ref, tag)) ?? { version: 2, variants: [] };
+    const same = (v: TagVariant) => v.mediaType === variant.mediaType && acceptKey(v.narrowedFor) === acceptKey(variant.narrowedFor);
+    const record: TagRecord = { version: 2, variants: [...current.variants.filter((v) => !same(v)), variant] };
     index.tags.set(MemoryIndex.tagKey(ref.upstream, ref.repo, tag), record);
     await meta.putTag(ref, tag, record);
   }
 }
 
+/** `<algorithm>:…`: meant as a digest, so a malformed one is DIGEST_INVALID. */
+const DIGEST_SHAPED = /^[a-z0-9]+(?:[+._-][a-z0-9]+)*:/;
+
+const isTag = (s: string): boolean => {
+  try {
+    validateTag(s);
+    return true;
+  } catch {
+    return false;
+  }
+};
+
 const flightKey = (ref: RepoRef, reference: string, accept: Set<string> | undefined) =>
   `${repoKey(ref)}:${reference}|${accept ? [...accept].sort().join(',') : '*'}`;
 
-/** The most recently confirmed variant the client accepts. */
-function pickVariant(record: TagRecord | undefined, accept: Set<string> | undefined): TagVariant | undefined {
-  let best: TagVariant | undefined;
-  for (const v of record?.variants ?? []) if (accepts(accept, v.mediaType) && (!best || v.fetchedAt > best.fetchedAt)) best = v;
-  return best;
-}
+/** A missing tag depends on the Accept (a list may be unknown to one client, narrowed for another); a digest does not. */
+const negativeKey = (ref: RepoRef, reference: string, accept: Set<string> | undefined) =>
+  reference.includes(':') ? `manifest ${repoKey(ref)}@${reference}` : `manifest ${flightKey(ref, reference, accept)}`;
 
 /**
  * Computes the manifest's digest and checks it against what was asked for (by digest) and what
  * upstream claimed (Docker-Content-Digest). A mismatch is never kept.
  */
-function verifyManifest(res: ManifestResult, requested: string | undefined): string {
+function verifyManifest(res: ManifestResult, requested: string | undefined, upstream: string): string {
   const algorithm = requested ? requested.slice(0, requested.indexOf(':')) : 'sha256';
   const digest = `${algorithm}:${createHash(algorithm).update(res.bytes).digest('hex')}`;
   if (requested !== undefined && digest !== requested) {
-    throw new RegistryError('MANIFEST_INVALID', 'upstream manifest does not match the requested digest; rejected', {
-      status: 502,
-      detail: { requested, actual: digest },
-    });
+    throw new UpstreamError('digest_mismatch', upstream, `upstream manifest is ${digest}, not the requested ${requested}; rejected`);
   }
   if (res.digest && res.digest.startsWith(`${algorithm}:`) && res.digest !== digest) {
-    throw new RegistryError('MANIFEST_INVALID', 'upstream manifest does not match its Docker-Content-Digest; rejected', {
-      status: 502,
-      detail: { claimed: res.digest, actual: digest },
-    });
+    throw new UpstreamError('digest_mismatch', upstream, `upstream manifest is ${digest}, not its Docker-Content-Digest ${res.digest}; rejected`);
   }
   return digest;
-}
-
-function notAcceptable(mediaType: string): RegistryError {
-  return new RegistryError('MANIFEST_UNKNOWN', `manifest is ${mediaType}, which the client does not accept`, { detail: { mediaType } });
 }

@@ -1,4 +1,4 @@
-/** Manifest media types, content negotiation, and what a manifest references. */
+/** Manifest media types, content negotiation (Accept), and what a manifest references. */
 import { isDigest } from './reference.js';
 
 export const MediaTypes = {
@@ -11,7 +11,15 @@ export const MediaTypes = {
 } as const;
 
 /** What the mirror asks upstream for when the client accepts anything: every manifest kind it can serve. */
-export const ALL_MANIFEST_TYPES = [MediaTypes.ociIndex, MediaTypes.ociManifest, MediaTypes.dockerList, MediaTypes.dockerManifest];
+export const ALL_MANIFEST_TYPES: string[] = [MediaTypes.ociIndex, MediaTypes.ociManifest, MediaTypes.dockerList, MediaTypes.dockerManifest];
+
+/** The media types of manifests that list other manifests (one per platform). */
+export const INDEX_TYPES: readonly string[] = [MediaTypes.ociIndex, MediaTypes.dockerList];
+
+export const isIndexType = (mediaType: string): boolean => INDEX_TYPES.includes(mediaType);
+
+/** A plausible media type (RFC 6838 shape); anything else from a document is not trusted as one. */
+const MEDIA_TYPE = /^[a-z0-9][a-z0-9!#$&^_.+-]{0,126}\/[a-z0-9][a-z0-9!#$&^_.+-]{0,126}$/i;
 
 /**
  * The client's acceptable media types; `undefined` means anything (no Accept, or a wildcard).
@@ -37,6 +45,7 @@ export function upstreamAccept(accept: Set<string> | undefined): string[] {
 
 interface Descriptor {
   digest?: unknown;
+  mediaType?: unknown;
 }
 interface ManifestJson {
   schemaVersion?: unknown;
@@ -51,6 +60,8 @@ export interface ParsedManifest {
   mediaType: string;
   /** Digests this manifest makes part of its repository: config, layers, child manifests. */
   references: string[];
+  /** The manifests an index or list names, with the media type its descriptor gives. */
+  children: Array<{ digest: string; mediaType: string }>;
 }
 
 /**
@@ -71,7 +82,13 @@ export function parseManifest(bytes: Uint8Array, contentType?: string): ParsedMa
   };
   add(m.config?.digest);
   for (const l of Array.isArray(m.layers) ? m.layers : []) add(l?.digest);
-  for (const c of Array.isArray(m.manifests) ? m.manifests : []) add(c?.digest);
+  const children: ParsedManifest['children'] = [];
+  for (const c of Array.isArray(m.manifests) ? m.manifests : []) {
+    add(c?.digest);
+    if (typeof c?.digest === 'string' && isDigest(c.digest) && typeof c.mediaType === 'string' && MEDIA_TYPE.test(c.mediaType)) {
+      children.push({ digest: c.digest, mediaType: c.mediaType });
+    }
+  }
   for (const l of Array.isArray(m.fsLayers) ? m.fsLayers : []) add(l?.blobSum);
   let mediaType = typeof m.mediaType === 'string' ? m.mediaType : undefined;
   if (!mediaType) {
@@ -80,5 +97,5 @@ export function parseManifest(bytes: Uint8Array, contentType?: string): ParsedMa
     else if (m.schemaVersion === 1) mediaType = contentType === MediaTypes.dockerV1 ? MediaTypes.dockerV1 : MediaTypes.dockerV1Signed;
     else mediaType = contentType || 'application/octet-stream';
   }
-  return { mediaType, references: refs };
+  return { mediaType, references: refs, children };
 }

@@ -1,36 +1,73 @@
 /**
- * HTTP Range for blobs: one range of bytes, `a-b`, `a-` or `-n`. Several ranges or anything
- * malformed is refused (a registry client never needs them), unsatisfiable is a 416.
+ * HTTP Range for blobs (RFC 9110 §14): one or several ranges of bytes, each `a-b`, `a-` or `-n`.
+ * Podman and containers-storage ask for several ranges at once (partial pulls of zstd:chunked
+ * layers). Malformed is a 416; ranges that cannot be satisfied are dropped, and only when none is
+ * left is the answer a 416. Overlapping and adjacent ranges are merged; a header with more than
+ * MAX_RANGES ranges is ignored (the whole body is sent), as RFC 9110 allows.
  */
 import { RegistryError } from './errors.js';
 import type { ByteRange } from '../storage/store.js';
 
+export type { ByteRange };
+
 export type RangeSpec = { start: number; end: number | undefined } | { suffix: number };
 
-export function parseRange(header: string | undefined): RangeSpec | undefined {
+/** More ranges than this in one header: the header is ignored and the whole blob sent. */
+export const MAX_RANGES = 128;
+
+const ONE = /^\s*(\d*)\s*-\s*(\d*)\s*$/;
+
+/** The ranges of a Range header in the order sent; undefined when there is none (or too many to honour). */
+export function parseRange(header: string | undefined): RangeSpec[] | undefined {
   if (header === undefined) return undefined;
-  const m = /^\s*bytes\s*=\s*(\d*)\s*-\s*(\d*)\s*$/i.exec(header);
-  if (!m || (m[1] === '' && m[2] === '') || (m[1]!.length > 15) || (m[2]!.length > 15)) {
-    const multi = /^\s*bytes\s*=.*,/i.test(header);
-    throw new RegistryError('RANGE_INVALID', multi ? 'multiple ranges are not supported' : 'malformed Range header', { status: 416, detail: { range: header.slice(0, 200) } });
+  const unit = /^\s*bytes\s*=(.*)$/is.exec(header);
+  const malformed = () => new RegistryError('RANGE_INVALID', 'malformed Range header', { detail: { range: header.slice(0, 200) } });
+  if (!unit) throw malformed();
+  const parts = unit[1]!.split(',');
+  if (parts.length > MAX_RANGES) return undefined;
+  const specs: RangeSpec[] = [];
+  for (const part of parts) {
+    if (part.trim() === '' && parts.length > 1) continue; // RFC 9110 list syntax allows empty elements
+    const m = ONE.exec(part);
+    if (!m || (m[1] === '' && m[2] === '') || m[1]!.length > 15 || m[2]!.length > 15) throw malformed();
+    if (m[1] === '') {
+      specs.push({ suffix: Number(m[2]) });
+      continue;
+    }
+    const start = Number(m[1]);
+    const end = m[2] === '' ? undefined : Number(m[2]);
+    if (end !== undefined && end < start) throw new RegistryError('RANGE_INVALID', 'range end is before its start', { detail: { range: header.slice(0, 200) } });
+    specs.push({ start, end });
   }
-  if (m[1] === '') return { suffix: Number(m[2]) };
-  const start = Number(m[1]);
-  const end = m[2] === '' ? undefined : Number(m[2]);
-  if (end !== undefined && end < start) throw new RegistryError('RANGE_INVALID', 'range end is before its start', { status: 416, detail: { range: header.slice(0, 200) } });
-  return { start, end };
+  if (specs.length === 0) throw malformed();
+  return specs;
 }
 
-/** Resolves a range against the blob size: inclusive bounds, or a 416 (with the size for Content-Range). */
-export function resolveRange(spec: RangeSpec, size: number): ByteRange {
+/** Resolves one range against the blob size: inclusive bounds, or undefined when unsatisfiable. */
+function resolveOne(spec: RangeSpec, size: number): ByteRange | undefined {
   if ('suffix' in spec) {
-    if (spec.suffix === 0 || size === 0) throw unsatisfiable(size);
+    if (spec.suffix === 0 || size === 0) return undefined;
     return { start: Math.max(0, size - spec.suffix), end: size - 1 };
   }
-  if (spec.start >= size) throw unsatisfiable(size);
+  if (spec.start >= size) return undefined;
   return { start: spec.start, end: Math.min(spec.end ?? size - 1, size - 1) };
 }
 
-function unsatisfiable(size: number): RegistryError {
-  return new RegistryError('RANGE_INVALID', 'range not satisfiable', { status: 416, size });
+/**
+ * The satisfiable ranges against the blob size, sorted, with overlapping and adjacent ones merged;
+ * a 416 (carrying the size, for Content-Range) when none is satisfiable.
+ */
+export function resolveRanges(specs: RangeSpec[], size: number): ByteRange[] {
+  const ranges = specs
+    .map((s) => resolveOne(s, size))
+    .filter((r): r is ByteRange => r !== undefined)
+    .sort((a, b) => a.start - b.start);
+  if (ranges.length === 0) throw new RegistryError('RANGE_INVALID', 'range not satisfiable', { size });
+  const merged: ByteRange[] = [{ ...ranges[0]! }];
+  for (const r of ranges.slice(1)) {
+    const last = merged[merged.length - 1]!;
+    if (r.start <= last.end + 1) last.end = Math.max(last.end, r.end);
+    else merged.push({ ...r });
+  }
+  return merged;
 }

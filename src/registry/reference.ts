@@ -29,13 +29,13 @@ export function parseDigest(s: string): { algorithm: string; hex: string } {
   const algorithm = m[1]!;
   const hex = m[2]!;
   const rule = KNOWN_DIGESTS[algorithm];
-  if (!rule) throw new RegistryError('UNSUPPORTED', `digest algorithm ${algorithm} is not supported`, { detail: { digest: s.slice(0, 200) }, status: 400 });
+  if (!rule) throw new RegistryError('DIGEST_UNSUPPORTED', `digest algorithm ${algorithm} is not supported`, { detail: { digest: s.slice(0, 200) } });
   if (!rule.test(hex)) throw new RegistryError('DIGEST_INVALID', 'invalid digest', { detail: { digest: s.slice(0, 200) } });
   return { algorithm, hex };
 }
 
 export function validateTag(s: string): void {
-  if (!TAG.test(s)) throw new RegistryError('TAG_INVALID', 'invalid tag', { detail: { tag: s.slice(0, 200) }, status: 400 });
+  if (!TAG.test(s)) throw new RegistryError('TAG_INVALID', 'invalid tag', { detail: { tag: s.slice(0, 200) } });
 }
 
 export function validateRepoName(name: string): void {

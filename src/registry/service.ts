@@ -1,6 +1,7 @@
 /**
  * The registry: the cache policy behind every /v2/ endpoint. The HTTP layer talks to this and to
- * nothing below it.
+ * nothing below it: every error that leaves here is a RegistryError (upstream failures are turned
+ * into what they mean for the client by upstream-errors.ts).
  */
 import type { BlobResponse, BlobStat } from './blobs.js';
 import { BlobService } from './blobs.js';
@@ -9,6 +10,13 @@ import { ListingService, type Page, type ReferrersIndex } from './listings.js';
 import { ManifestService, type ManifestResponse } from './manifests.js';
 import type { RangeSpec } from './range.js';
 import { routeName, type RepoRef, type RoutingTable } from './reference.js';
+import { toRegistryError, type UpstreamSubject } from './upstream-errors.js';
+
+/** Rethrows what `p` rejects with as a RegistryError. */
+const edge = <T>(p: Promise<T>, subject: UpstreamSubject): Promise<T> =>
+  p.catch((e: unknown) => {
+    throw toRegistryError(e, subject);
+  });
 
 export type { BlobResponse, BlobStat, ManifestResponse, Page, ReferrersIndex, RepoRef };
 
@@ -31,19 +39,19 @@ export class Registry {
   }
 
   getManifest(ref: RepoRef, reference: string, accept: Set<string> | undefined): Promise<ManifestResponse> {
-    return this.manifests.get(ref, reference, accept);
+    return edge(this.manifests.get(ref, reference, accept), 'manifest');
   }
 
   statBlob(ref: RepoRef, digest: string): Promise<BlobStat> {
-    return this.blobs.stat(ref, digest);
+    return edge(this.blobs.stat(ref, digest), 'blob');
   }
 
-  openBlob(ref: RepoRef, digest: string, range: RangeSpec | undefined): Promise<BlobResponse> {
-    return this.blobs.open(ref, digest, range);
+  openBlob(ref: RepoRef, digest: string, ranges: RangeSpec[] | undefined): Promise<BlobResponse> {
+    return edge(this.blobs.open(ref, digest, ranges), 'blob');
   }
 
   listTags(ref: RepoRef, n: number | undefined, last: string | undefined): Promise<Page<string>> {
-    return this.listings.tags(ref, n, last);
+    return edge(this.listings.tags(ref, n, last), 'tags');
   }
 
   catalog(n: number | undefined, last: string | undefined): Promise<Page<string>> {
@@ -51,7 +59,7 @@ export class Registry {
   }
 
   referrers(ref: RepoRef, digest: string, artifactType: string | undefined) {
-    return this.listings.referrers(ref, digest, artifactType);
+    return edge(this.listings.referrers(ref, digest, artifactType), 'referrers');
   }
 
   /** Waits for downloads under way to finish, at most `timeoutMs`; false if some were still running. */

@@ -43,6 +43,30 @@ export class FsMetaStore implements MetaStore {
     );
   }
 
+  async getManifestType(ref: RepoKey, digest: string): Promise<string | undefined> {
+    try {
+      const t = (await readFile(this.paths.manifest(ref, digest), 'utf8')).trim();
+      return t === '' ? undefined : t;
+    } catch (e) {
+      if (isNotFound(e)) return undefined;
+      throw e;
+    }
+  }
+
+  async addManifests(ref: RepoKey, manifests: Array<{ digest: string; mediaType: string }>): Promise<void> {
+    const dirs = new Set(manifests.map((m) => dirname(this.paths.manifest(ref, m.digest))));
+    await Promise.all([...dirs].map((d) => mkdir(d, { recursive: true })));
+    await mkdir(this.paths.tmpDir, { recursive: true });
+    // Temp + rename: a reader sees the old media type or the new one, never an empty file.
+    await Promise.all(
+      manifests.map(async (m) => {
+        const tmp = this.paths.tmp('meta');
+        await writeFile(tmp, m.mediaType);
+        await rename(tmp, this.paths.manifest(ref, m.digest));
+      }),
+    );
+  }
+
   async getDoc(ref: RepoKey, name: string): Promise<StoredDoc | undefined> {
     const v = await this.readJson(this.paths.doc(ref, name));
     if (!v || typeof v !== 'object' || typeof (v as StoredDoc).fetchedAt !== 'number') return undefined;
@@ -64,7 +88,7 @@ export class FsMetaStore implements MetaStore {
     }
     const walk = async (upstream: string, dir: string, parts: string[]): Promise<void> => {
       const entries = await readdir(dir, { withFileTypes: true }).catch(() => []);
-      if (parts.length > 0 && entries.some((e) => e.name === '_tags' || e.name === '_links' || e.name === '_docs')) out.push({ upstream, repo: parts.join('/') });
+      if (parts.length > 0 && entries.some((e) => e.name === '_tags' || e.name === '_manifests')) out.push({ upstream, repo: parts.join('/') });
       for (const e of entries) if (e.isDirectory() && !e.name.startsWith('_')) await walk(upstream, join(dir, e.name), [...parts, e.name]);
     };
     for (const u of upstreams) await walk(u, join(this.paths.reposDir, u), []);

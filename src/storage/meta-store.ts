@@ -6,16 +6,24 @@ import type { RepoKey } from './paths.js';
 
 export type { RepoKey } from './paths.js';
 
-/** One cached answer for a tag under one media type. */
+/** One cached answer for a tag: what upstream gave a request with a particular Accept. */
 export interface TagVariant {
   digest: string;
   mediaType: string;
   size: number;
   /** When upstream last confirmed this digest for the tag (ms since epoch). */
   fetchedAt: number;
+  /**
+   * Present when the answer may be one platform's manifest picked for that request (it was not an
+   * index, and the request did not accept every index type): the index types the request accepted.
+   * Absent when the answer is the tag's own content.
+   */
+  narrowedFor?: string[];
 }
 
 export interface TagRecord {
+  /** 2 since variants say whether they were narrowed; older records are read as narrowed. */
+  version?: number;
   variants: TagVariant[];
 }
 
@@ -32,8 +40,15 @@ export interface MetaStore {
   hasLink(ref: RepoKey, digest: string): Promise<boolean>;
   /** Records that the repository contains these digests. Idempotent. */
   addLinks(ref: RepoKey, digests: string[]): Promise<void>;
+  /**
+   * The media type the digest was stored with as a manifest of this repository, or undefined when
+   * it is not known as one (a config or layer blob never is).
+   */
+  getManifestType(ref: RepoKey, digest: string): Promise<string | undefined>;
+  /** Records digests as manifests of the repository, with their media types. Idempotent (last write wins). */
+  addManifests(ref: RepoKey, manifests: Array<{ digest: string; mediaType: string }>): Promise<void>;
   getDoc(ref: RepoKey, name: string): Promise<StoredDoc | undefined>;
   putDoc(ref: RepoKey, name: string, doc: StoredDoc): Promise<void>;
-  /** Every repository with any metadata, in no particular order. */
+  /** Every repository holding a cached manifest or tag, in no particular order. */
   listRepos(): Promise<RepoKey[]>;
 }

@@ -8,6 +8,7 @@
  *   repos/<upstream>/<repo...>/
  *     _tags/<tag>                           tag record JSON {variants:[{digest, mediaType, size, fetchedAt}]}
  *     _links/<alg>/<hex>                    empty file: this repository is known to contain the digest
+ *     _manifests/<alg>/<hex>                the digest is a manifest of this repository; holds its media type
  *     _docs/<name>.json                     last upstream answer of tags/list or a referrers query
  *
  * The `_` prefix keeps these apart from repository path components, which must start with [a-z0-9]
@@ -49,6 +50,11 @@ export class StorePaths {
   link(ref: RepoKey, digest: string): string {
     const [alg, hex] = splitDigest(digest);
     return join(this.repoDir(ref), '_links', alg, hex);
+  }
+
+  manifest(ref: RepoKey, digest: string): string {
+    const [alg, hex] = splitDigest(digest);
+    return join(this.repoDir(ref), '_manifests', alg, hex);
   }
 
   doc(ref: RepoKey, name: string): string {

@@ -13,7 +13,7 @@
  * that received Content-Length bytes takes the body as complete, so a mismatch must leave it short.
  */
 import { Readable } from 'node:stream';
-import type { BlobWriter } from '../storage/store.js';
+import type { BlobStore, BlobWriter } from '../storage/store.js';
 
 const READ_CHUNK = 512 * 1024;
 /** Bytes of recent chunks a spilled download keeps for its readers (besides any not yet on disk). */
@@ -24,18 +24,20 @@ interface Chunk {
   bytes: Uint8Array;
 }
 
+export type DownloadState = 'starting' | 'running' | 'done' | 'failed';
+
+/**
+ * Readers see a download through `ready`, `finished`, the read-only figures and `open()`; only the
+ * downloader (inflight.ts) moves it on, through the methods marked so.
+ */
 export class Download {
-  size: number | undefined;
-  state: 'starting' | 'running' | 'done' | 'failed' = 'starting';
-  error: unknown;
-  /** Bytes received from upstream so far (the offset of the next byte). */
-  received = 0;
-  /** The temp file, while the store takes the bytes; bytes [0, writer.written) are readable from it. */
-  writer: BlobWriter | undefined;
-  /** The store could not take the bytes: pass-through, nothing kept. */
-  spilled = false;
-  /** Complete and matching its digest (possibly not yet durable on disk). */
-  verified = false;
+  private size_: number | undefined;
+  private state_: DownloadState = 'starting';
+  private error_: unknown;
+  private received_ = 0;
+  private writer_: BlobWriter | undefined;
+  private spilled_ = false;
+  private verified_ = false;
   /** Resolves once upstream answered with a body (size known if upstream said); rejects if it never did. */
   readonly ready: Promise<void>;
   /** Resolves when the blob is complete and verified (stored, unless spilled); rejects on failure. */
@@ -55,7 +57,12 @@ export class Download {
    * @param origin the repository whose upstream request started it: that repository is confirmed to
    *   contain the blob once `ready` resolves; others must be confirmed before they join.
    */
-  constructor(readonly digest: string, readonly origin: string) {
+  constructor(
+    readonly digest: string,
+    readonly origin: string,
+    /** Where a finished download is read from once its reference to the temp file may be gone. */
+    private readonly store: Pick<BlobStore, 'open'>,
+  ) {
     this.ready = new Promise((res, rej) => {
       this.resolveReady = res;
       this.rejectReady = rej;
@@ -69,7 +76,50 @@ export class Download {
     this.finished.catch(() => undefined);
   }
 
-  /** A stream of the blob from `start` to `end` (inclusive; default: to the end). */
+  /** Full size, when upstream said (known once `ready`). */
+  get size(): number | undefined {
+    return this.size_;
+  }
+  get state(): DownloadState {
+    return this.state_;
+  }
+  /** Why it failed (state 'failed'). */
+  get error(): unknown {
+    return this.error_;
+  }
+  /** Bytes received from upstream so far (the offset of the next byte). */
+  get received(): number {
+    return this.received_;
+  }
+  /** The temp file, while the store takes the bytes; bytes [0, writer.written) are readable from it. */
+  get writer(): BlobWriter | undefined {
+    return this.writer_;
+  }
+  /** The store could not take the bytes: pass-through, nothing kept. */
+  get spilled(): boolean {
+    return this.spilled_;
+  }
+  /** Complete and matching its digest (possibly not yet durable on disk). */
+  get verified(): boolean {
+    return this.verified_;
+  }
+
+  /**
+   * The one place deciding how a client reads this blob: from the store once the download is done
+   * and stored (it may already have let go of its temp file), else live from the download. `end`
+   * is inclusive; both default to the whole blob.
+   */
+  async open(start = 0, end?: number): Promise<Readable> {
+    if (this.state_ === 'done' && !this.spilled_) {
+      const size = this.size_ ?? this.received_;
+      const range = size > 0 ? { start, end: end ?? size - 1 } : undefined;
+      const body = await this.store.open(this.digest, range);
+      if (body) return body;
+    }
+    return this.createReader(start, end);
+  }
+
+  /** A live stream of the blob from `start` to `end` (inclusive; default: to the end). */
   createReader(start = 0, end?: number): Readable {
     this.refs++;
     this.hadReaders = true;
@@ -95,17 +145,22 @@ export class Download {
 
   // ---- for the downloader (inflight.ts) ----
 
+  /** The store's writer for this blob. */
+  attachWriter(writer: BlobWriter): void {
+    this.writer_ = writer;
+  }
+
   markRunning(size: number | undefined): void {
-    this.size = size;
-    this.state = 'running';
+    this.size_ = size;
+    this.state_ = 'running';
     this.resolveReady();
   }
 
   /** Records bytes received (already written to the writer unless spilled) and wakes the readers. */
-  received_(bytes: Uint8Array): void {
-    this.window.push({ offset: this.received, bytes });
+  append(bytes: Uint8Array): void {
+    this.window.push({ offset: this.received_, bytes });
     this.windowBytes += bytes.length;
-    this.received += bytes.length;
+    this.received_ += bytes.length;
     this.trim();
     this.wake();
   }
@@ -130,7 +185,7 @@ export class Download {
 
   /** Switches to pass-through; bytes [0, writer.written) stay readable from the temp file. */
   spill(): void {
-    this.spilled = true;
+    this.spilled_ = true;
   }
 
   /** In spill mode: resolves once the slowest reader is within half a window of the live edge. */
@@ -143,21 +198,21 @@ export class Download {
 
   /** The bytes received are the whole blob and match its digest: readers may send the last byte. */
   markVerified(): void {
-    this.verified = true;
+    this.verified_ = true;
     this.wake();
   }
 
   markDone(): void {
-    this.verified = true;
-    this.state = 'done';
+    this.verified_ = true;
+    this.state_ = 'done';
     this.resolveReady();
     this.resolveFinished();
     this.wake();
   }
 
   markFailed(e: unknown): void {
-    this.state = 'failed';
-    this.error = e;
+    this.state_ = 'failed';
+    this.error_ = e;
     this.rejectReady(e);
     this.rejectFinished(e);
     this.wake();

@@ -8,15 +8,15 @@
 import { createHash, type Hash } from 'node:crypto';
 import type { BlobStore } from '../storage/store.js';
 import { DigestMismatchError, StoreFullError } from '../storage/store.js';
+import { UpstreamError } from '../upstream/errors.js';
 import type { BlobBody } from '../upstream/types.js';
 import { Download } from './download.js';
-import { WriteBehind } from './write-behind.js';
-import { RegistryError } from './errors.js';
+import { Fill } from './fill.js';
+
 
 export { Download } from './download.js';
+export { PassThroughAbandonedError } from './errors.js';
 
-/** Bytes a download may run ahead of its temp file (held in memory for the readers meanwhile). */
-const WRITE_LAG = 32 * 1024 * 1024;
 
 /** Opens the upstream body at an offset (a Range resume when offset > 0). */
 export type BlobSource = (offset: number) => Promise<BlobBody>;
@@ -88,7 +88,7 @@ export class InflightDownloads {
       this.opts.observer.joined(digest);
       return existing;
     }
-    const dl = new Download(digest, origin);
+    const dl = new Download(digest, origin, this.opts.store);
     this.downloads.set(digest, dl);
     this.opts.observer.started(digest);
     void this.run(dl, source);
@@ -99,12 +99,12 @@ export class InflightDownloads {
     let hash: Hash | undefined;
     try {
       try {
-        dl.writer = await this.opts.store.createWriter(dl.digest);
+        dl.attachWriter(await this.opts.store.createWriter(dl.digest));
       } catch (e) {
         if (!(e instanceof StoreFullError)) throw e;
         hash = this.spill(dl, e);
       }
-      hash = await this.fill(dl, source, hash);
+      hash = await new Fill(dl, source, { maxResumes: this.maxResumes, onResume: (at) => this.opts.observer.resumed(dl.digest, at), onSpill: (e) => this.spill(dl, e) }, hash).run();
       if (dl.spilled) {
         const actual = `${dl.digest.slice(0, dl.digest.indexOf(':'))}:${hash!.digest('hex')}`;
         if (actual !== dl.digest || (dl.size !== undefined && dl.size !== dl.received)) throw new DigestMismatchError(dl.digest, actual, dl.received);
@@ -125,7 +125,7 @@ export class InflightDownloads {
       await dl.writer?.abort();
       this.forget(dl);
       this.opts.observer.failed(dl.digest, e, dl.origin);
-      dl.markFailed(e instanceof DigestMismatchError ? new RegistryError('DIGEST_INVALID', 'upstream blob does not match its digest', { status: 502, cause: e }) : e);
+      dl.markFailed(e instanceof DigestMismatchError ? new UpstreamError('digest_mismatch', upstreamOf(dl.origin), `upstream blob does not match its digest: ${e.message}`, { cause: e }) : e);
       dl.release();
     }
   }
@@ -137,91 +137,10 @@ export class InflightDownloads {
     return createHash(dl.digest.slice(0, dl.digest.indexOf(':')));
   }
 
-  /**
-   * Copies upstream bytes to the readers and, behind them, into the writer (or only to the readers
-   * when spilled), resuming a cut transfer with Range. Returns the hash verifying a spilled download.
-   */
-  private async fill(dl: Download, source: BlobSource, spillHash: Hash | undefined): Promise<Hash | undefined> {
-    let hash = spillHash;
-    const disk = dl.writer && !dl.spilled ? new WriteBehind(dl.writer, WRITE_LAG, () => dl.trim()) : undefined;
-    /** The store filled up: hash what reached the disk and what was still queued, then pass through. */
-    const spillNow = async (e: unknown): Promise<void> => {
-      if (!(e instanceof StoreFullError)) throw e;
-      hash = this.spill(dl, e);
-      for (let pos = 0; pos < dl.writer!.written; ) {
-        const part = await dl.writer!.readAt(pos, 1024 * 1024);
-        hash.update(part);
-        pos += part.length;
-      }
-      for (const c of disk!.pending()) hash.update(c);
-    };
-    for (let resumes = 0; ; resumes++) {
-      let body: BlobBody;
-      try {
-        body = await source(dl.received);
-      } catch (e) {
-        // An upstream that answers with an error status is not worth retrying here.
-        if (dl.state === 'starting' || !isTransient(e) || resumes >= this.maxResumes) throw e;
-        continue;
-      }
-      if (dl.state === 'starting') dl.markRunning(body.size);
-      let skip = dl.received - body.start;
-      if (skip < 0 || (body.start !== 0 && skip !== 0)) {
-        body.cancel();
-        throw new RegistryError('UNAVAILABLE', 'upstream resumed at the wrong offset', { status: 502 });
-      }
-      try {
-        for await (const chunk of body.body) {
-          let c = chunk;
-          if (skip > 0) {
-            // Upstream ignored the Range and started over: drop what we already have.
-            const n = Math.min(skip, c.length);
-            skip -= n;
-            c = c.subarray(n);
-            if (c.length === 0) continue;
-          }
-          if (!dl.spilled) {
-            try {
-              disk!.push(c);
-            } catch (e) {
-              await spillNow(e);
-            }
-          }
-          if (dl.spilled) {
-            hash!.update(c);
-            if (dl.abandoned) {
-              body.cancel();
-              throw new RegistryError('UNAVAILABLE', 'store full and no client left for the pass-through', { status: 503 });
-            }
-          }
-          dl.received_(c);
-          if (!dl.spilled) await disk!.belowLag().catch(spillNow);
-          if (dl.spilled) await dl.waitForReaders();
-        }
-        if (dl.size !== undefined && dl.received < dl.size) throw new Error(`upstream body ended at ${dl.received} of ${dl.size} bytes`);
-      } catch (e) {
-        body.cancel();
-        // The connection failed after the last byte arrived: the body is complete.
-        const complete = dl.size !== undefined && dl.received >= dl.size && !(e instanceof StoreFullError);
-        if (!complete) {
-          if (!isTransient(e) || resumes >= this.maxResumes) throw e;
-          this.opts.observer.resumed(dl.digest, dl.received);
-          continue;
-        }
-      }
-      if (!dl.spilled) await disk!.drain().catch(spillNow);
-      return hash;
-    }
-  }
-
   private forget(dl: Download): void {
     if (this.downloads.get(dl.digest) === dl) this.downloads.delete(dl.digest);
   }
 }
 
-/** Cut connections, body timeouts and truncated bodies are worth a Range resume; statuses and full disks are not. */
-function isTransient(e: unknown): boolean {
-  if (e instanceof RegistryError) return e.code === 'UNAVAILABLE' && e.status === 503 && !/store full/.test(e.message);
-  if (e instanceof DigestMismatchError || e instanceof StoreFullError) return false;
-  return true;
-}
+/** The upstream key of an origin `<upstream>/<repo>`. */
+const upstreamOf = (origin: string): string => origin.slice(0, Math.max(0, origin.indexOf('/')));

@@ -12,7 +12,8 @@ export class WriteBehind {
   private queue: Uint8Array[] = [];
   private queued = 0;
   private flushing = false;
-  private error: unknown;
+  /** The first write error (a StoreFullError or an I/O error), rethrown to the producer. */
+  private error: Error | undefined;
   private waiters: Array<() => void> = [];
 
   constructor(
@@ -63,7 +64,7 @@ export class WriteBehind {
         this.wake();
       }
     } catch (e) {
-      this.error = e;
+      this.error = e instanceof Error ? e : new Error(String(e));
     } finally {
       this.flushing = false;
       this.wake();

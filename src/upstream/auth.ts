@@ -5,8 +5,9 @@
  * clients pulling one repository cause one token request.
  */
 import type { Dispatcher } from 'undici';
-import { RegistryError } from '../registry/errors.js';
 import type { Challenge } from './challenge.js';
+import { UpstreamError } from './errors.js';
+import { SingleFlight } from '../util/single-flight.js';
 
 export interface Credentials {
   username: string;
@@ -22,6 +23,9 @@ export interface AuthDeps {
   onTokenFetch?: (ok: boolean) => void;
   headersTimeout: number;
   bodyTimeout: number;
+  /** The upstream's key, for errors. */
+  upstream: string;
+  userAgent: string;
 }
 
 interface Token {
@@ -37,7 +41,8 @@ const MAX_TOKEN_BODY = 256 * 1024;
 
 export class UpstreamAuth {
   private readonly tokens = new Map<string, Token>();
-  private readonly pending = new Map<string, Promise<string | undefined>>();
+  /** One token request per scope at a time. */
+  private readonly pending = new SingleFlight<string | undefined>();
   /** The last Bearer challenge seen: lets a new scope fetch its token without a 401 round trip first. */
   private bearer: { realm: string; service: string | undefined } | undefined;
   private basicOnly = false;
@@ -73,9 +78,7 @@ export class UpstreamAuth {
       // A 401 for a request sent before (or without) the current token: that token is still good.
       return `Bearer ${cached.value}`;
     }
-    const pending = this.pending.get(scope);
-    if (pending) return pending;
-    this.tokens.delete(scope);
+    if (!this.pending.has(scope)) this.tokens.delete(scope);
     return this.fetchToken(scope, realm, challenge.params.service);
   }
 
@@ -85,13 +88,12 @@ export class UpstreamAuth {
   }
 
   private fetchToken(scope: string, realm: string, service: string | undefined): Promise<string | undefined> {
-    const key = scope;
-    let p = this.pending.get(key);
-    if (!p) {
-      p = this.requestToken(scope, realm, service).finally(() => this.pending.delete(key));
-      this.pending.set(key, p);
-    }
-    return p;
+    return this.pending.run(scope, () => this.requestToken(scope, realm, service));
+  }
+
+  private fail(kind: 'unreachable' | 'timeout' | 'status' | 'protocol', message: string, opts: { status?: number; cause?: unknown } = {}): UpstreamError {
+    this.deps.onTokenFetch?.(false);
+    return new UpstreamError(kind, this.deps.upstream, message, opts);
   }
 
   private async requestToken(scope: string, realm: string, service: string | undefined): Promise<string | undefined> {
@@ -99,12 +101,12 @@ export class UpstreamAuth {
     try {
       url = new URL(realm);
     } catch {
-      throw new RegistryError('UNAVAILABLE', 'upstream sent an invalid token realm', { status: 502 });
+      throw new UpstreamError('protocol', this.deps.upstream, 'upstream sent an invalid token realm');
     }
-    if (url.protocol !== 'https:' && url.protocol !== 'http:') throw new RegistryError('UNAVAILABLE', 'upstream token realm is not http(s)', { status: 502 });
+    if (url.protocol !== 'https:' && url.protocol !== 'http:') throw new UpstreamError('protocol', this.deps.upstream, 'upstream token realm is not http(s)');
     if (service) url.searchParams.set('service', service);
     url.searchParams.set('scope', scope);
-    const headers: Record<string, string> = { accept: 'application/json' };
+    const headers: Record<string, string> = { accept: 'application/json', 'user-agent': this.deps.userAgent };
     const basic = this.basicHeader();
     if (basic) headers.authorization = basic;
     let res: Dispatcher.ResponseData;
@@ -118,34 +120,20 @@ export class UpstreamAuth {
         bodyTimeout: this.deps.bodyTimeout,
       });
     } catch (e) {
-      this.deps.onTokenFetch?.(false);
-      throw new RegistryError('UNAVAILABLE', 'upstream token service unreachable', { status: 503, cause: e });
+      const code = (e as { code?: unknown })?.code;
+      throw this.fail(typeof code === 'string' && code.includes('TIMEOUT') ? 'timeout' : 'unreachable', 'upstream token service unreachable', { cause: e });
     }
     const text = await readLimited(res.body, MAX_TOKEN_BODY);
-    if (res.statusCode === 401 || res.statusCode === 403) {
-      this.deps.onTokenFetch?.(false);
-      throw new RegistryError(res.statusCode === 401 ? 'UNAUTHORIZED' : 'DENIED', 'upstream refused the mirror\'s credentials', { status: res.statusCode });
-    }
-    if (res.statusCode === 429) {
-      this.deps.onTokenFetch?.(false);
-      throw new RegistryError('TOOMANYREQUESTS', 'upstream token service rate limit', { status: 429 });
-    }
-    if (res.statusCode !== 200) {
-      this.deps.onTokenFetch?.(false);
-      throw new RegistryError('UNAVAILABLE', `upstream token service answered ${res.statusCode}`, { status: 502 });
-    }
+    if (res.statusCode === 401 || res.statusCode === 403) throw this.fail('status', "upstream refused the mirror's credentials", { status: res.statusCode });
+    if (res.statusCode !== 200) throw this.fail('status', `upstream token service answered ${res.statusCode}`, { status: res.statusCode });
     let body: { token?: unknown; access_token?: unknown; expires_in?: unknown };
     try {
-      body = JSON.parse(text);
+      body = JSON.parse(text) as typeof body;
     } catch {
-      this.deps.onTokenFetch?.(false);
-      throw new RegistryError('UNAVAILABLE', 'upstream token service sent invalid JSON', { status: 502 });
+      throw this.fail('protocol', 'upstream token service sent invalid JSON');
     }
     const value = typeof body.token === 'string' && body.token ? body.token : typeof body.access_token === 'string' ? body.access_token : undefined;
-    if (!value) {
-      this.deps.onTokenFetch?.(false);
-      throw new RegistryError('UNAVAILABLE', 'upstream token service sent no token', { status: 502 });
-    }
+    if (!value) throw this.fail('protocol', 'upstream token service sent no token');
     this.deps.onTokenFetch?.(true);
     const ttl = typeof body.expires_in === 'number' && body.expires_in > 0 ? body.expires_in : DEFAULT_TOKEN_TTL_S;
     this.tokens.set(scope, { value, renewAt: this.deps.now() + ttl * 1000 - Math.min(EXPIRY_MARGIN_MS, ttl * 250) });

@@ -1,12 +1,13 @@
 /**
  * UpstreamClient: one upstream registry over an injected undici Dispatcher (keep-alive pools per
  * origin live in the dispatcher). Handles token auth, redirects (never carrying Authorization to
- * another host), Range resumes, rate-limit headers and turning every failure into a RegistryError.
+ * another host), Range resumes, rate-limit headers and turning every failure into a classified
+ * UpstreamError (see errors.ts).
  */
 import type { Dispatcher } from 'undici';
-import { RegistryError, type OciCode } from '../registry/errors.js';
 import { readLimited, UpstreamAuth, type Credentials } from './auth.js';
 import { parseChallenge } from './challenge.js';
+import { UpstreamError } from './errors.js';
 import type { BlobBody, BlobHead, ErrorClass, ManifestHead, ManifestResult, RequestKind, TagsPage, Upstream, UpstreamObserver } from './types.js';
 
 export interface UpstreamClientOptions {
@@ -19,6 +20,8 @@ export interface UpstreamClientOptions {
   observer: UpstreamObserver;
   timeouts: { headers: number; bodyIdle: number };
   maxManifestBytes: number;
+  /** Sent on every request (registry, token realm, CDN): names the mirror and its version. */
+  userAgent: string;
 }
 
 const MAX_REDIRECTS = 5;
@@ -44,6 +47,8 @@ export class UpstreamClient implements Upstream {
       now: opts.now,
       ...(opts.credentials ? { credentials: opts.credentials } : {}),
       onTokenFetch: (ok) => opts.observer.token(opts.name, ok),
+      upstream: opts.name,
+      userAgent: opts.userAgent,
       headersTimeout: opts.timeouts.headers,
       bodyTimeout: opts.timeouts.bodyIdle,
     });
@@ -56,17 +61,17 @@ export class UpstreamClient implements Upstream {
     const limit = this.opts.maxManifestBytes;
     if (head.size !== undefined && head.size > limit) {
       discard(res.body);
-      throw tooLarge(limit);
+      throw this.tooLarge(limit);
     }
     const chunks: Buffer[] = [];
     let n = 0;
-    for await (const c of res.body) {
+    for await (const c of res.body as AsyncIterable<Buffer>) {
       n += c.length;
       if (n > limit) {
         discard(res.body);
-        throw tooLarge(limit);
+        throw this.tooLarge(limit);
       }
-      chunks.push(c as Buffer);
+      chunks.push(c);
     }
     this.opts.observer.bytes(this.name, n);
     return { ...head, bytes: Buffer.concat(chunks), size: n };
@@ -96,7 +101,7 @@ export class UpstreamClient implements Upstream {
       const cr = /^bytes (\d+)-(\d+)\/(\d+|\*)$/.exec(str(res.headers['content-range']) ?? '');
       if (!cr) {
         discard(res.body);
-        throw new RegistryError('UNAVAILABLE', 'upstream sent a 206 without a valid Content-Range', { status: 502 });
+        throw new UpstreamError('protocol', this.name, 'upstream sent a 206 without a valid Content-Range');
       }
       start = Number(cr[1]);
       size = cr[3] === '*' ? undefined : Number(cr[3]);
@@ -109,9 +114,9 @@ export class UpstreamClient implements Upstream {
     const name = this.name;
     const body = res.body;
     async function* counted(): AsyncIterable<Uint8Array> {
-      for await (const c of body) {
+      for await (const c of body as AsyncIterable<Buffer>) {
         observer.bytes(name, c.length);
-        yield c as Uint8Array;
+        yield c;
       }
     }
     return { start, size, body: counted(), cancel: () => discard(body) };
@@ -128,7 +133,7 @@ export class UpstreamClient implements Upstream {
     return { body, next: parseNextLink(str(res.headers.link)) };
   }
 
-  async getReferrers(repo: string, digest: string): Promise<unknown | undefined> {
+  async getReferrers(repo: string, digest: string): Promise<unknown> {
     const res = await this.send('referrers', 'GET', repo, `referrers/${digest}`, { accept: 'application/vnd.oci.image.index.v1+json' });
     if (res.status === 404 || res.status === 405 || res.status === 400) {
       // Registries without the referrers API (distribution 2.8, many others) say so with these.
@@ -145,12 +150,12 @@ export class UpstreamClient implements Upstream {
     try {
       return JSON.parse(text);
     } catch {
-      throw new RegistryError('UNAVAILABLE', `upstream sent invalid JSON for ${kind}`, { status: 502 });
+      throw new UpstreamError('protocol', this.name, `upstream sent invalid JSON for ${kind}`);
     }
   }
 
   /** One authorized request: a cached token if any; on 401, answer the challenge and retry once. */
-  private async send(kind: RequestKind, method: string, repo: string, rest: string, headers: Record<string, string>): Promise<Exchange> {
+  private async send(kind: RequestKind, method: Dispatcher.HttpMethod, repo: string, rest: string, headers: Record<string, string>): Promise<Exchange> {
     const scope = `repository:${repo}:pull`;
     const url = new URL(`${this.base.pathname.replace(/\/$/, '')}/v2/${repo}/${rest}`, this.base);
     let authorization = await this.auth.headerFor(scope);
@@ -165,7 +170,7 @@ export class UpstreamClient implements Upstream {
   }
 
   /** Sends one request, following redirects itself so credentials never reach another host. */
-  private async exchange(kind: RequestKind, method: string, first: URL, headers: Record<string, string>): Promise<Exchange> {
+  private async exchange(kind: RequestKind, method: Dispatcher.HttpMethod, first: URL, headers: Record<string, string>): Promise<Exchange> {
     let url = first;
     let hdrs = headers;
     const started = performance.now();
@@ -175,19 +180,15 @@ export class UpstreamClient implements Upstream {
         res = await this.opts.dispatcher.request({
           origin: url.origin,
           path: url.pathname + url.search,
-          method: method as Dispatcher.HttpMethod,
-          headers: hdrs,
+          method,
+          headers: { ...hdrs, 'user-agent': this.opts.userAgent },
           headersTimeout: this.opts.timeouts.headers,
           bodyTimeout: this.opts.timeouts.bodyIdle,
         });
       } catch (e) {
         const timeout = isTimeout(e);
         this.observe(kind, 0, started, timeout ? 'timeout' : 'network');
-        throw new RegistryError('UNAVAILABLE', timeout ? `upstream ${this.name} timed out` : `upstream ${this.name} is unreachable`, {
-          status: 503,
-          detail: { upstream: this.name, reason: errorCode(e) },
-          cause: e,
-        });
+        throw new UpstreamError(timeout ? 'timeout' : 'unreachable', this.name, `upstream ${this.name} ${timeout ? 'timed out' : 'is unreachable'} (${errorCode(e)})`, { cause: e });
       }
       if (url.origin === this.base.origin) this.noteRateLimit(res.headers);
       const location = str(res.headers.location);
@@ -198,11 +199,11 @@ export class UpstreamClient implements Upstream {
           next = new URL(location, url);
         } catch {
           this.observe(kind, res.statusCode, started, 'redirect');
-          throw new RegistryError('UNAVAILABLE', 'upstream sent an invalid redirect', { status: 502 });
+          throw new UpstreamError('protocol', this.name, 'upstream sent an invalid redirect');
         }
         if (next.protocol !== 'http:' && next.protocol !== 'https:') {
           this.observe(kind, res.statusCode, started, 'redirect');
-          throw new RegistryError('UNAVAILABLE', 'upstream redirected to a non-HTTP location', { status: 502, detail: { scheme: next.protocol } });
+          throw new UpstreamError('protocol', this.name, `upstream redirected to a non-HTTP location (${next.protocol.slice(0, 20)})`);
         }
         if (next.origin !== first.origin && hdrs.authorization !== undefined) {
           // Credentials are for the registry; a CDN rejects them and must never see them.
@@ -216,7 +217,7 @@ export class UpstreamClient implements Upstream {
       return { status: res.statusCode, headers: res.headers, body: res.body };
     }
     this.observe(kind, 0, started, 'redirect');
-    throw new RegistryError('UNAVAILABLE', `upstream ${this.name} redirected more than ${MAX_REDIRECTS} times`, { status: 502 });
+    throw new UpstreamError('protocol', this.name, `upstream ${this.name} redirected more than ${MAX_REDIRECTS} times`);
   }
 
   private observe(kind: RequestKind, status: number, started: number, errorClass: ErrorClass | undefined): void {
@@ -230,40 +231,23 @@ export class UpstreamClient implements Upstream {
     this.opts.observer.rateLimit(this.name, Number(remaining[1]), limit ? Number(limit[1]) : undefined);
   }
 
-  /** Turns a non-success upstream answer into the error the client sees. */
-  private async failure(kind: RequestKind, res: Exchange): Promise<RegistryError> {
+  /** Classifies a non-success upstream answer: its status and OCI code, never its body or headers beyond those. */
+  private async failure(kind: RequestKind, res: Exchange): Promise<UpstreamError> {
     const text = await readLimited(res.body, MAX_ERROR_BODY).catch(() => '');
-    const upstream = parseEnvelope(text);
+    const envelope = parseEnvelope(text);
     const retryAfter = intHeader(res.headers['retry-after']);
-    const detail = { upstream: this.name, status: res.status };
-    const msg = upstream?.message;
-    switch (res.status) {
-      case 401:
-        return new RegistryError('UNAUTHORIZED', msg ?? `upstream ${this.name} refused authorization`, { detail, status: 401 });
-      case 403:
-        return new RegistryError('DENIED', msg ?? `upstream ${this.name} denied access`, { detail, status: 403 });
-      case 404: {
-        const fallback: OciCode = kind === 'blob' ? 'BLOB_UNKNOWN' : kind === 'manifest' ? 'MANIFEST_UNKNOWN' : 'NAME_UNKNOWN';
-        const code = upstream && NOT_FOUND_CODES.has(upstream.code) ? (upstream.code as OciCode) : fallback;
-        return new RegistryError(code, msg ?? `${kind} unknown to upstream ${this.name}`, { detail, status: 404 });
-      }
-      case 429:
-        return new RegistryError('TOOMANYREQUESTS', msg ?? `upstream ${this.name} rate limit reached`, {
-          detail,
-          status: 429,
-          ...(retryAfter !== undefined ? { retryAfter } : {}),
-        });
-      default:
-        return new RegistryError('UNAVAILABLE', `upstream ${this.name} answered ${res.status}${msg ? `: ${msg}` : ''}`, {
-          detail,
-          status: res.status === 503 ? 503 : 502,
-          ...(retryAfter !== undefined ? { retryAfter } : {}),
-        });
-    }
+    const message = envelope?.message ?? `upstream ${this.name} answered ${res.status} for ${kind}`;
+    return new UpstreamError('status', this.name, message, {
+      status: res.status,
+      ...(envelope ? { code: envelope.code } : {}),
+      ...(retryAfter !== undefined ? { retryAfter } : {}),
+    });
+  }
+
+  private tooLarge(limit: number): UpstreamError {
+    return new UpstreamError('protocol', this.name, `manifest from upstream exceeds the ${limit}-byte limit`, { code: 'MANIFEST_INVALID' });
   }
 }
-
-const NOT_FOUND_CODES = new Set(['BLOB_UNKNOWN', 'MANIFEST_UNKNOWN', 'NAME_UNKNOWN']);
 
 function manifestHead(res: Exchange): ManifestHead {
   const ct = str(res.headers['content-type'])?.split(';')[0]?.trim();
@@ -274,19 +258,19 @@ function manifestHead(res: Exchange): ManifestHead {
   };
 }
 
-function tooLarge(limit: number): RegistryError {
-  return new RegistryError('MANIFEST_INVALID', `manifest from upstream exceeds the ${limit}-byte limit`, { status: 502 });
-}
-
 function parseEnvelope(text: string): { code: string; message: string | undefined } | undefined {
   try {
     const e = (JSON.parse(text) as { errors?: Array<{ code?: unknown; message?: unknown }> }).errors?.[0];
-    if (e && typeof e.code === 'string') return { code: e.code, message: typeof e.message === 'string' ? e.message.slice(0, 500) : undefined };
+    // Only a well-formed code is kept: it may reach a client, and must not carry anything else.
+    if (e && typeof e.code === 'string' && /^[A-Z_]{1,64}$/.test(e.code)) return { code: e.code, message: typeof e.message === 'string' ? scrubUrls(e.message.slice(0, 500)) : undefined };
   } catch {
     /* not an OCI envelope */
   }
   return undefined;
 }
+
+/** Upstream messages may reach a client: URLs in them (signed CDN links, userinfo) do not. */
+const scrubUrls = (s: string): string => s.replace(/[a-z][a-z0-9+.-]*:\/\/\S+/gi, '<url>');
 
 /** `</v2/x/tags/list?last=b&n=2>; rel="next"` -> {last, n}. */
 export function parseNextLink(link: string | undefined): TagsPage['next'] {
@@ -316,7 +300,8 @@ function isTimeout(e: unknown): boolean {
 }
 
 function errorCode(e: unknown): string {
-  return String((e as { code?: unknown })?.code ?? (e as Error)?.name ?? 'error');
+  const code = (e as { code?: unknown })?.code;
+  return typeof code === 'string' ? code : e instanceof Error ? e.name : 'error';
 }
 
 /** Drops a body we do not want; the abort error it raises has nowhere useful to go. */

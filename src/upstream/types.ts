@@ -1,6 +1,6 @@
 /**
  * What the registry layer needs from an upstream registry. No undici types leak through: bodies are
- * plain async iterables, errors are RegistryErrors with OCI codes.
+ * plain async iterables, failures are UpstreamErrors (errors.ts) classified by what went wrong.
  */
 export interface ManifestHead {
   mediaType: string;
@@ -44,7 +44,7 @@ export interface Upstream {
   getBlob(repo: string, digest: string, offset: number): Promise<BlobBody>;
   getTags(repo: string, n: number | undefined, last: string | undefined): Promise<TagsPage>;
   /** The referrers index, or undefined when upstream does not implement the referrers API. */
-  getReferrers(repo: string, digest: string): Promise<unknown | undefined>;
+  getReferrers(repo: string, digest: string): Promise<unknown>;
 }
 
 /** What an upstream client reports, for metrics. Implementations must not throw. */
@@ -59,4 +59,6 @@ export interface UpstreamObserver {
 }
 
 export type RequestKind = 'manifest' | 'blob' | 'tags' | 'referrers';
-export type ErrorClass = 'timeout' | 'network' | '4xx' | '5xx' | '429' | 'digest_mismatch' | 'too_large' | 'redirect';
+export type ErrorClass = 'timeout' | 'network' | '4xx' | '5xx' | '429' | 'digest_mismatch' | 'redirect';
+export const ERROR_CLASSES: readonly ErrorClass[] = ['timeout', 'network', '4xx', '5xx', '429', 'digest_mismatch', 'redirect'];
+export const REQUEST_KINDS: readonly RequestKind[] = ['manifest', 'blob', 'tags', 'referrers'];

@@ -5,6 +5,11 @@
 export class SingleFlight<T> {
   private readonly pending = new Map<string, Promise<T>>();
 
+  /** Whether a call for the key is under way. */
+  has(key: string): boolean {
+    return this.pending.has(key);
+  }
+
   run(key: string, fn: () => Promise<T>): Promise<T> {
     let p = this.pending.get(key);
     if (!p) {

@@ -16,7 +16,7 @@ import { loadConfig } from '../../src/config.js';
 import { Metrics } from '../../src/metrics.js';
 
 // Parsed YAML/JSON documents are untyped trees; the assertions below are their schema.
-// eslint-disable-next-line @typescript-eslint/no-explicit-any
+ 
 type J = any;
 
 const ROOT = fileURLToPath(new URL('../../', import.meta.url));
@@ -602,7 +602,7 @@ function unit(text: string): Record<string, Record<string, string[]>> {
 describe('deploy/systemd/regmirror.service', () => {
   const file = at('systemd/regmirror.service');
   const svc = unit(read(file)).Service!;
-  const last = (k: string) => svc[k]?.[svc[k]!.length - 1];
+  const last = (k: string) => svc[k]?.[svc[k].length - 1];
 
   it('starts the built mirror with its config and data directory', () => {
     expect(last('ExecStart')).toBe('/usr/bin/node /opt/regmirror/dist/main.js --config /etc/regmirror/config.yaml');

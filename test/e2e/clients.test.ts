@@ -3,14 +3,15 @@
  * skopeo, containerd's ctr (hosts.toml, `?ns=docker.io`) and dockerd (`registry-mirrors`), then
  * `docker run` of what was pulled. The upstream's access log tells what crossed the upstream link.
  */
+import { readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { allBlobs, busyboxImage, makeImage, makeIndex, makeLayer, writeOciLayout, type Image } from '../helpers/images.js';
-import { startMirror, type TestMirror } from '../helpers/mirror.js';
+import { allBlobs, busyboxImage, makeImage, makeIndex, makeLayer, MT, sha256Hex, writeDirLayout, writeOciLayout, type Blob, type Image } from '../helpers/images.js';
+import { DOCKER_ACCEPT, startMirror, type TestMirror } from '../helpers/mirror.js';
 import { startContainerd } from './harness/containerd.js';
 import { startDistribution, type Distribution } from './harness/distribution.js';
 import { startDockerd } from './harness/dockerd.js';
-import { pushIndex, pushOciLayout } from './harness/push.js';
+import { pushDirLayout, pushIndex, pushOciLayout } from './harness/push.js';
 import { cleanupDir, hasTool, isRoot, makeTempDir, run } from './harness/tools.js';
 
 const missing = (tools: string[], root = false): string | undefined => {
@@ -29,11 +30,31 @@ for (const [part, why] of [['skopeo', REG_SKIP], ['containerd', CTD_SKIP], ['doc
 
 const blobGets = /^\/v2\/library\/[a-z]+\/blobs\/sha256:/;
 
+/** `skopeo copy` into `dir:`: the top manifest's digest and every other file by its digest (each checked against its bytes). */
+function readDirCopy(dir: string): { top: string; manifests: string[]; blobs: string[] } {
+  const digestOf = (file: string) => `sha256:${sha256Hex(readFileSync(join(dir, file)))}`;
+  const manifests: string[] = [];
+  const blobs: string[] = [];
+  for (const f of readdirSync(dir).sort()) {
+    if (f === 'manifest.json' || f === 'version') continue;
+    const m = /^([0-9a-f]{64})(\.manifest\.json)?$/.exec(f);
+    if (!m) throw new Error(`unexpected file ${f} in ${dir}`);
+    expect(digestOf(f), `${dir}/${f}`).toBe(`sha256:${m[1]}`);
+    (m[2] ? manifests : blobs).push(`sha256:${m[1]}`);
+  }
+  return { top: digestOf('manifest.json'), manifests, blobs };
+}
+
 describe.skipIf(REG_SKIP !== undefined)('real clients through the mirror', () => {
   let work = '';
   let upstream: Distribution;
   let arm: Image;
   let index: ReturnType<typeof makeIndex>;
+  // A two-platform Docker manifest list (library/dlist:latest) and what `skopeo copy --all` makes of it straight from upstream.
+  let dAmd: Image;
+  let dArm: Image;
+  let dlist: Blob;
+  let dlistDirect: ReturnType<typeof readDirCopy>;
 
   beforeAll(async () => {
     work = makeTempDir('mirror-e2e');
@@ -45,6 +66,15 @@ describe.skipIf(REG_SKIP !== undefined)('real clients through the mirror', () =>
     await pushOciLayout(layout, 'one', upstream.url, 'library/busy', '1');
     await pushOciLayout(layout, 'two', upstream.url, 'library/busy', '2');
     await pushIndex(layout, 'multi', upstream.url, 'library/multi', 'latest');
+    dAmd = makeImage({ layers: [makeLayer([{ path: 'which.txt', content: 'docker amd64\n' }], MT.dockerLayerGzip)], format: 'docker', architecture: 'amd64' });
+    dArm = makeImage({ layers: [makeLayer([{ path: 'which.txt', content: 'docker arm64\n' }], MT.dockerLayerGzip)], format: 'docker', architecture: 'arm64' });
+    dlist = makeIndex([dAmd, dArm], 'docker');
+    await writeDirLayout(join(work, 'dlist-layout'), dlist, allBlobs(dAmd, dArm));
+    await pushDirLayout(join(work, 'dlist-layout'), upstream.url, 'library/dlist', 'latest', { all: true });
+    const direct = join(work, 'dlist-direct');
+    const r = await run('skopeo', ['--insecure-policy', 'copy', '--all', '--src-tls-verify=false', `docker://${upstream.host}/library/dlist:latest`, `dir:${direct}`], { timeoutMs: 60_000 });
+    expect(r.code, r.stderr).toBe(0);
+    dlistDirect = readDirCopy(direct);
     await upstream.settle();
     upstream.clearRequests();
   }, 120_000);
@@ -98,6 +128,77 @@ describe.skipIf(REG_SKIP !== undefined)('real clients through the mirror', () =>
       await mirror.stop();
     }
   }, 120_000);
+
+  describe('a multi-arch tag is never replaced by one platform\'s manifest', () => {
+    const base = (mirror: TestMirror) => `${mirror.url}/v2/library/dlist/manifests/latest`;
+    /** Names the list's digests in failure messages: 'amd64 child sha256:…' says more than a bare digest. */
+    const named = (digest: string) =>
+      `${digest === dlist.digest ? 'the list' : digest === dAmd.manifest.digest ? 'amd64 child' : digest === dArm.manifest.digest ? 'arm64 child' : 'unknown'} ${digest}`;
+
+    /** One manifest GET of the tag through the mirror: the digest it answered with (checked against the body), named. */
+    async function getTag(mirror: TestMirror, accept: string): Promise<{ digest: string; mediaType: string }> {
+      const res = await fetch(base(mirror), { headers: { accept } });
+      const body = Buffer.from(await res.arrayBuffer());
+      expect(res.status, body.toString()).toBe(200);
+      const digest = `sha256:${sha256Hex(body)}`;
+      expect(res.headers.get('docker-content-digest')).toBe(digest);
+      return { digest: named(digest), mediaType: res.headers.get('content-type') ?? '' };
+    }
+
+    /** `skopeo copy --all` of the tag through the mirror must equal the same copy straight from upstream. */
+    async function copyAllThrough(mirror: TestMirror, dest: string): Promise<void> {
+      const host = mirror.url.replace('http://', '');
+      const r = await run('skopeo', ['--insecure-policy', 'copy', '--all', '--src-tls-verify=false', `docker://${host}/library/dlist:latest`, `dir:${join(work, dest)}`], { timeoutMs: 60_000 });
+      expect(r.code, r.stderr).toBe(0);
+      const through = readDirCopy(join(work, dest));
+      expect(named(through.top), 'top-level manifest of skopeo --all through the mirror').toBe(named(dlist.digest));
+      expect(through).toEqual(dlistDirect);
+    }
+
+    /** Every config and layer of both platforms crossed the upstream link exactly once, and nothing else did. */
+    async function expectEachBlobFetchedOnce(): Promise<void> {
+      const fetches = await upstreamBlobFetches();
+      const wanted = allBlobs(dAmd, dArm).filter((b) => b !== dAmd.manifest && b !== dArm.manifest).map((b) => b.digest);
+      expect([...fetches.keys()].sort(), 'blobs fetched from upstream').toEqual(wanted.sort());
+      for (const [d, n] of fetches) expect(n, `upstream GETs of ${d}`).toBe(1);
+    }
+
+    it('sanity: upstream answers the list to a broad Accept and the amd64 child to a Docker-v2-only Accept; the direct copy is the list', async () => {
+      expect(dlistDirect.top).toBe(dlist.digest);
+      expect(dlistDirect.manifests).toEqual([dAmd.manifest.digest, dArm.manifest.digest].sort());
+      for (const [accept, want] of [[MT.dockerManifest, dAmd.manifest.digest], [DOCKER_ACCEPT, dlist.digest]] as const) {
+        const res = await fetch(`${upstream.url}/v2/library/dlist/manifests/latest`, { headers: { accept } });
+        expect(res.status).toBe(200);
+        expect(`sha256:${sha256Hex(Buffer.from(await res.arrayBuffer()))}`, accept).toBe(want);
+      }
+    });
+
+    it('an old client (Docker v2 manifests only) gets the amd64 child, and skopeo --all afterwards still gets the whole list', async () => {
+      const mirror = await freshMirror();
+      try {
+        expect(await getTag(mirror, MT.dockerManifest)).toEqual({ digest: named(dAmd.manifest.digest), mediaType: MT.dockerManifest });
+        await copyAllThrough(mirror, 'dlist-narrow-then-all');
+        // And the old client still gets its answer from the same cache.
+        expect((await getTag(mirror, MT.dockerManifest)).digest).toBe(named(dAmd.manifest.digest));
+        await expectEachBlobFetchedOnce();
+      } finally {
+        await mirror.stop();
+      }
+    });
+
+    it('broad then narrow: the list, then the amd64 child, then skopeo --all still gets the whole list', async () => {
+      const mirror = await freshMirror();
+      try {
+        expect(await getTag(mirror, DOCKER_ACCEPT)).toEqual({ digest: named(dlist.digest), mediaType: MT.dockerList });
+        expect(await getTag(mirror, MT.dockerManifest)).toEqual({ digest: named(dAmd.manifest.digest), mediaType: MT.dockerManifest });
+        await copyAllThrough(mirror, 'dlist-broad-narrow-all');
+        expect((await getTag(mirror, DOCKER_ACCEPT)).digest).toBe(named(dlist.digest));
+        await expectEachBlobFetchedOnce();
+      } finally {
+        await mirror.stop();
+      }
+    });
+  });
 
   it.skipIf(CTD_SKIP !== undefined)('ctr pulls through a hosts.toml mirror (?ns=docker.io), a multi-arch index included', async () => {
     const mirror = await freshMirror();

@@ -7,10 +7,12 @@
 import { readdirSync } from 'node:fs';
 import { dirname } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { digestOf } from '../helpers/digest.js';
 import { FakeUpstream } from '../helpers/fake-upstream.js';
 import { makeImage, makeLayer, makeRandomLayer } from '../helpers/images.js';
 import { httpGet, spawnMirror, type SpawnedMirror } from '../helpers/spawn.js';
-import { DOCKER_ACCEPT, expectOciError, rawBody, rawGet, rawSocket, sha256, tmpEntries, tree, waitFor } from './util.js';
+import { waitFor } from '../helpers/wait.js';
+import { DOCKER_ACCEPT, expectOciError, rawBody, rawGet, rawSocket, tmpEntries, tree } from './util.js';
 
 const MARK = 'zzhostile';
 const warmLayer = makeRandomLayer(100_000, 'hostile-warm');
@@ -46,9 +48,9 @@ beforeAll(async () => {
   // Warm the cache: the tag, the manifest and one blob (range cases read it).
   expect((await rawGet(`${mirror.url}/v2/alpine/manifests/latest`, { headers: { accept: DOCKER_ACCEPT } })).status).toBe(200);
   const b = await rawGet(`${mirror.url}/v2/library/alpine/blobs/${warmLayer.digest}`);
-  expect(sha256(b.body)).toBe(warmLayer.digest);
+  expect(digestOf(b.body)).toBe(warmLayer.digest);
   expect((await rawGet(`${mirror.url}/v2/alpine/tags/list`)).status).toBe(200);
-  await waitFor(() => tmpEntries(mirror.dataDir).length === 0, 2000);
+  await waitFor(() => tmpEntries(mirror.dataDir).length === 0, 2000, () => `an empty tmp/ after warming (has ${tmpEntries(mirror.dataDir).join(', ')})`);
   dataTree = tree(mirror.dataDir);
   parentEntries = readdirSync(dirname(mirror.dataDir)).sort();
   tmpTop = readdirSync('/tmp');
@@ -59,7 +61,7 @@ afterAll(async () => {
   try {
     expect((await httpGet(`${mirror.url}/healthz`)).status).toBe(200);
     expect(mirror.exited).toBe(false);
-    await waitFor(() => tmpEntries(mirror.dataDir).length === 0, 3000);
+    await waitFor(() => tmpEntries(mirror.dataDir).length === 0, 3000, () => `an empty tmp/ (has ${tmpEntries(mirror.dataDir).join(', ')})`);
     expect(tree(mirror.dataDir)).toEqual(dataTree);
     expect(readdirSync(dirname(mirror.dataDir)).sort()).toEqual(parentEntries);
     const newInTmp = readdirSync('/tmp').filter((e) => !tmpTop.includes(e));
@@ -140,7 +142,6 @@ describe('hostile ranges', () => {
   const cases: Array<[string, string]> = [
     ['malformed', 'bytes=abc'],
     ['not bytes', 'items=0-5'],
-    ['multi-range', 'bytes=0-1,5-6'],
     ['reversed', 'bytes=10-5'],
     ['beyond the end', `bytes=${size}-`],
     ['far beyond the end', `bytes=${size + 1000}-${size + 2000}`],
@@ -150,12 +151,20 @@ describe('hostile ranges', () => {
   ];
   for (const [what, range] of cases) {
     it(`${what} (${range}) on a cached blob`, async () => {
+      hub.resetCounters();
       const r = await raw(`/v2/library/alpine/blobs/${warmLayer.digest}`, { headers: [`Range: ${range}`] });
       oci(r, [416], ['RANGE_INVALID']);
       if (what.includes('beyond')) expect(r.headerText.toLowerCase()).toContain(`content-range: bytes */${size}`);
+      // Answered from the cache: upstream saw nothing.
+      expect(hub.count({ kind: 'blob' }) + hub.count({ kind: 'cdn' })).toBe(0);
     });
   }
-  it('two Range headers (joined by the parser into a multi-range)', async () => {
+  it('several ranges (bytes=0-1,5-6) on a cached blob: 206 multipart/byteranges', async () => {
+    const r = await raw(`/v2/library/alpine/blobs/${warmLayer.digest}`, { headers: ['Range: bytes=0-1,5-6'] });
+    expect(r.status).toBe(206);
+    expect(r.headerText.toLowerCase()).toMatch(/content-type: multipart\/byteranges; boundary=/);
+  });
+  it('two Range headers (joined by the parser into a malformed list)', async () => {
     const r = await raw(`/v2/library/alpine/blobs/${warmLayer.digest}`, { headers: ['Range: bytes=0-1', 'Range: bytes=2-3'] });
     oci(r, [416], ['RANGE_INVALID']);
   });

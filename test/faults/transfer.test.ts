@@ -6,10 +6,12 @@
 import { existsSync } from 'node:fs';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { describe, expect, it } from 'vitest';
+import { digestOf } from '../helpers/digest.js';
 import { FakeUpstream } from '../helpers/fake-upstream.js';
 import { makeImage, makeRandomLayer } from '../helpers/images.js';
 import { spawnMirror, type SpawnedMirror } from '../helpers/spawn.js';
-import { blobFile, DOCKER_ACCEPT, expectOciError, rawGet, sha256, tmpEntries, tree, waitFor, faultFixture } from './util.js';
+import { waitFor } from '../helpers/wait.js';
+import { blobFile, DOCKER_ACCEPT, expectOciError, rawGet, tmpEntries, tree, faultFixture } from './util.js';
 
 const MiB = 1024 * 1024;
 const truncLayer = makeRandomLayer(3 * MiB, 'transfer-trunc');
@@ -60,7 +62,7 @@ describe('body cut halfway', () => {
       expect(r.status).toBe(200);
       expect(r.error).toBeUndefined();
       expect(r.body.length).toBe(truncLayer.size);
-      expect(sha256(r.body)).toBe(truncLayer.digest);
+      expect(digestOf(r.body)).toBe(truncLayer.digest);
     }
     const gets = cdnGets(truncLayer.digest);
     const ranged = gets.filter((g) => /^bytes=\d+-$/.test(String(g.headers.range ?? '')));
@@ -69,7 +71,7 @@ describe('body cut halfway', () => {
     expect(offset).toBeGreaterThan(0);
     expect(offset).toBeLessThanOrEqual(1 * MiB);
     expect(await fx.mirror.metric('mirror_download_resumes_total')).toBeGreaterThanOrEqual(1);
-    expect(await waitFor(() => existsSync(blobFile(fx.mirror!.dataDir, truncLayer.digest)), 5000)).toBe(true);
+    await waitFor(() => existsSync(blobFile(fx.mirror!.dataDir, truncLayer.digest)), 5000, `${truncLayer.digest} in the cache`);
     console.log(`[transfer] truncation: resumed at bytes=${offset}-; ${gets.length} upstream GETs; clients had ${atResume!.join('/')} bytes at the resume; all 4 got ${truncLayer.size} correct bytes`);
   });
 });
@@ -90,10 +92,10 @@ describe('a corrupted byte', () => {
         expect(c.error !== undefined || c.body.length < corruptLayer.size, summary.join(' ')).toBe(true);
         expect(c.body.length).toBeLessThan(corruptLayer.size);
       }
-      expect(sha256(c.body)).not.toBe(corruptLayer.digest);
+      expect(digestOf(c.body)).not.toBe(corruptLayer.digest);
     }
     expect(existsSync(blobFile(fx.mirror.dataDir, corruptLayer.digest))).toBe(false);
-    expect(await waitFor(() => tmpEntries(fx.mirror!.dataDir).length === 0, 3000), `tmp/: ${tmpEntries(fx.mirror.dataDir).join(', ')}`).toBe(true);
+    await waitFor(() => tmpEntries(fx.mirror!.dataDir).length === 0, 3000, () => `an empty tmp/ (has ${tmpEntries(fx.mirror!.dataDir).join(', ')})`);
     const fetches = cdnGets(corruptLayer.digest).length;
     expect(fetches).toBeGreaterThanOrEqual(1);
     expect(await fx.mirror.metric('mirror_blob_downloads_total', { result: 'digest_mismatch' })).toBe(fetches);
@@ -103,9 +105,9 @@ describe('a corrupted byte', () => {
     const again = await rawGet(blobUrl(fx.mirror, corruptLayer.digest), { timeoutMs: 20_000 });
     expect(again.status).toBe(200);
     expect(again.complete).toBe(true);
-    expect(sha256(again.body)).toBe(corruptLayer.digest);
+    expect(digestOf(again.body)).toBe(corruptLayer.digest);
     expect(cdnGets(corruptLayer.digest).length).toBe(fetches + 1);
-    expect(await waitFor(() => existsSync(blobFile(fx.mirror!.dataDir, corruptLayer.digest)), 5000)).toBe(true);
+    await waitFor(() => existsSync(blobFile(fx.mirror!.dataDir, corruptLayer.digest)), 5000, `${corruptLayer.digest} in the cache`);
     console.log(`[transfer] corrupt byte: clients (status:bytes:outcome) ${summary.join(' ')}; upstream fetches ${fetches}`);
   });
 });
@@ -128,7 +130,7 @@ describe('a manifest whose bytes do not match', () => {
     fx.hub.faults.corruptManifest = false;
     const ok = await rawGet(`${fx.mirror.url}/v2/man/manifests/${manifestImg.manifest.digest}`, { headers: { accept: DOCKER_ACCEPT } });
     expect(ok.status).toBe(200);
-    expect(sha256(ok.body)).toBe(manifestImg.manifest.digest);
+    expect(digestOf(ok.body)).toBe(manifestImg.manifest.digest);
   });
 });
 
@@ -142,7 +144,7 @@ describe('slow upstream', () => {
     expect(r.error).not.toBe('timeout');
     expect(r.ms, `stalled transfer took ${Math.round(r.ms)} ms`).toBeLessThan(10_000);
     expect(existsSync(blobFile(fx.mirror.dataDir, stallLayer.digest))).toBe(false);
-    expect(await waitFor(() => tmpEntries(fx.mirror!.dataDir).length === 0, 3000), `tmp/: ${tmpEntries(fx.mirror.dataDir).join(', ')}`).toBe(true);
+    await waitFor(() => tmpEntries(fx.mirror!.dataDir).length === 0, 3000, () => `an empty tmp/ (has ${tmpEntries(fx.mirror!.dataDir).join(', ')})`);
     console.log(`[transfer] stall: client saw ${r.status}/${r.body.length} bytes/${r.error ?? 'complete'} after ${Math.round(r.ms)} ms; upstream GETs ${cdnGets(stallLayer.digest).length}`);
   });
 
@@ -152,8 +154,8 @@ describe('slow upstream', () => {
     const r = await rawGet(blobUrl(fx.mirror, trickleLayer.digest), { timeoutMs: 30_000 });
     expect(r.status).toBe(200);
     expect(r.complete).toBe(true);
-    expect(sha256(r.body)).toBe(trickleLayer.digest);
-    expect(await waitFor(() => existsSync(blobFile(fx.mirror!.dataDir, trickleLayer.digest)), 5000)).toBe(true);
+    expect(digestOf(r.body)).toBe(trickleLayer.digest);
+    await waitFor(() => existsSync(blobFile(fx.mirror!.dataDir, trickleLayer.digest)), 5000, `${trickleLayer.digest} in the cache`);
     expect(cdnGets(trickleLayer.digest).length).toBe(1);
     console.log(`[transfer] trickle: ${trickleLayer.size} bytes in ${Math.round(r.ms)} ms, one upstream GET`);
   });
@@ -165,7 +167,7 @@ describe('the client hangs up mid-stream', () => {
     // Warm up pools and lazily opened handles so the fd baseline is steady.
     const w = await rawGet(blobUrl(fx.mirror, warmLayer.digest));
     expect(w.status, `${w.error} ${w.body.toString().slice(0, 300)}\n${fx.mirror.output().slice(-3000)}\n${JSON.stringify(fx.hub.requests.slice(-6).map((q) => [q.method, q.path, q.status, q.headers.range]))}`).toBe(200);
-    expect(sha256(w.body)).toBe(warmLayer.digest);
+    expect(digestOf(w.body)).toBe(warmLayer.digest);
     await sleep(300);
     const fdBefore = fx.mirror.fdCount();
 
@@ -173,7 +175,7 @@ describe('the client hangs up mid-stream', () => {
     // The only client hangs up: the cache still wants the blob.
     const lone = await rawGet(blobUrl(fx.mirror, hangLayer.digest), { hangUpAfterBytes: 200 * 1024 });
     expect(lone.error).toBe('hung up by the client');
-    expect(await waitFor(() => existsSync(blobFile(fx.mirror!.dataDir, hangLayer.digest)), 15_000)).toBe(true);
+    await waitFor(() => existsSync(blobFile(fx.mirror!.dataDir, hangLayer.digest)), 15_000, `${hangLayer.digest} in the cache`);
 
     // One hangs up while two others read the same download.
     const [quitter, a, b] = await Promise.all([
@@ -185,24 +187,20 @@ describe('the client hangs up mid-stream', () => {
     for (const r of [a, b]) {
       expect(r.status).toBe(200);
       expect(r.complete).toBe(true);
-      expect(sha256(r.body)).toBe(hangLayer2.digest);
+      expect(digestOf(r.body)).toBe(hangLayer2.digest);
     }
-    expect(await waitFor(() => existsSync(blobFile(fx.mirror!.dataDir, hangLayer2.digest)), 15_000)).toBe(true);
+    await waitFor(() => existsSync(blobFile(fx.mirror!.dataDir, hangLayer2.digest)), 15_000, `${hangLayer2.digest} in the cache`);
     expect(cdnGets(hangLayer.digest).length).toBe(1);
     expect(cdnGets(hangLayer2.digest).length).toBe(1);
 
     // Served from the cache afterwards.
     await fx.hub.resetFaults();
     const cached = await rawGet(blobUrl(fx.mirror, hangLayer.digest));
-    expect(sha256(cached.body)).toBe(hangLayer.digest);
+    expect(digestOf(cached.body)).toBe(hangLayer.digest);
     expect(cdnGets(hangLayer.digest).length).toBe(1);
 
-    const fdAfter = await waitFor(() => {
-      const n = fx.mirror!.fdCount();
-      return n <= fdBefore + 4 ? n : 0;
-    }, 8000, 100);
-    const final = fx.mirror.fdCount();
-    console.log(`[transfer] hang-up: fds before ${fdBefore}, after ${final}`);
-    expect(fdAfter || final, `fds before ${fdBefore}, after ${final}`).toBeLessThanOrEqual(fdBefore + 4);
+    // No descriptor leaks: the count comes back to the baseline once sockets and files close.
+    await waitFor(() => fx.mirror!.fdCount() <= fdBefore + 4, 8000, () => `fds back to ${fdBefore} + 4 (now ${fx.mirror!.fdCount()})`, 100);
+    console.log(`[transfer] hang-up: fds before ${fdBefore}, after ${fx.mirror.fdCount()}`);
   });
 });

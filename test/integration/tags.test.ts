@@ -123,8 +123,8 @@ describe('tags: TTL, HEAD revalidation, stale-if-error, offline', () => {
     await rm(first.dataDir, { recursive: true, force: true });
   });
 
-  it('tags/list: upstream first with n, last and a Link header; the last cached answer when upstream fails', async () => {
-    for (const t of ['a', 'b', 'c', 'd']) hub.putImage('library/lister', v1, t);
+  it('tags/list: one upstream list paged here with n, last and a Link header; the last list, marked stale, when upstream fails', async () => {
+    for (const t of ['d', 'c', 'b', 'a']) hub.putImage('library/lister', v1, t);
     mirror = await startMirror({ upstreams: { 'docker.io': { url: hub.url, libraryPrefix: true } }, clock });
     const all = await mirror.request('/v2/lister/tags/list');
     expect(await all.json() as any).toEqual({ name: 'lister', tags: ['a', 'b', 'c', 'd'] });
@@ -133,10 +133,16 @@ describe('tags: TTL, HEAD revalidation, stale-if-error, offline', () => {
     expect(page.headers.get('link')).toBe('</v2/lister/tags/list?n=2&last=b>; rel="next"');
     const next = await mirror.request('/v2/lister/tags/list?n=2&last=b');
     expect((await next.json() as any).tags).toEqual(['c', 'd']);
+    expect(next.headers.get('link')).toBeNull();
+    expect(next.headers.get('x-mirror-cache')).toBe('hit');
+    // Within the TTL the pages come from the one list fetched.
+    expect(hub.count({ kind: 'tags', status: 200 })).toBe(1);
     hub.faults.down = true;
+    clock.now += 301_000;
     const stale = await mirror.request('/v2/lister/tags/list?n=3');
     expect(stale.status).toBe(200);
     expect(stale.headers.get('x-mirror-cache')).toBe('stale');
+    expect(stale.headers.get('warning')).toContain('110');
     expect((await stale.json() as any).tags).toEqual(['a', 'b', 'c']);
     expect(stale.headers.get('link')).toBe('</v2/lister/tags/list?n=3&last=c>; rel="next"');
     const huge = await mirror.request('/v2/lister/tags/list?n=99999999');

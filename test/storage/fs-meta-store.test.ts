@@ -1,4 +1,3 @@
-import { createHash } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import { mkdir, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -6,8 +5,8 @@ import { dirname, join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { FsMetaStore } from '../../src/storage/fs-meta-store.js';
 import type { RepoKey, TagRecord } from '../../src/storage/meta-store.js';
+import { digestOf } from '../helpers/digest.js';
 
-const sha = (s: string) => `sha256:${createHash('sha256').update(s).digest('hex')}`;
 const alpine: RepoKey = { upstream: 'docker.io', repo: 'library/alpine' };
 const record = (digest: string, fetchedAt = 1000): TagRecord => ({
   variants: [{ digest, mediaType: 'application/vnd.oci.image.index.v1+json', size: 1234, fetchedAt }],
@@ -30,7 +29,7 @@ describe('FsMetaStore', () => {
     });
 
     it('round-trips a record, under repos/<upstream>/<repo>/_tags/<tag>', async () => {
-      const r = record(sha('a'));
+      const r = record(digestOf('a'));
       await meta.putTag(alpine, 'latest', r);
       expect(await meta.getTag(alpine, 'latest')).toEqual(r);
       expect(JSON.parse(await readFile(join(root, 'repos', 'docker.io', 'library', 'alpine', '_tags', 'latest'), 'utf8'))).toEqual(r);
@@ -43,19 +42,19 @@ describe('FsMetaStore', () => {
     it('replaces a record whole, and leaves no temp files', async () => {
       const multi: TagRecord = {
         variants: [
-          { digest: sha('1'), mediaType: 'application/vnd.oci.image.index.v1+json', size: 10, fetchedAt: 1 },
-          { digest: sha('2'), mediaType: 'application/vnd.docker.distribution.manifest.v2+json', size: 20, fetchedAt: 2 },
+          { digest: digestOf('1'), mediaType: 'application/vnd.oci.image.index.v1+json', size: 10, fetchedAt: 1 },
+          { digest: digestOf('2'), mediaType: 'application/vnd.docker.distribution.manifest.v2+json', size: 20, fetchedAt: 2 },
         ],
       };
       await meta.putTag(alpine, 'latest', multi);
-      await meta.putTag(alpine, 'latest', record(sha('3'), 3));
-      expect(await meta.getTag(alpine, 'latest')).toEqual(record(sha('3'), 3));
+      await meta.putTag(alpine, 'latest', record(digestOf('3'), 3));
+      expect(await meta.getTag(alpine, 'latest')).toEqual(record(digestOf('3'), 3));
       expect(await readdir(join(root, 'tmp'))).toEqual([]);
     });
 
     it('concurrent readers see a whole old or new record, never a torn one', async () => {
       const records = Array.from({ length: 20 }, (_, i) => ({
-        variants: Array.from({ length: 50 }, (_, j) => ({ digest: sha(`${i}-${j}`), mediaType: 'x/y', size: j, fetchedAt: i })),
+        variants: Array.from({ length: 50 }, (_, j) => ({ digest: digestOf(`${i}-${j}`), mediaType: 'x/y', size: j, fetchedAt: i })),
       }));
       await meta.putTag(alpine, 'latest', records[0]!);
       const seen: Array<TagRecord | undefined> = [];
@@ -81,14 +80,14 @@ describe('FsMetaStore', () => {
       expect(await meta.getTag(alpine, 'shape')).toBeUndefined();
       expect(await meta.getTag(alpine, 'null')).toBeUndefined();
       // A good write over a corrupt record mends it.
-      await meta.putTag(alpine, 'torn', record(sha('fixed')));
-      expect(await meta.getTag(alpine, 'torn')).toEqual(record(sha('fixed')));
+      await meta.putTag(alpine, 'torn', record(digestOf('fixed')));
+      expect(await meta.getTag(alpine, 'torn')).toEqual(record(digestOf('fixed')));
     });
   });
 
   describe('links', () => {
     it('hasLink is false until addLinks, then true; other digests and repos stay false', async () => {
-      const [a, b, c] = [sha('a'), sha('b'), sha('c')];
+      const [a, b, c] = [digestOf('a'), digestOf('b'), digestOf('c')];
       expect(await meta.hasLink(alpine, a)).toBe(false);
       await meta.addLinks(alpine, [a, b]);
       expect(await meta.hasLink(alpine, a)).toBe(true);
@@ -101,22 +100,34 @@ describe('FsMetaStore', () => {
     });
 
     it('addLinks is idempotent, also when called concurrently and with duplicates', async () => {
-      const a = sha('a');
+      const a = digestOf('a');
       await meta.addLinks(alpine, [a]);
       await meta.addLinks(alpine, [a, a]);
-      await Promise.all([meta.addLinks(alpine, [a]), meta.addLinks(alpine, [a, sha('b')])]);
+      await Promise.all([meta.addLinks(alpine, [a]), meta.addLinks(alpine, [a, digestOf('b')])]);
       await meta.addLinks(alpine, []);
       expect(await meta.hasLink(alpine, a)).toBe(true);
-      expect(await meta.hasLink(alpine, sha('b'))).toBe(true);
+      expect(await meta.hasLink(alpine, digestOf('b'))).toBe(true);
       const linkDir = join(root, 'repos', 'docker.io', 'library', 'alpine', '_links', 'sha256');
-      expect((await readdir(linkDir)).sort()).toEqual([a, sha('b')].map((d) => d.slice(7)).sort());
+      expect((await readdir(linkDir)).sort()).toEqual([a, digestOf('b')].map((d) => d.slice(7)).sort());
     });
 
     it('keeps sha512 links apart from sha256 ones', async () => {
-      const d512 = `sha512:${createHash('sha512').update('x').digest('hex')}`;
+      const d512 = digestOf('x', 'sha512');
       await meta.addLinks(alpine, [d512]);
       expect(await meta.hasLink(alpine, d512)).toBe(true);
       expect(existsSync(join(root, 'repos', 'docker.io', 'library', 'alpine', '_links', 'sha512', d512.slice(7)))).toBe(true);
+    });
+  });
+
+  describe('manifests', () => {
+    it('records a digest as a manifest of one repository, with its media type', async () => {
+      const ref = { upstream: 'docker.io', repo: 'library/alpine' };
+      expect(await meta.getManifestType(ref, digestOf('m'))).toBeUndefined();
+      await meta.addManifests(ref, [{ digest: digestOf('m'), mediaType: 'application/vnd.oci.image.index.v1+json' }]);
+      expect(await meta.getManifestType(ref, digestOf('m'))).toBe('application/vnd.oci.image.index.v1+json');
+      expect(await meta.getManifestType({ upstream: 'docker.io', repo: 'library/other' }, digestOf('m'))).toBeUndefined();
+      await meta.addManifests(ref, [{ digest: digestOf('m'), mediaType: 'application/vnd.docker.distribution.manifest.list.v2+json' }]);
+      expect(await meta.getManifestType(ref, digestOf('m'))).toBe('application/vnd.docker.distribution.manifest.list.v2+json');
     });
   });
 
@@ -148,16 +159,19 @@ describe('FsMetaStore', () => {
       expect(await meta.listRepos()).toEqual([]);
     });
 
-    it('finds nested repositories on every upstream, and never mistakes _tags or _links for a repository', async () => {
-      await meta.putTag({ upstream: 'docker.io', repo: 'a' }, 'v1', record(sha('a')));
-      await meta.putTag({ upstream: 'docker.io', repo: 'a/b/c' }, 'v1', record(sha('c')));
-      await meta.addLinks({ upstream: 'docker.io', repo: 'a/b' }, [sha('b')]);
-      await meta.putTag(alpine, 'latest', record(sha('alpine')));
-      await meta.addLinks(alpine, [sha('layer')]);
-      await meta.addLinks({ upstream: 'ghcr.io', repo: 'owner/repo' }, [sha('g')]);
-      await meta.putTag({ upstream: 'localhost:5000', repo: 'x' }, 'latest', record(sha('x')));
+    it('finds nested repositories holding manifests or tags on every upstream, and never mistakes _tags or _links for a repository', async () => {
+      await meta.putTag({ upstream: 'docker.io', repo: 'a' }, 'v1', record(digestOf('a')));
+      await meta.putTag({ upstream: 'docker.io', repo: 'a/b/c' }, 'v1', record(digestOf('c')));
+      await meta.addManifests({ upstream: 'docker.io', repo: 'a/b' }, [{ digest: digestOf('b'), mediaType: 'application/vnd.oci.image.manifest.v1+json' }]);
+      await meta.putTag(alpine, 'latest', record(digestOf('alpine')));
+      await meta.addLinks(alpine, [digestOf('layer')]);
+      await meta.addManifests({ upstream: 'ghcr.io', repo: 'owner/repo' }, [{ digest: digestOf('g'), mediaType: 'application/vnd.oci.image.index.v1+json' }]);
+      // Links alone (a blob confirmed by upstream) and documents (a tag list, referrers) are no cached manifest.
+      await meta.addLinks({ upstream: 'docker.io', repo: 'only/links' }, [digestOf('l')]);
+      await meta.putDoc({ upstream: 'docker.io', repo: 'only/docs' }, 'tags', { fetchedAt: 1, body: [] });
+      await meta.putTag({ upstream: 'localhost:5000', repo: 'x' }, 'latest', record(digestOf('x')));
       // Tag names that look like repository components must not become repositories.
-      await meta.putTag({ upstream: 'docker.io', repo: 'a/b/c' }, 'd', record(sha('d')));
+      await meta.putTag({ upstream: 'docker.io', repo: 'a/b/c' }, 'd', record(digestOf('d')));
 
       expect((await meta.listRepos()).sort(byKey)).toEqual(
         [
@@ -172,7 +186,7 @@ describe('FsMetaStore', () => {
     });
 
     it('does not list the intermediate path parts of a repository as repositories', async () => {
-      await meta.putTag({ upstream: 'quay.io', repo: 'org/team/app' }, 'latest', record(sha('app')));
+      await meta.putTag({ upstream: 'quay.io', repo: 'org/team/app' }, 'latest', record(digestOf('app')));
       expect(await meta.listRepos()).toEqual([{ upstream: 'quay.io', repo: 'org/team/app' }]);
     });
   });

@@ -2,7 +2,7 @@ import { createServer, type IncomingMessage, type Server, type ServerResponse } 
 import type { AddressInfo } from 'node:net';
 import { Agent } from 'undici';
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
-import { RegistryError } from '../../src/registry/errors.js';
+import { UpstreamError } from '../../src/upstream/errors.js';
 import { UpstreamAuth, type AuthDeps } from '../../src/upstream/auth.js';
 import { parseChallenge, type Challenge } from '../../src/upstream/challenge.js';
 
@@ -51,6 +51,8 @@ describe('UpstreamAuth', () => {
       onTokenFetch: (ok) => fetches.push(ok),
       headersTimeout: 5000,
       bodyTimeout: 5000,
+      upstream: 'test',
+      userAgent: 'regmirror/test',
       ...extra,
     });
   const bearer = (): Challenge => parseChallenge(`Bearer realm="${realm}",service="registry.test",scope="repository:library/alpine:pull"`)!;
@@ -183,13 +185,12 @@ describe('UpstreamAuth', () => {
     expect(await make().answer(bearer(), A)).toBe('Bearer oauth-tok');
   });
 
-  it('a 401 from the realm is UNAUTHORIZED, and the next attempt asks again', async () => {
+  it('a 401 from the realm is an upstream 401, and the next attempt asks again', async () => {
     handler = (_req, res) => json(res, 401, { details: 'incorrect username or password' });
     const auth = make({ credentials: { username: 'u', password: 'wrong' } });
     const err = await auth.answer(bearer(), A).catch((e: unknown) => e);
-    expect(err).toBeInstanceOf(RegistryError);
-    expect((err as RegistryError).code).toBe('UNAUTHORIZED');
-    expect((err as RegistryError).status).toBe(401);
+    expect(err).toBeInstanceOf(UpstreamError);
+    expect(err).toMatchObject({ kind: 'status', status: 401, upstream: 'test' });
     expect(fetches).toEqual([false]);
     // The failure is not cached: the next request tries the realm again.
     handler = issue();
@@ -197,37 +198,47 @@ describe('UpstreamAuth', () => {
     expect(requests).toHaveLength(2);
   });
 
-  it('a 403 from the realm is DENIED and a 429 TOOMANYREQUESTS', async () => {
+  it('a 403 and a 429 from the realm are upstream statuses (unavailable only for the 429)', async () => {
     handler = (_req, res) => json(res, 403, {});
-    await expect(make().answer(bearer(), A)).rejects.toMatchObject({ code: 'DENIED' });
+    await expect(make().answer(bearer(), A)).rejects.toMatchObject({ kind: 'status', status: 403, unavailable: false });
     handler = (_req, res) => json(res, 429, {});
-    await expect(make().answer(bearer(), A)).rejects.toMatchObject({ code: 'TOOMANYREQUESTS', status: 429 });
+    await expect(make().answer(bearer(), A)).rejects.toMatchObject({ kind: 'status', status: 429, unavailable: true });
   });
 
-  it('a broken token answer is UNAVAILABLE, never a bogus token', async () => {
+  it('a broken token answer is a protocol failure, never a bogus token', async () => {
     handler = (_req, res) => json(res, 200, { nothing: 'here' });
-    await expect(make().answer(bearer(), A)).rejects.toMatchObject({ code: 'UNAVAILABLE' });
+    await expect(make().answer(bearer(), A)).rejects.toMatchObject({ kind: 'protocol' });
     handler = (_req, res) => {
       res.writeHead(200);
       res.end('<html>not json</html>');
     };
-    await expect(make().answer(bearer(), A)).rejects.toMatchObject({ code: 'UNAVAILABLE' });
+    await expect(make().answer(bearer(), A)).rejects.toMatchObject({ kind: 'protocol' });
     handler = (_req, res) => json(res, 500, {});
-    await expect(make().answer(bearer(), A)).rejects.toMatchObject({ code: 'UNAVAILABLE' });
+    await expect(make().answer(bearer(), A)).rejects.toMatchObject({ kind: 'status', status: 500, unavailable: true });
   });
 
-  it('an unreachable realm is UNAVAILABLE (503)', async () => {
+  it('sends the mirror\'s User-Agent to the realm', async () => {
+    let agentSeen: string | undefined;
+    handler = (req, res) => {
+      agentSeen = req.headers['user-agent'];
+      json(res, 200, { token: 't', expires_in: 300 });
+    };
+    await make().answer(bearer(), A);
+    expect(agentSeen).toBe('regmirror/test');
+  });
+
+  it('an unreachable realm is an unreachable upstream', async () => {
     const closed = createServer();
     await new Promise<void>((resolve) => closed.listen(0, '127.0.0.1', resolve));
     const port = (closed.address() as AddressInfo).port;
     await new Promise<void>((resolve) => closed.close(() => resolve()));
     const c = parseChallenge(`Bearer realm="http://127.0.0.1:${port}/token",service="s"`);
-    await expect(make().answer(c, A)).rejects.toMatchObject({ code: 'UNAVAILABLE', status: 503 });
+    await expect(make().answer(c, A)).rejects.toMatchObject({ kind: 'unreachable', unavailable: true });
     expect(fetches).toEqual([false]);
   });
 
   it('a realm that is not http(s) is refused without a request', async () => {
-    await expect(make().answer(parseChallenge('Bearer realm="file:///etc/passwd"'), A)).rejects.toMatchObject({ code: 'UNAVAILABLE' });
+    await expect(make().answer(parseChallenge('Bearer realm="file:///etc/passwd"'), A)).rejects.toMatchObject({ kind: 'protocol' });
     expect(requests).toHaveLength(0);
   });
 

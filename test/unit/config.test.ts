@@ -49,7 +49,7 @@ describe('the embedded default config', () => {
     expect(c.offline).toBe(false);
     expect(c.defaultRegistry).toBe('docker.io');
     expect(c.log).toEqual({ level: 'info', format: 'json' });
-    expect(c.cache).toEqual({ tagTtl: 300, memoryBytes: 64 * 1024 * 1024 });
+    expect(c.cache).toEqual({ tagTtl: 300, memoryBytes: 64 * 1024 * 1024, negativeTtl: 30 });
     expect(c.limits).toEqual({ maxManifestBytes: 4 * 1024 * 1024, maxPageSize: 10000 });
     expect(c.timeouts).toEqual({ connect: 5000, headers: 30000, bodyIdle: 30000 });
     expect(c.tls).toBeUndefined();
@@ -79,7 +79,7 @@ describe('a user config file', () => {
     const c = load({ file });
     expect(c.listen).toEqual({ host: '127.0.0.1', port: 8080 });
     expect(c.dataDir).toBe('/var/lib/mirror');
-    expect(c.cache).toEqual({ tagTtl: 60, memoryBytes: 64 * 1024 * 1024 }); // memoryBytes kept from the defaults
+    expect(c.cache).toEqual({ tagTtl: 60, memoryBytes: 64 * 1024 * 1024, negativeTtl: 30 }); // memoryBytes kept from the defaults
     expect(c.log).toEqual({ level: 'info', format: 'pretty' }); // level kept from the defaults
     expect(Object.keys(c.upstreams)).toHaveLength(5); // not given: the defaults' list stays
     expect(c.upstreams['ghcr.io']!.tagTtl).toBe(60); // the global TTL is every upstream's default

@@ -5,8 +5,8 @@ import { join } from 'node:path';
 import type { Readable } from 'node:stream';
 import { setImmediate as tick, setTimeout as sleep } from 'node:timers/promises';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { RegistryError } from '../../src/registry/errors.js';
-import { InflightDownloads, type BlobSource, type Download, type InflightObserver } from '../../src/registry/inflight.js';
+import { UpstreamError } from '../../src/upstream/errors.js';
+import { InflightDownloads, type BlobSource, type Download, type InflightObserver } from '../../src/transfer/inflight.js';
 import { FsBlobStore } from '../../src/storage/fs-store.js';
 import { StoreFullError, type BlobStore, type BlobWriter } from '../../src/storage/store.js';
 import type { BlobBody } from '../../src/upstream/types.js';
@@ -271,11 +271,11 @@ describe('InflightDownloads', () => {
     const totals = [blob.length, blob.length - 500_000, 1];
     results.forEach((r, i) => {
       expect(r.ended).toBe(false);
-      expect(r.error).toBeInstanceOf(RegistryError);
-      expect((r.error as RegistryError).code).toBe('DIGEST_INVALID');
+      expect(r.error).toBeInstanceOf(UpstreamError);
+      expect((r.error as UpstreamError).kind).toBe('digest_mismatch');
       expect(r.bytes.length).toBeLessThan(totals[i]!);
     });
-    await expect(dl.finished).rejects.toMatchObject({ code: 'DIGEST_INVALID' });
+    await expect(dl.finished).rejects.toMatchObject({ kind: 'digest_mismatch' });
     expect(dl.state).toBe('failed');
     expect(await store.stat(d)).toBeUndefined();
     expect(await tmpEntries()).toEqual([]);
@@ -283,7 +283,7 @@ describe('InflightDownloads', () => {
     expect(observer.count('completed')).toBe(0);
     // A reader joining after the failure is told at once.
     const late = await collect(dl.createReader());
-    expect(late.error).toBeInstanceOf(RegistryError);
+    expect(late.error).toBeInstanceOf(UpstreamError);
     expect(late.bytes.length).toBe(0);
   });
 
@@ -295,7 +295,7 @@ describe('InflightDownloads', () => {
     const dl = inflight.join(d, ORIGIN, scripted(blob, [{ data: corrupt, size: null }]).source);
     const r = await collect(dl.createReader());
     expect(r.ended).toBe(false);
-    expect((r.error as RegistryError).code).toBe('DIGEST_INVALID');
+    expect((r.error as UpstreamError).kind).toBe('digest_mismatch');
     expect(await store.stat(d)).toBeUndefined();
   });
 
@@ -374,7 +374,7 @@ describe('InflightDownloads', () => {
   it('an upstream error before any body fails at once, without resuming', async () => {
     const blob = randomBytes(1000);
     const d = digestOf(blob);
-    const notFound = new RegistryError('BLOB_UNKNOWN', 'blob unknown to registry', { status: 404 });
+    const notFound = new UpstreamError('status', 'docker.io', 'blob unknown to registry', { status: 404, code: 'BLOB_UNKNOWN' });
     const up = scripted(blob, [{ openError: notFound }]);
     const dl = inflight.join(d, ORIGIN, up.source);
     await expect(dl.ready).rejects.toBe(notFound);
@@ -473,7 +473,7 @@ describe('InflightDownloads', () => {
       const dl = inflight.join(d, ORIGIN, scripted(blob, [{ data: corrupt }]).source);
       const r = await collect(dl.createReader());
       expect(r.ended).toBe(false);
-      expect((r.error as RegistryError).code).toBe('DIGEST_INVALID');
+      expect((r.error as UpstreamError).kind).toBe('digest_mismatch');
       expect(r.bytes.length).toBeLessThan(blob.length);
     });
 

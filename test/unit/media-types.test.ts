@@ -1,6 +1,6 @@
 import { createHash } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
-import { accepts, ALL_MANIFEST_TYPES, MediaTypes, parseAccept, parseManifest, upstreamAccept } from '../../src/registry/manifest.js';
+import { accepts, ALL_MANIFEST_TYPES, MediaTypes, parseAccept, parseManifest, upstreamAccept } from '../../src/registry/media-types.js';
 
 const sha = (s: string) => `sha256:${createHash('sha256').update(s).digest('hex')}`;
 const bytes = (v: unknown) => Buffer.from(JSON.stringify(v));
@@ -47,7 +47,7 @@ describe('parseManifest', () => {
 
   it('an image manifest references its config and layers, in order', () => {
     const m = { schemaVersion: 2, mediaType: MediaTypes.ociManifest, config, layers };
-    expect(parseManifest(bytes(m))).toEqual({ mediaType: MediaTypes.ociManifest, references: [sha('config'), sha('l1'), sha('l2')] });
+    expect(parseManifest(bytes(m))).toEqual({ mediaType: MediaTypes.ociManifest, references: [sha('config'), sha('l1'), sha('l2')], children: [] });
   });
 
   it('an index references its child manifests', () => {
@@ -59,7 +59,19 @@ describe('parseManifest', () => {
         { mediaType: MediaTypes.dockerManifest, digest: sha('arm64'), size: 1, platform: { architecture: 'arm64', os: 'linux' } },
       ],
     };
-    expect(parseManifest(bytes(m))).toEqual({ mediaType: MediaTypes.dockerList, references: [sha('amd64'), sha('arm64')] });
+    expect(parseManifest(bytes(m))).toEqual({
+      mediaType: MediaTypes.dockerList,
+      references: [sha('amd64'), sha('arm64')],
+      children: [
+        { digest: sha('amd64'), mediaType: MediaTypes.dockerManifest },
+        { digest: sha('arm64'), mediaType: MediaTypes.dockerManifest },
+      ],
+    });
+  });
+
+  it('a child whose descriptor has no plausible media type is referenced but not recorded as a manifest', () => {
+    const m = { schemaVersion: 2, mediaType: MediaTypes.ociIndex, manifests: [{ digest: sha('a'), mediaType: '../../etc' }, { digest: sha('b') }] };
+    expect(parseManifest(bytes(m))).toMatchObject({ references: [sha('a'), sha('b')], children: [] });
   });
 
   it('the declared mediaType wins over the Content-Type', () => {
@@ -68,15 +80,15 @@ describe('parseManifest', () => {
   });
 
   it('infers the media type from the shape when mediaType is absent', () => {
-    expect(parseManifest(bytes({ schemaVersion: 2, manifests: [{ digest: sha('x') }] }))).toEqual({ mediaType: MediaTypes.ociIndex, references: [sha('x')] });
+    expect(parseManifest(bytes({ schemaVersion: 2, manifests: [{ digest: sha('x') }] }))).toEqual({ mediaType: MediaTypes.ociIndex, references: [sha('x')], children: [] });
     expect(parseManifest(bytes({ schemaVersion: 2, config, layers }))!.mediaType).toBe(MediaTypes.ociManifest);
     // An empty index is still an index.
-    expect(parseManifest(bytes({ schemaVersion: 2, manifests: [] }))).toEqual({ mediaType: MediaTypes.ociIndex, references: [] });
+    expect(parseManifest(bytes({ schemaVersion: 2, manifests: [] }))).toEqual({ mediaType: MediaTypes.ociIndex, references: [], children: [] });
   });
 
   it('schema 1 manifests reference their fsLayers and are signed unless the Content-Type says otherwise', () => {
     const v1 = { schemaVersion: 1, name: 'library/alpine', tag: 'old', fsLayers: [{ blobSum: sha('a') }, { blobSum: sha('b') }] };
-    expect(parseManifest(bytes(v1))).toEqual({ mediaType: MediaTypes.dockerV1Signed, references: [sha('a'), sha('b')] });
+    expect(parseManifest(bytes(v1))).toEqual({ mediaType: MediaTypes.dockerV1Signed, references: [sha('a'), sha('b')], children: [] });
     expect(parseManifest(bytes(v1), MediaTypes.dockerV1)!.mediaType).toBe(MediaTypes.dockerV1);
   });
 

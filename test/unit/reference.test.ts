@@ -1,4 +1,5 @@
 import { describe, expect, it } from 'vitest';
+import { errorResponse } from '../../src/http/errors.js';
 import { RegistryError } from '../../src/registry/errors.js';
 import {
   displayName,
@@ -118,16 +119,18 @@ describe('digest grammar', () => {
     expect(parseDigest(`sha512:${HEX128}`)).toEqual({ algorithm: 'sha512', hex: HEX128 });
   });
 
-  it('an unknown algorithm is UNSUPPORTED (400), not DIGEST_INVALID', () => {
+  it('an unknown algorithm is UNSUPPORTED (400 at the edge), not DIGEST_INVALID', () => {
     try {
       parseDigest('md5:d41d8cd98f00b204e9800998ecf8427e');
       expect.unreachable();
     } catch (e) {
-      expect((e as RegistryError).code).toBe('UNSUPPORTED');
-      expect((e as RegistryError).status).toBe(400);
+      expect((e as RegistryError).code).toBe('DIGEST_UNSUPPORTED');
+      const r = errorResponse(e);
+      expect(r.status).toBe(400);
+      expect(JSON.parse(r.body).errors[0].code).toBe('UNSUPPORTED');
     }
-    expect(codeOf(() => parseDigest(`sha384:${'a'.repeat(96)}`))).toBe('UNSUPPORTED');
-    expect(codeOf(() => parseDigest(`multihash+base58:${HEX64}`))).toBe('UNSUPPORTED');
+    expect(codeOf(() => parseDigest(`sha384:${'a'.repeat(96)}`))).toBe('DIGEST_UNSUPPORTED');
+    expect(codeOf(() => parseDigest(`multihash+base58:${HEX64}`))).toBe('DIGEST_UNSUPPORTED');
   });
 
   it.each([

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { WriteBehind } from '../../src/registry/write-behind.js';
+import { WriteBehind } from '../../src/transfer/write-behind.js';
 import { StoreFullError, type BlobWriter } from '../../src/storage/store.js';
 
 /** A writer that records each write and completes it when told to. */

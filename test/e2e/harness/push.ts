@@ -1,4 +1,4 @@
-// Seed a plain-HTTP registry from an OCI image layout with skopeo.
+// Seed a plain-HTTP registry from an OCI image layout (or a skopeo dir: layout) with skopeo.
 // --insecure-policy: do not depend on /etc/containers/policy.json existing on the machine.
 // --preserve-digests: fail loudly instead of silently re-encoding a manifest, so tests can
 //   assert on the digests they built.
@@ -34,7 +34,19 @@ export async function pushOciLayout(
   tag: string,
   opts: PushOptions = {},
 ): Promise<RunResult> {
-  const src = ref ? `oci:${layoutDir}:${ref}` : `oci:${layoutDir}`;
+  return copyTo(ref ? `oci:${layoutDir}:${ref}` : `oci:${layoutDir}`, registryUrl, repo, tag, opts);
+}
+
+/**
+ * Copy a skopeo `dir:` layout (test/helpers/images.ts writeDirLayout) to `docker://HOST/repo:tag`.
+ * The way to push Docker media types (schema 2 manifests, manifest lists), which skopeo 1.9 does
+ * not resolve from an OCI layout; pass `all` for a manifest list.
+ */
+export async function pushDirLayout(dir: string, registryUrl: string, repo: string, tag: string, opts: PushOptions = {}): Promise<RunResult> {
+  return copyTo(`dir:${dir}`, registryUrl, repo, tag, opts);
+}
+
+function copyTo(src: string, registryUrl: string, repo: string, tag: string, opts: PushOptions): Promise<RunResult> {
   const dst = `docker://${registryHost(registryUrl)}/${repo}:${tag}`;
   const args = ['--insecure-policy', 'copy', '--quiet', '--retry-times', '0', '--preserve-digests', '--dest-tls-verify=false'];
   if (opts.all) args.push('--all');

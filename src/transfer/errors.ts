@@ -1,0 +1,20 @@
+/** Failures of the transfer engine itself, and which failures a Range resume can mend. */
+import { DigestMismatchError, StoreFullError } from '../storage/store.js';
+import { UpstreamError } from '../upstream/errors.js';
+
+/** A pass-through (store full) whose every client left: nobody wants the rest of the bytes. */
+export class PassThroughAbandonedError extends Error {
+  constructor() {
+    super('store full and no client left for the pass-through');
+    this.name = 'PassThroughAbandonedError';
+  }
+}
+
+/**
+ * Cut connections, timeouts and truncated bodies are worth a Range resume; upstream statuses,
+ * protocol violations, mismatches, full disks and abandoned pass-throughs are not.
+ */
+export function isTransient(e: unknown): boolean {
+  if (e instanceof UpstreamError) return e.kind === 'unreachable' || e.kind === 'timeout';
+  return !(e instanceof DigestMismatchError || e instanceof StoreFullError || e instanceof PassThroughAbandonedError);
+}
