@@ -9,7 +9,7 @@ import { errorResponse } from './http/errors.js';
 import { mountRoutes, type Env } from './http/routes.js';
 import type { Metrics } from './metrics.js';
 import { RegistryError } from './registry/errors.js';
-import type { Logger } from './registry/context.js';
+import type { Logger } from './observability/types.js';
 import type { Registry } from './registry/service.js';
 
 export interface Readiness {

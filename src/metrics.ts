@@ -3,7 +3,7 @@
  * Names follow Prometheus conventions (`mirror_` prefix, units in the name, `_total` counters).
  */
 import { Counter, Gauge, Histogram, collectDefaultMetrics, type Registry } from 'prom-client';
-import { CACHE_KINDS, CACHE_RESULTS, type CacheKind, type CacheObserver, type CacheResult } from './registry/context.js';
+import { CACHE_KINDS, CACHE_RESULTS, type CacheKind, type CacheObserver, type CacheResult } from './observability/types.js';
 import type { InflightObserver } from './transfer/inflight.js';
 import { ERROR_CLASSES, type ErrorClass, type RequestKind, type UpstreamObserver } from './upstream/types.js';
 

@@ -9,11 +9,12 @@ import { join } from 'node:path';
 import { Registry as PromRegistry } from 'prom-client';
 import { Agent, type Dispatcher } from 'undici';
 import { createApp } from './app.js';
-import { MemoryIndex } from './cache/index.js';
+import { CachingBlobStore } from './cache/caching-blob-store.js';
+import { CachingMetaStore } from './cache/caching-meta-store.js';
 import { CacheStats } from './cache/stats.js';
 import type { Config } from './config.js';
 import { Metrics } from './metrics.js';
-import type { Logger } from './registry/context.js';
+import type { Logger } from './observability/types.js';
 import { InflightDownloads } from './transfer/inflight.js';
 import { NegativeCache } from './registry/negative-cache.js';
 import { Registry } from './registry/service.js';
@@ -115,9 +116,8 @@ export async function buildMirror(config: Config, opts: MirrorOptions = {}): Pro
 
   const registry = new Registry(
     {
-      blobs,
-      meta,
-      index: new MemoryIndex({ manifestBytes: config.cache.memoryBytes }),
+      blobs: new CachingBlobStore(blobs, { memoryBytes: config.cache.memoryBytes }),
+      meta: new CachingMetaStore(meta),
       inflight,
       upstreams,
       tagTtl: (name) => config.upstreams[name]?.tagTtl ?? config.cache.tagTtl,

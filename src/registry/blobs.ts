@@ -93,7 +93,7 @@ export class BlobService {
         }
         return res;
       }
-      deps.index.blobSizes.delete(digest); // gone from disk since we looked: fetch it again
+      // Gone from disk since we looked (the store forgot its size): fetch it again.
     }
     this.ctx.assertOnline('blob', ref);
     const key = negativeKey(ref, digest);

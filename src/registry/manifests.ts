@@ -13,7 +13,6 @@ import type { TagRecord, TagVariant } from '../storage/meta-store.js';
 import { isUpstreamError, UpstreamError } from '../upstream/errors.js';
 import type { ManifestResult } from '../upstream/types.js';
 import { SingleFlight } from '../util/single-flight.js';
-import { MemoryIndex } from '../cache/index.js';
 import { RegistryContext, repoKey, type CacheResult } from './context.js';
 import { RegistryError } from './errors.js';
 import { accepts, ALL_MANIFEST_TYPES, parseManifest, upstreamAccept } from './media-types.js';
@@ -61,8 +60,8 @@ export class ManifestService {
       mediaType = await this.confirm(ref, digest);
     }
     if (mediaType !== undefined) {
-      const cached = await ctx.localManifest(digest);
-      if (cached) return { bytes: cached.bytes, mediaType, digest, cache: 'hit' };
+      const bytes = await ctx.deps.blobs.read(digest);
+      if (bytes) return { bytes, mediaType, digest, cache: 'hit' };
     }
     ctx.assertOnline('manifest', ref);
     return this.fetch(ref, digest, undefined, undefined);
@@ -79,11 +78,11 @@ export class ManifestService {
         if (isUpstreamError(e) && e.notFound) this.ctx.deps.negative.remember(key, e);
         throw e;
       }
-      const cached = await this.ctx.localManifest(digest);
-      const parsed = cached ? parseManifest(cached.bytes) : undefined;
+      const bytes = await this.ctx.deps.blobs.read(digest);
+      const parsed = bytes ? parseManifest(bytes) : undefined;
       const type = mediaType || parsed?.mediaType || 'application/octet-stream';
       await this.ctx.recordManifests(ref, [{ digest, mediaType: type }, ...(parsed?.children ?? [])]);
-      await this.ctx.link(ref, cached?.references ?? []);
+      await this.ctx.link(ref, parsed?.references ?? []);
       return type;
     });
   }
@@ -92,8 +91,8 @@ export class ManifestService {
     const { deps } = this.ctx;
     const record = await this.loadTag(ref, tag);
     const variant = pickVariant(record, accept);
-    const cached = variant ? await this.ctx.localManifest(variant.digest) : undefined;
-    const fromCache = (cache: CacheResult): ManifestResponse => ({ bytes: cached!.bytes, mediaType: variant!.mediaType, digest: variant!.digest, cache });
+    const cached = variant ? await deps.blobs.read(variant.digest) : undefined;
+    const fromCache = (cache: CacheResult): ManifestResponse => ({ bytes: cached!, mediaType: variant!.mediaType, digest: variant!.digest, cache });
     if (variant && cached) {
       const fresh = deps.now() - variant.fetchedAt < deps.tagTtl(ref.upstream) * 1000;
       if (fresh) return fromCache('hit');
@@ -154,8 +153,6 @@ export class ManifestService {
     }
     const { deps } = this.ctx;
     await deps.blobs.put(digest, res.bytes);
-    deps.index.manifests?.set(digest, { bytes: res.bytes, references: parsed.references });
-    deps.index.blobSizes.set(digest, res.bytes.length);
     await this.ctx.recordManifests(ref, [{ digest, mediaType }, ...parsed.children]);
     await this.ctx.link(ref, parsed.references);
     if (tag !== undefined) await this.saveTag(ref, tag, variantFor({ digest, mediaType, size: res.bytes.length, fetchedAt: deps.now() }, accept));
@@ -163,24 +160,16 @@ export class ManifestService {
   }
 
   private async loadTag(ref: RepoRef, tag: string): Promise<TagRecord | undefined> {
-    const { index, meta } = this.ctx.deps;
-    const key = MemoryIndex.tagKey(ref.upstream, ref.repo, tag);
-    const hit = index.tags.get(key);
-    if (hit) return hit;
-    const stored = await meta.getTag(ref, tag);
-    const rec = stored && upgradeRecord(stored);
-    if (rec) index.tags.set(key, rec);
-    return rec;
+    const stored = await this.ctx.deps.meta.getTag(ref, tag);
+    return stored && upgradeRecord(stored);
   }
 
   /** Upserts one variant (one per media type and narrowing) and persists the record. */
   private async saveTag(ref: RepoRef, tag: string, variant: TagVariant): Promise<void> {
-    const { index, meta } = this.ctx.deps;
     const current = (await this.loadTag(ref, tag)) ?? { version: 2, variants: [] };
     const same = (v: TagVariant) => v.mediaType === variant.mediaType && acceptKey(v.narrowedFor) === acceptKey(variant.narrowedFor);
     const record: TagRecord = { version: 2, variants: [...current.variants.filter((v) => !same(v)), variant] };
-    index.tags.set(MemoryIndex.tagKey(ref.upstream, ref.repo, tag), record);
-    await meta.putTag(ref, tag, record);
+    await this.ctx.deps.meta.putTag(ref, tag, record);
   }
 }
 

@@ -6,7 +6,8 @@
 import { readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { allBlobs, busyboxImage, makeImage, makeIndex, makeLayer, MT, sha256Hex, writeDirLayout, writeOciLayout, type Blob, type Image } from '../helpers/images.js';
+import { digestOf as digestOfBytes } from '../helpers/digest.js';
+import { allBlobs, busyboxImage, makeImage, makeIndex, makeLayer, MT, writeDirLayout, writeOciLayout, type Blob, type Image } from '../helpers/images.js';
 import { DOCKER_ACCEPT, startMirror, type TestMirror } from '../helpers/mirror.js';
 import { startContainerd } from './harness/containerd.js';
 import { startDistribution, type Distribution } from './harness/distribution.js';
@@ -32,17 +33,17 @@ const blobGets = /^\/v2\/library\/[a-z]+\/blobs\/sha256:/;
 
 /** `skopeo copy` into `dir:`: the top manifest's digest and every other file by its digest (each checked against its bytes). */
 function readDirCopy(dir: string): { top: string; manifests: string[]; blobs: string[] } {
-  const digestOf = (file: string) => `sha256:${sha256Hex(readFileSync(join(dir, file)))}`;
+  const digestOfFile = (file: string) => digestOfBytes(readFileSync(join(dir, file)));
   const manifests: string[] = [];
   const blobs: string[] = [];
   for (const f of readdirSync(dir).sort()) {
     if (f === 'manifest.json' || f === 'version') continue;
     const m = /^([0-9a-f]{64})(\.manifest\.json)?$/.exec(f);
     if (!m) throw new Error(`unexpected file ${f} in ${dir}`);
-    expect(digestOf(f), `${dir}/${f}`).toBe(`sha256:${m[1]}`);
+    expect(digestOfFile(f), `${dir}/${f}`).toBe(`sha256:${m[1]}`);
     (m[2] ? manifests : blobs).push(`sha256:${m[1]}`);
   }
-  return { top: digestOf('manifest.json'), manifests, blobs };
+  return { top: digestOfFile('manifest.json'), manifests, blobs };
 }
 
 describe.skipIf(REG_SKIP !== undefined)('real clients through the mirror', () => {
@@ -140,7 +141,7 @@ describe.skipIf(REG_SKIP !== undefined)('real clients through the mirror', () =>
       const res = await fetch(base(mirror), { headers: { accept } });
       const body = Buffer.from(await res.arrayBuffer());
       expect(res.status, body.toString()).toBe(200);
-      const digest = `sha256:${sha256Hex(body)}`;
+      const digest = digestOfBytes(body);
       expect(res.headers.get('docker-content-digest')).toBe(digest);
       return { digest: named(digest), mediaType: res.headers.get('content-type') ?? '' };
     }
@@ -169,7 +170,7 @@ describe.skipIf(REG_SKIP !== undefined)('real clients through the mirror', () =>
       for (const [accept, want] of [[MT.dockerManifest, dAmd.manifest.digest], [DOCKER_ACCEPT, dlist.digest]] as const) {
         const res = await fetch(`${upstream.url}/v2/library/dlist/manifests/latest`, { headers: { accept } });
         expect(res.status).toBe(200);
-        expect(`sha256:${sha256Hex(Buffer.from(await res.arrayBuffer()))}`, accept).toBe(want);
+        expect(digestOfBytes(Buffer.from(await res.arrayBuffer())), accept).toBe(want);
       }
     });
 

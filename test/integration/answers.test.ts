@@ -5,9 +5,9 @@
  * and metric series present from the start.
  */
 import http from 'node:http';
-import type { AddressInfo } from 'node:net';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { FakeUpstream } from '../helpers/fake-upstream.js';
+import { listenOn } from '../helpers/ports.js';
 import { makeImage, makeLayer, makeRandomLayer, MT } from '../helpers/images.js';
 import { DOCKER_ACCEPT, startMirror, type TestMirror } from '../helpers/mirror.js';
 
@@ -183,8 +183,7 @@ describe('upstream errors reach the client as upstream meant them', () => {
       res.writeHead(answer.status, { 'content-type': 'application/json', ...answer.headers });
       res.end(req.method === 'HEAD' ? undefined : JSON.stringify(answer.body));
     });
-    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
-    url = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+    url = `http://127.0.0.1:${await listenOn(server)}`;
   });
   afterAll(() => new Promise<void>((r) => server.close(() => r())));
   afterEach(async () => {

@@ -5,7 +5,16 @@ import { dirname, join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { FsMetaStore } from '../../src/storage/fs-meta-store.js';
 import type { RepoKey, TagRecord } from '../../src/storage/meta-store.js';
+import { CachingMetaStore } from '../../src/cache/caching-meta-store.js';
 import { digestOf } from '../helpers/digest.js';
+import { metaStoreContract } from './meta-store.contract.js';
+
+const fsFixture = async (wrap: (s: FsMetaStore) => import('../../src/storage/meta-store.js').MetaStore) => {
+  const root = await mkdtemp(join(tmpdir(), 'meta-contract-'));
+  return { store: wrap(new FsMetaStore(root)), reopen: async () => wrap(new FsMetaStore(root)), cleanup: () => rm(root, { recursive: true, force: true }) };
+};
+metaStoreContract('FsMetaStore', () => fsFixture((s) => s));
+metaStoreContract('CachingMetaStore over FsMetaStore', () => fsFixture((s) => new CachingMetaStore(s, { maxEntries: 4 })));
 
 const alpine: RepoKey = { upstream: 'docker.io', repo: 'library/alpine' };
 const record = (digest: string, fetchedAt = 1000): TagRecord => ({

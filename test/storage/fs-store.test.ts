@@ -7,12 +7,14 @@ import { join, relative } from 'node:path';
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { FsBlobStore } from '../../src/storage/fs-store.js';
 import { StoreFullError } from '../../src/storage/store.js';
+import { CachingBlobStore } from '../../src/cache/caching-blob-store.js';
+import type { BlobStore } from '../../src/storage/store.js';
 import { blobStoreContract, digestOf } from './store.contract.js';
 
-blobStoreContract('FsBlobStore', async () => {
+const fsFixture = (wrap: (s: FsBlobStore) => BlobStore) => async () => {
   const root = await mkdtemp(join(tmpdir(), 'fs-store-contract-'));
   return {
-    store: new FsBlobStore(root),
+    store: wrap(new FsBlobStore(root)),
     cleanup: () => rm(root, { recursive: true, force: true }),
     tempEntries: async () => readdir(join(root, 'tmp')).catch(() => []),
     plantLeftover: async () => {
@@ -21,7 +23,10 @@ blobStoreContract('FsBlobStore', async () => {
       await writeFile(join(root, 'tmp', 'nested-dir', 'x'), 'x');
     },
   };
-});
+};
+blobStoreContract('FsBlobStore', fsFixture((s) => s));
+// The memory cache in front must keep every promise of the store (a small budget, so entries come and go).
+blobStoreContract('CachingBlobStore over FsBlobStore', fsFixture((s) => new CachingBlobStore(s, { memoryBytes: 64 * 1024, maxEntries: 8 })));
 
 /** Every file below `dir`, as paths relative to it. */
 async function filesUnder(dir: string): Promise<string[]> {

@@ -1,8 +1,8 @@
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
-import type { AddressInfo } from 'node:net';
 import { Agent } from 'undici';
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { UpstreamError } from '../../src/upstream/errors.js';
+import { listenOn } from '../helpers/ports.js';
 import { UpstreamAuth, type AuthDeps } from '../../src/upstream/auth.js';
 import { parseChallenge, type Challenge } from '../../src/upstream/challenge.js';
 
@@ -34,8 +34,7 @@ beforeAll(async () => {
     requests.push({ path: url.pathname, scope: url.searchParams.get('scope'), service: url.searchParams.get('service'), authorization: req.headers.authorization });
     handler(req, res, requests.length);
   });
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  realm = `http://127.0.0.1:${(server.address() as AddressInfo).port}/token`;
+  realm = `http://127.0.0.1:${await listenOn(server)}/token`;
 });
 afterAll(() => new Promise<void>((resolve) => server.close(() => resolve())));
 
@@ -229,8 +228,7 @@ describe('UpstreamAuth', () => {
 
   it('an unreachable realm is an unreachable upstream', async () => {
     const closed = createServer();
-    await new Promise<void>((resolve) => closed.listen(0, '127.0.0.1', resolve));
-    const port = (closed.address() as AddressInfo).port;
+    const port = await listenOn(closed);
     await new Promise<void>((resolve) => closed.close(() => resolve()));
     const c = parseChallenge(`Bearer realm="http://127.0.0.1:${port}/token",service="s"`);
     await expect(make().answer(c, A)).rejects.toMatchObject({ kind: 'unreachable', unavailable: true });

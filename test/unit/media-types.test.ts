@@ -1,8 +1,8 @@
-import { createHash } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
+import { digestOf } from '../helpers/digest.js';
 import { accepts, ALL_MANIFEST_TYPES, MediaTypes, parseAccept, parseManifest, upstreamAccept } from '../../src/registry/media-types.js';
 
-const sha = (s: string) => `sha256:${createHash('sha256').update(s).digest('hex')}`;
+const sha = (s: string) => digestOf(s);
 const bytes = (v: unknown) => Buffer.from(JSON.stringify(v));
 
 describe('parseAccept', () => {
