@@ -5,7 +5,7 @@
 import { randomUUID } from 'node:crypto';
 import { Hono } from 'hono';
 import type { Registry as PromRegistry } from 'prom-client';
-import { errorResponse } from './http/errors.js';
+import { DEFAULT_RETRY_AFTER, errorResponse } from './http/errors.js';
 import { mountRoutes, type Env } from './http/routes.js';
 import type { Metrics } from './metrics.js';
 import { RegistryError } from './registry/errors.js';
@@ -17,6 +17,8 @@ export interface Readiness {
   storage(): Promise<boolean>;
   /** Upstream reachability as last observed (reported, not required). */
   upstreams(): Record<string, 'up' | 'down' | 'unknown'>;
+  /** Per upstream: online, or assumed offline with the seconds to the next probe (upstream/availability.ts). */
+  availability?(): Record<string, { state: 'online' | 'offline'; retryAfter?: number; periodMs?: number; probing: boolean; reason?: string }>;
 }
 
 export interface AppDeps {
@@ -87,8 +89,14 @@ export function createApp(deps: AppDeps): Hono<Env> {
   app.get('/readyz', async (c) => {
     c.set('route', 'health');
     const storage = await deps.readiness.storage().catch(() => false);
-    const body = { status: storage ? 'ready' : 'not ready', storage: storage ? 'writable' : 'unwritable', upstreams: deps.readiness.upstreams() };
-    return c.json(body, storage ? 200 : 503);
+    const body = {
+      status: storage ? 'ready' : 'not ready',
+      storage: storage ? 'writable' : 'unwritable',
+      upstreams: deps.readiness.upstreams(),
+      ...(deps.readiness.availability ? { availability: deps.readiness.availability() } : {}),
+    };
+    // Every 503 the mirror answers carries Retry-After (an orchestrator or client may honour it).
+    return c.json(body, storage ? 200 : 503, storage ? {} : { 'retry-after': String(DEFAULT_RETRY_AFTER) });
   });
 
   app.get('/metrics', async (c) => {

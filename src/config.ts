@@ -4,6 +4,7 @@
  */
 import { readFileSync } from 'node:fs';
 import { parse as parseYaml } from 'yaml';
+import { validatePin } from './lifecycle/pins.js';
 
 export interface UpstreamConfig {
   /** The key clients use for this registry (`docker.io`, `ghcr.io`): in `ns=`, path prefixes, disk layout. */
@@ -20,6 +21,27 @@ export interface UpstreamConfig {
   tagTtl: number;
 }
 
+export interface CacheConfig {
+  /** Seconds a tag is trusted without revalidation (upstreams may override). */
+  tagTtl: number;
+  /** Bytes of manifests kept in memory. */
+  memoryBytes: number;
+  /** Seconds an upstream "not found" is remembered. */
+  negativeTtl: number;
+  /** Byte cap of the blobs on disk (undefined: none). Above it, least recently used images are evicted. */
+  maxBytes: number | undefined;
+  /** Free bytes to keep on the cache's filesystem (undefined: none). */
+  minFreeBytes: number | undefined;
+  /** Free share (0–100) of the cache's filesystem to keep (undefined: none). */
+  minFreePercent: number | undefined;
+  /** Eviction goes down to this fraction of the cap (0.5–1). */
+  lowWatermark: number;
+  /** Images never evicted: reference patterns (`docker.io/library/postgres:14.5`, `ghcr.io/acme/**`). */
+  pin: string[];
+  /** Seconds between checks of the limits (eviction also runs soon after new blobs arrive). */
+  evictionInterval: number;
+}
+
 export type LogLevel = 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent';
 
 export interface Config {
@@ -28,9 +50,14 @@ export interface Config {
   offline: boolean;
   defaultRegistry: string;
   log: { level: LogLevel; format: 'json' | 'pretty' };
-  cache: { tagTtl: number; memoryBytes: number; negativeTtl: number };
+  cache: CacheConfig;
+  /** The admin API's listener (cache summary, purge, pins, eviction); undefined: none. */
+  admin: { listen: { host: string; port: number } | undefined };
   limits: { maxManifestBytes: number; maxPageSize: number };
-  timeouts: { connect: number; headers: number; bodyIdle: number };
+  /** Milliseconds; `revalidate` is how long a tag revalidation may hold a client before the cached copy is served. */
+  timeouts: { connect: number; headers: number; bodyIdle: number; revalidate: number };
+  /** Assumed offline (upstream/availability.ts): the first and the longest offline period, ms; offlineMinMs 0 switches it off. */
+  upstreamHealth: { offlineMinMs: number; offlineMaxMs: number };
   tls?: { cert: string; key: string };
   upstreams: Record<string, UpstreamConfig>;
 }
@@ -83,6 +110,8 @@ export function applyEnv(raw: Raw, env: Record<string, string | undefined>): Raw
   if (env.MIRROR_DATA_DIR !== undefined) set(['dataDir'], env.MIRROR_DATA_DIR);
   if (env.MIRROR_OFFLINE !== undefined) set(['offline'], env.MIRROR_OFFLINE);
   if (env.MIRROR_TAG_TTL !== undefined) set(['cache', 'tagTtl'], env.MIRROR_TAG_TTL);
+  if (env.MIRROR_CACHE_MAX_BYTES !== undefined) set(['cache', 'maxBytes'], env.MIRROR_CACHE_MAX_BYTES);
+  if (env.MIRROR_ADMIN_LISTEN !== undefined) set(['admin', 'listen'], env.MIRROR_ADMIN_LISTEN);
   if (env.MIRROR_LOG_LEVEL !== undefined) set(['log', 'level'], env.MIRROR_LOG_LEVEL);
   if (env.MIRROR_LOG_FORMAT !== undefined) set(['log', 'format'], env.MIRROR_LOG_FORMAT);
   if (env.MIRROR_DEFAULT_REGISTRY !== undefined) set(['defaultRegistry'], env.MIRROR_DEFAULT_REGISTRY);
@@ -127,7 +156,7 @@ export function validateConfig(raw: Raw): Config {
     for (const k of Object.keys(o)) if (!keys.includes(k)) throw new ConfigError(key ? `${key}.${k}` : k, 'unknown key');
   };
 
-  known('', raw, ['listen', 'dataDir', 'offline', 'defaultRegistry', 'log', 'cache', 'limits', 'timeouts', 'tls', 'upstreams']);
+  known('', raw, ['listen', 'dataDir', 'offline', 'defaultRegistry', 'log', 'cache', 'admin', 'limits', 'timeouts', 'upstreamHealth', 'tls', 'upstreams']);
   // YAML reads a bare port (`listen: 8080`) as a number.
   const listen = parseListen(typeof raw.listen === 'number' ? String(raw.listen) : str('listen', raw.listen));
   const log = obj('log', raw.log);
@@ -137,12 +166,26 @@ export function validateConfig(raw: Raw): Config {
   const format = str('log.format', log.format ?? 'json');
   if (format !== 'json' && format !== 'pretty') throw new ConfigError('log.format', 'must be json or pretty');
   const cache = obj('cache', raw.cache);
-  known('cache', cache, ['tagTtl', 'memoryBytes', 'negativeTtl']);
+  known('cache', cache, ['tagTtl', 'memoryBytes', 'negativeTtl', 'maxBytes', 'minFreeBytes', 'minFreePercent', 'lowWatermark', 'pin', 'evictionInterval']);
+  const optNum = (key: string, v: unknown, min: number, max?: number) => (v === undefined || v === null || v === '' ? undefined : num(key, typeof v === 'string' ? parseSize(key, v) : v, min, max));
+  const pin = cache.pin ?? [];
+  if (!Array.isArray(pin) || pin.some((p) => typeof p !== 'string')) throw new ConfigError('cache.pin', 'must be a list of reference patterns');
+  for (const [i, p] of (pin as string[]).entries()) {
+    const bad = validatePin(p);
+    if (bad) throw new ConfigError(`cache.pin[${i}]`, bad);
+  }
+  const admin = obj('admin', raw.admin);
+  known('admin', admin, ['listen']);
   const tagTtl = num('cache.tagTtl', cache.tagTtl ?? 300, 0, 365 * 86400);
   const limits = obj('limits', raw.limits);
   known('limits', limits, ['maxManifestBytes', 'maxPageSize']);
   const timeouts = obj('timeouts', raw.timeouts);
-  known('timeouts', timeouts, ['connect', 'headers', 'bodyIdle']);
+  known('timeouts', timeouts, ['connect', 'headers', 'bodyIdle', 'revalidate']);
+  const health = obj('upstreamHealth', raw.upstreamHealth);
+  known('upstreamHealth', health, ['offlineMinMs', 'offlineMaxMs']);
+  const offlineMinMs = num('upstreamHealth.offlineMinMs', health.offlineMinMs ?? 5000, 0, 3_600_000);
+  const offlineMaxMs = num('upstreamHealth.offlineMaxMs', health.offlineMaxMs ?? 120_000, 0, 86_400_000);
+  if (offlineMaxMs < offlineMinMs) throw new ConfigError('upstreamHealth.offlineMaxMs', 'must be at least upstreamHealth.offlineMinMs');
   const tlsRaw = raw.tls === undefined || raw.tls === null ? undefined : obj('tls', raw.tls);
   if (tlsRaw) known('tls', tlsRaw, ['cert', 'key']);
 
@@ -185,8 +228,15 @@ export function validateConfig(raw: Raw): Config {
     offline: bool('offline', raw.offline ?? false),
     defaultRegistry,
     log: { level: level as LogLevel, format },
+    admin: { listen: admin.listen === undefined || admin.listen === null || admin.listen === '' ? undefined : parseListen(typeof admin.listen === 'number' ? String(admin.listen) : str('admin.listen', admin.listen), 'admin.listen') },
     cache: {
       tagTtl,
+      maxBytes: optNum('cache.maxBytes', cache.maxBytes, 1),
+      minFreeBytes: optNum('cache.minFreeBytes', cache.minFreeBytes, 0),
+      minFreePercent: optNum('cache.minFreePercent', cache.minFreePercent, 0, 99),
+      lowWatermark: num('cache.lowWatermark', cache.lowWatermark ?? 0.9, 0.5, 1),
+      pin: pin as string[],
+      evictionInterval: num('cache.evictionInterval', cache.evictionInterval ?? 10, 1, 86400),
       memoryBytes: num('cache.memoryBytes', cache.memoryBytes ?? 64 * 1024 * 1024, 0),
       negativeTtl: num('cache.negativeTtl', cache.negativeTtl ?? 30, 0, 86400),
     },
@@ -198,17 +248,27 @@ export function validateConfig(raw: Raw): Config {
       connect: num('timeouts.connect', timeouts.connect ?? 5000, 1),
       headers: num('timeouts.headers', timeouts.headers ?? 30000, 1),
       bodyIdle: num('timeouts.bodyIdle', timeouts.bodyIdle ?? 30000, 1),
+      revalidate: num('timeouts.revalidate', timeouts.revalidate ?? 2000, 1),
     },
+    upstreamHealth: { offlineMinMs, offlineMaxMs },
     ...(tlsRaw ? { tls: { cert: str('tls.cert', tlsRaw.cert), key: str('tls.key', tlsRaw.key) } } : {}),
     upstreams,
   };
 }
 
-function parseListen(s: string): { host: string; port: number } {
+/** `10GiB`, `500 MB`, `1e9` or a plain number of bytes. */
+function parseSize(key: string, s: string): number {
+  const m = /^\s*(\d+(?:\.\d+)?)\s*(b|kb|kib|mb|mib|gb|gib|tb|tib)?\s*$/i.exec(s);
+  if (!m) throw new ConfigError(key, 'must be a size such as 10GiB, 500MB or a number of bytes');
+  const units: Record<string, number> = { b: 1, kb: 1e3, kib: 1024, mb: 1e6, mib: 1024 ** 2, gb: 1e9, gib: 1024 ** 3, tb: 1e12, tib: 1024 ** 4 };
+  return Math.floor(Number(m[1]) * units[(m[2] ?? 'b').toLowerCase()]!);
+}
+
+function parseListen(s: string, key = 'listen'): { host: string; port: number } {
   const m = /^(?:\[([0-9a-fA-F:]+)\]|([^:]*)):(\d+)$/.exec(s) ?? /^()()(\d+)$/.exec(s);
-  if (!m) throw new ConfigError('listen', 'must be host:port or a port');
+  if (!m) throw new ConfigError(key, 'must be host:port or a port');
   const port = Number(m[3]);
-  if (port > 65535) throw new ConfigError('listen', 'port must be at most 65535');
+  if (port > 65535) throw new ConfigError(key, 'port must be at most 65535');
   return { host: m[1] || m[2] || '0.0.0.0', port };
 }
 

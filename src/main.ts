@@ -3,21 +3,35 @@
  * The composition root and CLI: the only place that reads argv and the environment, opens the
  * listening socket, handles signals and exits.
  *
- *   regmirror [--config FILE]        start the mirror (embedded default config when no file)
- *   regmirror --print-config         print the effective configuration (credentials hidden) and exit
+ *   regmirror [serve] [--config FILE]  start the mirror (embedded default config when no file)
+ *   regmirror --print-config           print the effective configuration (credentials hidden) and exit
+ *   regmirror cache <command> …        the cache lifecycle CLI (src/cli/cache.ts), on a running
+ *                                      mirror's admin API or a stopped mirror's data directory
  */
-import { readFileSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import type { AddressInfo } from 'node:net';
+import { createInterface } from 'node:readline/promises';
+import { runCacheCli, type CacheCliDeps } from './cli/cache.js';
 import { ConfigError, loadConfig, type Config } from './config.js';
+import { createServer } from 'node:http';
+import { getRequestListener } from '@hono/node-server';
 import { createMirrorServer } from './http/server.js';
 import { createLogger } from './logger.js';
-import { buildMirror } from './mirror.js';
+import { buildMirror, openCacheAdmin } from './mirror.js';
 
 const SHUTDOWN_DEADLINE_MS = 25_000;
 const DEFAULT_CONFIG_URL = new URL('../config/default.yaml', import.meta.url);
 
 async function main(argv: string[], env: NodeJS.ProcessEnv): Promise<void> {
-  const args = parseArgs(argv);
+  if (argv[0] === 'cache') {
+    // `regmirror cache ls | head`: a reader that went away ends the command quietly.
+    process.stdout.on('error', (e: NodeJS.ErrnoException) => process.exit(e.code === 'EPIPE' ? 0 : 1));
+    const code = await runCacheCli(argv.slice(1), cacheCliDeps(env));
+    // Exit once what was written has been handed to the OS (nothing the cache opened keeps us here).
+    process.stdout.write('', () => process.exit(code));
+    return;
+  }
+  const args = parseArgs(argv[0] === 'serve' ? argv.slice(1) : argv);
   let config: Config;
   try {
     config = loadConfig({ defaults: readFileSync(DEFAULT_CONFIG_URL, 'utf8'), ...(args.config ? { file: args.config } : {}), env });
@@ -47,6 +61,18 @@ async function main(argv: string[], env: NodeJS.ProcessEnv): Promise<void> {
     logger.error({ err: e.message }, 'server error');
     process.exit(1);
   });
+  // The admin API on its own listener (plain HTTP; loopback by default).
+  const adminListen = config.admin.listen;
+  const adminListener = getRequestListener(mirror.adminApp.fetch);
+  const adminServer = adminListen ? createServer((req, res) => void adminListener(req, res)) : undefined;
+  if (adminServer && adminListen) {
+    adminServer.listen(adminListen.port, adminListen.host, () => {
+      const info = adminServer.address() as AddressInfo;
+      logger.info({ address: info.address, port: info.port }, 'admin API listening');
+    });
+    // The registry keeps serving without its admin API (say so loudly): pulls matter more than purges.
+    adminServer.on('error', (e) => logger.error({ err: e.message, address: `${adminListen.host}:${adminListen.port}` }, 'admin API not available'));
+  }
 
   let stopping = false;
   const stop = (signal: string) => {
@@ -56,6 +82,8 @@ async function main(argv: string[], env: NodeJS.ProcessEnv): Promise<void> {
     logger.info({ signal, inflightDownloads: mirror.registry.inflightDownloads }, 'shutting down: no new connections; in-flight work gets 25 s');
     // Stop accepting; idle keep-alive connections go now, busy ones when their response ends.
     const closed = new Promise<void>((r) => server.close(() => r()));
+    adminServer?.close();
+    adminServer?.closeAllConnections();
     // Keep-alive connections turn idle as their responses end: close them as they do.
     const closeIdle = () => (server as { closeIdleConnections?: () => void }).closeIdleConnections?.();
     closeIdle();
@@ -86,7 +114,13 @@ function parseArgs(argv: string[]): { config?: string; printConfig: boolean } {
     else if (a.startsWith('--config=')) out.config = a.slice('--config='.length);
     else if (a === '--print-config') out.printConfig = true;
     else if (a === '--help' || a === '-h') {
-      process.stdout.write('usage: regmirror [--config FILE] [--print-config]\n');
+      process.stdout.write(
+        [
+          'usage: regmirror [serve] [--config FILE] [--print-config]',
+          '       regmirror cache <command> [options]   inspect and manage the cache (regmirror cache --help)',
+          '',
+        ].join('\n'),
+      );
       process.exit(0);
     } else {
       process.stderr.write(`regmirror: unknown argument ${a}\n`);
@@ -95,6 +129,30 @@ function parseArgs(argv: string[]): { config?: string; printConfig: boolean } {
   }
   if (out.config === undefined && process.env.MIRROR_CONFIG) out.config = process.env.MIRROR_CONFIG;
   return out;
+}
+
+/** What the cache CLI gets from the process: streams, terminal, fetch, config, the stopped-mirror admin. */
+function cacheCliDeps(env: NodeJS.ProcessEnv): CacheCliDeps {
+  return {
+    stdout: process.stdout,
+    stderr: process.stderr,
+    stdinIsTTY: process.stdin.isTTY === true,
+    prompt: async (question) => {
+      const rl = createInterface({ input: process.stdin, output: process.stderr });
+      try {
+        return await rl.question(question);
+      } finally {
+        rl.close();
+      }
+    },
+    env,
+    fetch: (input, init) => fetch(input, init),
+    loadConfig: (file) => loadConfig({ defaults: readFileSync(DEFAULT_CONFIG_URL, 'utf8'), ...(file ? { file } : {}), env }),
+    openCacheAdmin: async (config) => {
+      if (!existsSync(config.dataDir)) throw new Error(`data directory ${config.dataDir} does not exist`);
+      return openCacheAdmin(config);
+    },
+  };
 }
 
 function redact(config: Config): unknown {

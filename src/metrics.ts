@@ -12,6 +12,10 @@ export interface MetricsOptions {
   cacheStats?: { bytes: number; blobs: number };
   /** Current number of downloads under way (read at scrape time). */
   inflightDownloads?: () => number;
+  /** The cache's byte cap (read at scrape time). */
+  cacheLimit?: () => number | undefined;
+  /** The oldest last use of the cache's content (read at scrape time). */
+  oldestUse?: () => number | undefined;
   /** Node process metrics (off in tests that build many registries). */
   processMetrics?: boolean;
 }
@@ -35,6 +39,14 @@ export class Metrics {
   readonly storeFull: Counter;
   readonly cacheBytes: Gauge;
   readonly cacheBlobs: Gauge;
+  readonly evictions: Counter<'reason'>;
+  readonly evictedBytes: Counter<'reason'>;
+  readonly cacheLimit: Gauge;
+  readonly oldestEntryAge: Gauge;
+  readonly refetchedAfterEviction: Counter;
+  readonly upstreamOnline: Gauge<'upstream'>;
+  readonly upstreamTransitions: Counter<'upstream' | 'to'>;
+  readonly upstreamProbes: Counter<'upstream' | 'result'>;
 
   constructor(readonly registry: Registry, opts: MetricsOptions = {}) {
     const registers = [registry];
@@ -85,6 +97,30 @@ export class Metrics {
       registers,
       ...(stats ? { collect(this: Gauge) { this.set(stats.blobs); } } : {}),
     });
+    this.upstreamOnline = new Gauge({ name: 'mirror_upstream_online', help: 'Upstream availability: 1 online, 0 assumed offline (served from the cache, probed in the background)', labelNames: ['upstream'], registers });
+    this.upstreamTransitions = new Counter({ name: 'mirror_upstream_state_transitions_total', help: 'Upstream availability transitions, by the state entered (online, offline)', labelNames: ['upstream', 'to'], registers });
+    this.upstreamProbes = new Counter({ name: 'mirror_upstream_probes_total', help: 'Background probes of upstreams assumed offline, by result (ok, failed)', labelNames: ['upstream', 'result'], registers });
+    this.evictions = new Counter({ name: 'mirror_cache_evictions_total', help: 'Blobs removed from the cache, by reason (size, free_disk, purge)', labelNames: ['reason'], registers });
+    this.evictedBytes = new Counter({ name: 'mirror_cache_evicted_bytes_total', help: 'Bytes of blobs removed from the cache, by reason (size, free_disk, purge)', labelNames: ['reason'], registers });
+    const limit = opts.cacheLimit;
+    this.cacheLimit = new Gauge({
+      name: 'mirror_cache_limit_bytes',
+      help: 'The byte cap of the cache (cache.maxBytes); 0 when none',
+      registers,
+      ...(limit ? { collect(this: Gauge) { this.set(limit() ?? 0); } } : {}),
+    });
+    const oldest = opts.oldestUse;
+    this.oldestEntryAge = new Gauge({
+      name: 'mirror_cache_oldest_entry_age_seconds',
+      help: 'Time since the least recently used image or blob was last pulled (0 when the cache is empty)',
+      registers,
+      ...(oldest ? { collect(this: Gauge) { const t = oldest(); this.set(t === undefined ? 0 : Math.max(0, (Date.now() - t) / 1000)); } } : {}),
+    });
+    this.refetchedAfterEviction = new Counter({
+      name: 'mirror_cache_refetched_after_eviction_total',
+      help: 'Blob downloads of a digest evicted less than an hour before (eviction thrashing: the cap is too small for the working set)',
+      registers,
+    });
     this.storeFull = new Counter({ name: 'mirror_store_full_total', help: 'Blobs passed through uncached because the store had no space', registers });
   }
 
@@ -98,9 +134,33 @@ export class Metrics {
       for (const cls of ERROR_CLASSES) this.upstreamErrors.inc({ upstream, class: cls }, 0);
       this.upstreamBytes.inc({ upstream }, 0);
       for (const result of ['ok', 'error']) this.tokenFetches.inc({ upstream, result }, 0);
+      this.upstreamOnline.set({ upstream }, 1);
+      for (const to of ['online', 'offline']) this.upstreamTransitions.inc({ upstream, to }, 0);
+      for (const result of ['ok', 'failed']) this.upstreamProbes.inc({ upstream, result }, 0);
     }
     for (const source of ['cache', 'upstream']) this.servedBytes.inc({ source }, 0);
     for (const result of ['ok', 'failed', 'digest_mismatch']) this.downloads.inc({ result }, 0);
+    for (const reason of ['size', 'free_disk', 'purge']) {
+      this.evictions.inc({ reason }, 0);
+      this.evictedBytes.inc({ reason }, 0);
+    }
+  }
+
+  evictionObserver(): { evicted(reason: string, blobs: number, bytes: number): void } {
+    return {
+      evicted: (reason, blobs, bytes) => {
+        this.evictions.inc({ reason }, blobs);
+        this.evictedBytes.inc({ reason }, bytes);
+      },
+    };
+  }
+
+  /** Hits, misses and bytes served from the cache over the process's life (for the admin summary). */
+  async figures(): Promise<{ hits: number; misses: number; bytesSaved: number }> {
+    const results = (await this.cacheResults.get()).values;
+    const sum = (r: string) => results.filter((v) => v.labels.result === r || (r === 'hit' && (v.labels.result === 'revalidated' || v.labels.result === 'stale'))).reduce((n, v) => n + v.value, 0);
+    const served = (await this.servedBytes.get()).values.filter((v) => v.labels.source === 'cache').reduce((n, v) => n + v.value, 0);
+    return { hits: sum('hit'), misses: sum('miss'), bytesSaved: served };
   }
 
   cacheObserver(): CacheObserver {
@@ -123,6 +183,17 @@ export class Metrics {
         this.rateLimitRemaining.set({ upstream }, remaining);
         if (limit !== undefined) this.rateLimitLimit.set({ upstream }, limit);
       },
+    };
+  }
+
+  /** For upstream/availability.ts (structurally its AvailabilityObserver). */
+  availabilityObserver(): { transition(upstream: string, to: 'online' | 'offline'): void; probe(upstream: string, ok: boolean): void } {
+    return {
+      transition: (upstream, to) => {
+        this.upstreamOnline.set({ upstream }, to === 'online' ? 1 : 0);
+        this.upstreamTransitions.inc({ upstream, to });
+      },
+      probe: (upstream, ok) => this.upstreamProbes.inc({ upstream, result: ok ? 'ok' : 'failed' }),
     };
   }
 

@@ -9,10 +9,19 @@ import { join } from 'node:path';
 import { Registry as PromRegistry } from 'prom-client';
 import { Agent, type Dispatcher } from 'undici';
 import { createApp } from './app.js';
+import { createAdminApp } from './admin/app.js';
 import { CachingBlobStore } from './cache/caching-blob-store.js';
 import { CachingMetaStore } from './cache/caching-meta-store.js';
 import { CacheStats } from './cache/stats.js';
 import type { Config } from './config.js';
+import { AdminError, CacheAdminService } from './lifecycle/admin.js';
+import { Evictor } from './lifecycle/evictor.js';
+import { takeInventory } from './lifecycle/inventory.js';
+import { PinSet } from './lifecycle/pins.js';
+import { RecentEvictions } from './lifecycle/recent-evictions.js';
+import { Remover } from './lifecycle/remover.js';
+import type { CacheAdmin } from './lifecycle/types.js';
+import { UsageTracker } from './lifecycle/usage.js';
 import { Metrics } from './metrics.js';
 import type { Logger } from './observability/types.js';
 import { InflightDownloads } from './transfer/inflight.js';
@@ -20,6 +29,7 @@ import { NegativeCache } from './registry/negative-cache.js';
 import { Registry } from './registry/service.js';
 import { FsMetaStore } from './storage/fs-meta-store.js';
 import { FsBlobStore } from './storage/fs-store.js';
+import { AvailabilityGuard } from './upstream/availability.js';
 import { UpstreamClient } from './upstream/client.js';
 import { UpstreamHealth } from './upstream/health.js';
 import type { Upstream } from './upstream/types.js';
@@ -30,10 +40,15 @@ export interface MirrorOptions {
   logger?: Logger;
   promRegistry?: PromRegistry;
   processMetrics?: boolean;
+  /** false: no periodic saving of use figures, no background eviction or start-up GC (tests drive them). */
+  lifecycleTimers?: boolean;
 }
 
 export interface Mirror {
   app: ReturnType<typeof createApp>;
+  /** The admin API (its own listener). */
+  adminApp: ReturnType<typeof createAdminApp>;
+  admin: CacheAdmin;
   registry: Registry;
   metrics: Metrics;
   promRegistry: PromRegistry;
@@ -54,6 +69,118 @@ export function mirrorVersion(): string {
   }
 }
 
+interface Stores {
+  stats: CacheStats;
+  blobs: FsBlobStore;
+  meta: FsMetaStore;
+  /** The stores as the services see them: memory caches in front. */
+  cachedBlobs: CachingBlobStore;
+  cachedMeta: CachingMetaStore;
+}
+
+async function openStores(config: Config, onAdded: (digest: string) => void): Promise<Stores> {
+  const stats = new CacheStats();
+  const blobs = new FsBlobStore(config.dataDir, {
+    added: (d, n) => {
+      stats.added(d, n);
+      onAdded(d);
+    },
+    removed: (d, n) => stats.removed(d, n),
+  });
+  await blobs.init();
+  const meta = new FsMetaStore(config.dataDir);
+  return { stats, blobs, meta, cachedBlobs: new CachingBlobStore(blobs, { memoryBytes: config.cache.memoryBytes }), cachedMeta: new CachingMetaStore(meta) };
+}
+
+interface Lifecycle {
+  usage: UsageTracker;
+  remover: Remover;
+  recentEvictions: RecentEvictions;
+  evictor: Evictor;
+  admin: CacheAdminService;
+}
+
+async function buildLifecycle(config: Config, stores: Stores, deps: { now: () => number; logger: Logger; metrics?: Metrics; onDeleted?: (digest: string) => void }): Promise<Lifecycle> {
+  const { cachedMeta: meta, cachedBlobs: blobs, stats } = stores;
+  const usage = new UsageTracker(meta, deps.now);
+  await usage.load();
+  const pins = new PinSet(config.cache.pin, meta);
+  await pins.load();
+  const recentEvictions = new RecentEvictions(deps.now);
+  const remover = new Remover({
+    meta,
+    blobs,
+    usage,
+    onDeleted: (d) => {
+      recentEvictions.evicted(d);
+      deps.onDeleted?.(d);
+    },
+  });
+  const inventory = async () => {
+    const mark = remover.mark();
+    return { ...(await takeInventory({ meta, blobs, usage, now: deps.now })), mark };
+  };
+  const evictor = new Evictor({
+    limits: { maxBytes: config.cache.maxBytes, minFreeBytes: config.cache.minFreeBytes, minFreePercent: config.cache.minFreePercent, lowWatermark: config.cache.lowWatermark },
+    cacheBytes: () => stats.bytes,
+    space: () => blobs.space(),
+    inventory,
+    remover,
+    pinned: (img) => pins.matches(img),
+    usage,
+    observer: deps.metrics?.evictionObserver() ?? { evicted: () => undefined },
+    logger: deps.logger,
+  });
+  const admin = new CacheAdminService({
+    meta,
+    blobs,
+    usage,
+    pins,
+    remover,
+    evictor,
+    cacheBytes: () => ({ bytes: stats.bytes, blobs: stats.blobs }),
+    figures: () => deps.metrics?.figures() ?? Promise.resolve({ hits: 0, misses: 0, bytesSaved: 0 }),
+    limitBytes: config.cache.maxBytes,
+    now: deps.now,
+    logger: deps.logger,
+    tempGraceMs: 60 * 60 * 1000,
+    onPurged: (blobsRemoved, bytes) => deps.metrics?.evictionObserver().evicted('purge', blobsRemoved, bytes),
+  });
+  return { usage, remover, recentEvictions, evictor, admin };
+}
+
+/** The pid of another live process serving the data directory, from its pid file, if any. */
+function servingPid(dataDir: string): number | undefined {
+  let pid: number;
+  try {
+    pid = Number(readFileSync(join(dataDir, 'state', 'serving.pid'), 'utf8').trim());
+  } catch {
+    return undefined;
+  }
+  if (!Number.isSafeInteger(pid) || pid <= 0 || pid === process.pid) return undefined;
+  try {
+    process.kill(pid, 0);
+    return pid;
+  } catch {
+    return undefined; // a crash left the file: nobody serves
+  }
+}
+
+/**
+ * The cache lifecycle over a data directory, with the mirror stopped (for `regmirror cache`): no
+ * server, no upstream. Temp files of any age are a crash's leftovers here.
+ */
+export async function openCacheAdmin(config: Config, opts: { logger?: Logger; now?: () => number } = {}): Promise<{ admin: CacheAdmin; close(): Promise<void> }> {
+  const serving = servingPid(config.dataDir);
+  if (serving !== undefined) {
+    throw new Error(`a mirror (pid ${serving}) is serving ${config.dataDir}: use its admin API (--admin URL) instead of the data directory`);
+  }
+  const stores = await openStores(config, () => undefined);
+  await stores.stats.scan(stores.blobs.list());
+  const lifecycle = await buildLifecycle(config, stores, { now: opts.now ?? Date.now, logger: opts.logger ?? silentLogger });
+  return { admin: lifecycle.admin, close: () => lifecycle.usage.stop() };
+}
+
 export async function buildMirror(config: Config, opts: MirrorOptions = {}): Promise<Mirror> {
   const now = opts.now ?? Date.now;
   const logger = opts.logger ?? silentLogger;
@@ -68,15 +195,37 @@ export async function buildMirror(config: Config, opts: MirrorOptions = {}): Pro
       connections: 64,
     });
   const promRegistry = opts.promRegistry ?? new PromRegistry();
-  const stats = new CacheStats();
-  const blobs = new FsBlobStore(config.dataDir, stats);
-  await blobs.init();
+  const stores = await openStores(config, (digest) => {
+    lifecycle.remover.added(digest);
+    lifecycle.evictor.poke();
+  });
+  // Says to `regmirror cache --data-dir` that this directory is being served (removed at close).
+  const pidFile = join(config.dataDir, 'state', 'serving.pid');
+  await mkdir(join(config.dataDir, 'state'), { recursive: true });
+  await writeFile(pidFile, String(process.pid));
+  const { stats, blobs } = stores;
   const scanned = stats.scan(blobs.list()).catch((e: unknown) => logger.warn({ err: (e as Error).message }, 'cache size scan failed'));
-  const meta = new FsMetaStore(config.dataDir);
 
-  // The gauge reads the downloads at scrape time, after both exist.
-  const metrics: Metrics = new Metrics(promRegistry, { inflightDownloads: (): number => inflight.size, processMetrics: opts.processMetrics ?? false, cacheStats: stats });
-  const inflight: InflightDownloads = new InflightDownloads({ store: blobs, observer: metrics.inflightObserver() });
+  // The gauges read the downloads and the lifecycle at scrape time, after they exist.
+  const metrics: Metrics = new Metrics(promRegistry, {
+    inflightDownloads: (): number => inflight.size,
+    processMetrics: opts.processMetrics ?? false,
+    cacheStats: stats,
+    cacheLimit: () => config.cache.maxBytes,
+    oldestUse: () => lifecycle.usage.oldest(),
+  });
+  const lifecycle: Lifecycle = await buildLifecycle(config, stores, { now, logger, metrics, onDeleted: (d) => inflight.removed(d) });
+  const downloads = metrics.inflightObserver();
+  const inflight: InflightDownloads = new InflightDownloads({
+    store: blobs,
+    observer: {
+      ...downloads,
+      started: (digest) => {
+        downloads.started(digest);
+        if (lifecycle.recentEvictions.refetched(digest)) metrics.refetchedAfterEviction.inc();
+      },
+    },
+  });
 
   const names = Object.keys(config.upstreams);
   metrics.initialiseSeries(names);
@@ -92,10 +241,30 @@ export async function buildMirror(config: Config, opts: MirrorOptions = {}): Pro
   };
   const userAgent = `regmirror/${mirrorVersion()}`;
   const upstreams = new Map<string, Upstream>();
+  // Assumed offline (upstream/availability.ts): each client behind a guard; transitions reach metrics and /readyz.
+  const availability = metrics.availabilityObserver();
+  const guards: AvailabilityGuard[] = [];
+  const guarded = (client: UpstreamClient): AvailabilityGuard => {
+    const guard = new AvailabilityGuard(client, {
+      ...config.upstreamHealth,
+      now,
+      logger,
+      revalidateBudgetMs: config.timeouts.revalidate,
+      observer: {
+        transition: (name, to) => {
+          availability.transition(name, to);
+          health.set(name, to === 'online' ? 'up' : 'down');
+        },
+        probe: (name, ok) => availability.probe(name, ok),
+      },
+    });
+    guards.push(guard);
+    return guard;
+  };
   for (const u of Object.values(config.upstreams)) {
     upstreams.set(
       u.name,
-      new UpstreamClient({
+      guarded(new UpstreamClient({
         name: u.name,
         url: u.url,
         ...(u.username !== undefined && u.password !== undefined ? { credentials: { username: u.username, password: u.password } } : {}),
@@ -105,7 +274,7 @@ export async function buildMirror(config: Config, opts: MirrorOptions = {}): Pro
         timeouts: { headers: config.timeouts.headers, bodyIdle: config.timeouts.bodyIdle },
         maxManifestBytes: config.limits.maxManifestBytes,
         userAgent,
-      }),
+      })),
     );
   }
   const aliases = new Map<string, string>();
@@ -116,8 +285,9 @@ export async function buildMirror(config: Config, opts: MirrorOptions = {}): Pro
 
   const registry = new Registry(
     {
-      blobs: new CachingBlobStore(blobs, { memoryBytes: config.cache.memoryBytes }),
-      meta: new CachingMetaStore(meta),
+      blobs: stores.cachedBlobs,
+      meta: stores.cachedMeta,
+      usage: lifecycle.usage,
       inflight,
       upstreams,
       tagTtl: (name) => config.upstreams[name]?.tagTtl ?? config.cache.tagTtl,
@@ -150,11 +320,32 @@ export async function buildMirror(config: Config, opts: MirrorOptions = {}): Pro
         return true;
       },
       upstreams: () => (config.offline ? Object.fromEntries(names.map((n) => [n, 'unknown' as const])) : health.snapshot()),
+      availability: () => Object.fromEntries(guards.map((g) => [g.name, g.snapshot()])),
     },
   });
 
+  const adminApp = createAdminApp(
+    lifecycle.admin,
+    (name) => {
+      try {
+        return registry.route(name, undefined);
+      } catch (e) {
+        throw new AdminError('invalid', (e as Error).message);
+      }
+    },
+    logger,
+  );
+  if (opts.lifecycleTimers !== false) {
+    lifecycle.usage.start(5000);
+    lifecycle.evictor.start(config.cache.evictionInterval * 1000);
+    // Leftovers of a crash (an eviction cut short, temp files): swept once, in the background.
+    void scanned.then(() => lifecycle.admin.gc()).catch((e: unknown) => logger.warn({ err: (e as Error).message }, 'start-up GC failed'));
+  }
+
   return {
     app,
+    adminApp,
+    admin: lifecycle.admin,
     registry,
     metrics,
     promRegistry,
@@ -163,6 +354,10 @@ export async function buildMirror(config: Config, opts: MirrorOptions = {}): Pro
       // A client may have all its bytes before the blob is renamed into place: let that finish.
       await registry.drain(5000);
       await scanned;
+      await lifecycle.evictor.stop();
+      await lifecycle.usage.stop().catch((e: unknown) => logger.warn({ err: (e as Error).message }, 'saving the use figures failed'));
+      await rm(pidFile, { force: true });
+      for (const g of guards) g.close();
       if (ownDispatcher) await dispatcher.close();
     },
   };

@@ -79,6 +79,18 @@ export class CachingBlobStore implements BlobStore {
     return this.store.list();
   }
 
+  busy(digest: string): boolean {
+    return this.store.busy(digest);
+  }
+
+  space(): Promise<{ free: number; total: number } | undefined> {
+    return this.store.space();
+  }
+
+  sweepTemp(olderThanMs: number): Promise<number> {
+    return this.store.sweepTemp(olderThanMs);
+  }
+
   private forget(digest: string): void {
     this.sizes.delete(digest);
     this.bytes?.delete(digest);

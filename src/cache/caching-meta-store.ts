@@ -5,7 +5,7 @@
  * and losing one only costs a read. Writes go through to the store first, then into memory.
  */
 import { LRUCache } from 'lru-cache';
-import type { MetaStore, RepoKey, StoredDoc, TagRecord } from '../storage/meta-store.js';
+import type { MetaStore, RepoKey, StateName, StoredDoc, TagRecord } from '../storage/meta-store.js';
 
 export interface CachingMetaStoreOptions {
   /** Entries for links and manifest records (tags get at most half as many). Default 100 000. */
@@ -84,5 +84,50 @@ export class CachingMetaStore implements MetaStore {
 
   listRepos(): Promise<RepoKey[]> {
     return this.store.listRepos();
+  }
+
+  listTags(ref: RepoKey): Promise<string[]> {
+    return this.store.listTags(ref);
+  }
+
+  async deleteTag(ref: RepoKey, tag: string): Promise<void> {
+    this.tags.delete(key(ref, `tag:${tag}`));
+    await this.store.deleteTag(ref, tag);
+  }
+
+  listManifests(ref: RepoKey): Promise<Array<{ digest: string; mediaType: string }>> {
+    return this.store.listManifests(ref);
+  }
+
+  listLinks(ref: RepoKey): Promise<string[]> {
+    return this.store.listLinks(ref);
+  }
+
+  async forget(ref: RepoKey, digests: string[]): Promise<void> {
+    for (const d of digests) {
+      this.links.delete(key(ref, d));
+      this.manifests.delete(key(ref, d));
+    }
+    await this.store.forget(ref, digests);
+  }
+
+  async deleteRepo(ref: RepoKey): Promise<void> {
+    // Rare (an operator's purge): drop every cached entry of the repository.
+    const prefix = `${ref.upstream}/${ref.repo}@`;
+    const drop = (cache: { keys(): IterableIterator<string>; delete(k: string): boolean }) => {
+      for (const k of [...cache.keys()]) if (k.startsWith(prefix)) cache.delete(k);
+    };
+    drop(this.tags);
+    drop(this.links);
+    drop(this.manifests);
+    await this.store.deleteRepo(ref);
+  }
+
+  getState(name: StateName): Promise<unknown> {
+    return this.store.getState(name);
+  }
+
+  putState(name: StateName, value: unknown): Promise<void> {
+    return this.store.putState(name, value);
   }
 }

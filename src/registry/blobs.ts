@@ -58,6 +58,7 @@ export class BlobService {
   /** Size of a blob without downloading it: from disk, or from an upstream HEAD. */
   async stat(ref: RepoRef, digest: string): Promise<BlobStat> {
     parseDigest(digest);
+    this.ctx.deps.usage.blob(digest);
     const local = await this.ctx.localBlobSize(digest);
     if (local !== undefined && (await this.ctx.linked(ref, digest))) {
       this.ctx.deps.observer.result('blob', ref.upstream, 'hit');
@@ -71,6 +72,7 @@ export class BlobService {
 
   async open(ref: RepoRef, digest: string, specs: RangeSpec[] | undefined): Promise<BlobResponse> {
     parseDigest(digest);
+    this.ctx.deps.usage.blob(digest);
     const { deps } = this.ctx;
     const local = await this.ctx.localBlobSize(digest);
     if (local !== undefined) {

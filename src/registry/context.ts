@@ -2,6 +2,7 @@
  * What the registry services share: their dependencies, and the questions every request asks of the
  * cache: "is this digest known to be in this repository?" and "is it a manifest there, of what type?".
  */
+import type { UsageRecorder } from '../lifecycle/usage.js';
 import type { CacheObserver, Logger } from '../observability/types.js';
 import type { BlobStore } from '../storage/store.js';
 import type { MetaStore } from '../storage/meta-store.js';
@@ -21,6 +22,8 @@ export interface RegistryDeps {
   upstreams: ReadonlyMap<string, Upstream>;
   /** Seconds a tag (or referrers answer) is trusted without asking upstream, per upstream. */
   tagTtl: (upstream: string) => number;
+  /** Records pulls (served or fetched) for the least-recently-used order; a Map write per call. */
+  usage: UsageRecorder;
   /** Upstream "does not exist" answers, remembered briefly. */
   negative: NegativeCache;
   now: () => number;

@@ -46,6 +46,7 @@ export class ManifestService {
       res = await this.byTag(ref, reference, accept);
     }
     this.ctx.deps.observer.result('manifest', ref.upstream, res.cache);
+    this.ctx.deps.usage.manifest(ref.upstream, ref.repo, res.digest);
     return res;
   }
 
@@ -101,17 +102,34 @@ export class ManifestService {
     this.ctx.assertOnline('manifest', ref);
     try {
       if (variant && cached) {
-        return await this.flights.run(flightKey(ref, `${tag}?revalidate`, accept), async () => {
-          const head = await this.ctx.upstream(ref).headManifest(ref.repo, tag, upstreamAccept(accept));
+        const upstream = this.ctx.upstream(ref);
+        const revalidation = this.flights.run(flightKey(ref, `${tag}?revalidate`, accept), async () => {
+          const head = await upstream.headManifest(ref.repo, tag, upstreamAccept(accept));
           if (head.digest !== variant.digest) return this.fetchOnce(ref, tag, accept, tag);
           await this.saveTag(ref, tag, { ...variant, fetchedAt: deps.now() });
           return fromCache('revalidated');
         });
+        // Slow is not dead: past the budget the client gets the cached copy (stale), and the
+        // revalidation finishes in the background, updating the tag for the next client.
+        let timer: NodeJS.Timeout | undefined;
+        const late = new Promise<'late'>((resolve) => (timer = setTimeout(() => resolve('late'), upstream.revalidateBudgetMs ?? 2000)));
+        try {
+          const first = await Promise.race([revalidation, late]);
+          if (first !== 'late') return first;
+        } finally {
+          clearTimeout(timer);
+        }
+        revalidation.catch(() => undefined);
+        deps.logger.debug({ repo: ref.repo, upstream: ref.upstream, tag }, 'tag revalidation over budget; serving the cached manifest (stale) while it finishes');
+        return fromCache('stale');
       }
       return await this.fetch(ref, tag, accept, tag);
     } catch (e) {
       if (variant && cached && isUpstreamUnavailable(e)) {
-        deps.logger.warn({ repo: ref.repo, upstream: ref.upstream, tag, err: (e as Error).message }, 'upstream unavailable; serving the cached manifest (stale)');
+        // Assumed offline is logged once, at the transition; not again per request.
+        const fields = { repo: ref.repo, upstream: ref.upstream, tag, err: (e as Error).message };
+        if (isUpstreamError(e) && e.assumedOffline) deps.logger.debug(fields, 'upstream assumed offline; serving the cached manifest (stale)');
+        else deps.logger.warn(fields, 'upstream unavailable; serving the cached manifest (stale)');
         return fromCache('stale');
       }
       throw e;

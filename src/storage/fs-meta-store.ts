@@ -1,9 +1,9 @@
 /** Filesystem MetaStore: small JSON files written atomically (temp + rename) under repos/. */
-import { mkdir, open, readdir, readFile, rename, stat, writeFile } from 'node:fs/promises';
+import { mkdir, open, readdir, readFile, rename, rm, stat, unlink, writeFile } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { isNotFound } from './fs-store.js';
 import { StorePaths, type RepoKey } from './paths.js';
-import type { MetaStore, StoredDoc, TagRecord } from './meta-store.js';
+import type { MetaStore, StateName, StoredDoc, TagRecord } from './meta-store.js';
 
 export class FsMetaStore implements MetaStore {
   readonly paths: StorePaths;
@@ -95,6 +95,52 @@ export class FsMetaStore implements MetaStore {
     return out;
   }
 
+  async listTags(ref: RepoKey): Promise<string[]> {
+    return (await readdirOrEmpty(join(this.paths.repoDir(ref), '_tags'))).filter((t) => !t.startsWith('.'));
+  }
+
+  async deleteTag(ref: RepoKey, tag: string): Promise<void> {
+    await unlink(this.paths.tag(ref, tag)).catch(ignoreNotFound);
+  }
+
+  async listManifests(ref: RepoKey): Promise<Array<{ digest: string; mediaType: string }>> {
+    const out: Array<{ digest: string; mediaType: string }> = [];
+    for (const digest of await this.digestsUnder(join(this.paths.repoDir(ref), '_manifests'))) {
+      const mediaType = await this.getManifestType(ref, digest);
+      if (mediaType) out.push({ digest, mediaType });
+    }
+    return out;
+  }
+
+  listLinks(ref: RepoKey): Promise<string[]> {
+    return this.digestsUnder(join(this.paths.repoDir(ref), '_links'));
+  }
+
+  async forget(ref: RepoKey, digests: string[]): Promise<void> {
+    await Promise.all(digests.flatMap((d) => [unlink(this.paths.manifest(ref, d)).catch(ignoreNotFound), unlink(this.paths.link(ref, d)).catch(ignoreNotFound)]));
+  }
+
+  async deleteRepo(ref: RepoKey): Promise<void> {
+    const dir = this.paths.repoDir(ref);
+    // Only this repository's own records: nested repositories (a/b under a) keep theirs.
+    await Promise.all(['_tags', '_links', '_manifests', '_docs'].map((d) => rm(join(dir, d), { recursive: true, force: true })));
+  }
+
+  getState(name: StateName): Promise<unknown> {
+    return this.readJson(this.paths.state(name));
+  }
+
+  putState(name: StateName, value: unknown): Promise<void> {
+    return this.writeJson(this.paths.state(name), value);
+  }
+
+  /** `<dir>/<alg>/<hex>` files as digests. */
+  private async digestsUnder(dir: string): Promise<string[]> {
+    const out: string[] = [];
+    for (const alg of await readdirOrEmpty(dir)) for (const hex of await readdirOrEmpty(join(dir, alg))) if (/^[a-f0-9]{32,128}$/.test(hex)) out.push(`${alg}:${hex}`);
+    return out;
+  }
+
   private async readJson(path: string): Promise<unknown> {
     try {
       return JSON.parse(await readFile(path, 'utf8'));
@@ -112,4 +158,17 @@ export class FsMetaStore implements MetaStore {
     await writeFile(tmp, JSON.stringify(value));
     await rename(tmp, path);
   }
+}
+
+async function readdirOrEmpty(dir: string): Promise<string[]> {
+  try {
+    return await readdir(dir);
+  } catch (e) {
+    if (isNotFound(e)) return [];
+    throw e;
+  }
+}
+
+function ignoreNotFound(e: unknown): void {
+  if (!isNotFound(e)) throw e;
 }

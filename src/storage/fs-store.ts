@@ -3,7 +3,7 @@
  * ever appear under blobs/; an existing final file means the work is already done.
  */
 import { createHash, type Hash } from 'node:crypto';
-import { mkdir, open, readdir, readFile, rename, rm, stat, unlink, type FileHandle } from 'node:fs/promises';
+import { mkdir, open, readdir, readFile, rename, rm, stat, statfs, unlink, type FileHandle } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import type { Readable } from 'node:stream';
 import { StorePaths, splitDigest } from './paths.js';
@@ -29,6 +29,8 @@ export class FsBlobStore implements BlobStore {
   readonly paths: StorePaths;
   /** Read streams open now: sizes the reads of the next one. */
   private openStreams = 0;
+  /** Open read streams per digest (eviction leaves these blobs alone). */
+  private readonly reading = new Map<string, number>();
 
   constructor(root: string, private readonly events?: StoreEvents) {
     this.paths = new StorePaths(root);
@@ -69,7 +71,13 @@ export class FsBlobStore implements BlobStore {
       autoClose: true,
     });
     this.openStreams++;
-    stream.once('close', () => this.openStreams--);
+    this.reading.set(digest, (this.reading.get(digest) ?? 0) + 1);
+    stream.once('close', () => {
+      this.openStreams--;
+      const n = (this.reading.get(digest) ?? 1) - 1;
+      if (n <= 0) this.reading.delete(digest);
+      else this.reading.set(digest, n);
+    });
     return stream;
   }
 
@@ -117,6 +125,32 @@ export class FsBlobStore implements BlobStore {
       throw e;
     }
     this.events?.removed(digest, info.size);
+  }
+
+  busy(digest: string): boolean {
+    return this.reading.has(digest);
+  }
+
+  async space(): Promise<{ free: number; total: number } | undefined> {
+    try {
+      const s = await statfs(this.paths.blobsDir);
+      return { free: s.bavail * s.bsize, total: s.blocks * s.bsize };
+    } catch {
+      return undefined;
+    }
+  }
+
+  async sweepTemp(olderThanMs: number): Promise<number> {
+    const cutoff = Date.now() - olderThanMs;
+    let n = 0;
+    for (const name of await readdirOrEmpty(this.paths.tmpDir)) {
+      const p = join(this.paths.tmpDir, name);
+      const s = await stat(p).catch(() => undefined);
+      if (!s || s.mtimeMs > cutoff) continue;
+      await rm(p, { recursive: true, force: true });
+      n++;
+    }
+    return n;
   }
 
   async *list(): AsyncIterable<BlobInfo> {

@@ -27,6 +27,14 @@ export interface TagRecord {
   variants: TagVariant[];
 }
 
+/** When things were last used (ms since epoch), by key; see lifecycle/usage.ts for the keys. */
+export interface UsageSnapshot {
+  savedAt: number;
+  entries: Record<string, number>;
+}
+
+export type StateName = 'usage' | 'pins';
+
 export interface StoredDoc {
   fetchedAt: number;
   /** Whatever JSON the caller stored. */
@@ -51,4 +59,23 @@ export interface MetaStore {
   putDoc(ref: RepoKey, name: string, doc: StoredDoc): Promise<void>;
   /** Every repository holding a cached manifest or tag, in no particular order. */
   listRepos(): Promise<RepoKey[]>;
+
+  // ---- for the cache lifecycle (eviction, purge, GC): rare, may be slow ----
+
+  /** The tags with a record in the repository. */
+  listTags(ref: RepoKey): Promise<string[]>;
+  /** Removes a tag record; absent is fine. */
+  deleteTag(ref: RepoKey, tag: string): Promise<void>;
+  /** The digests recorded as manifests of the repository, with their media types. */
+  listManifests(ref: RepoKey): Promise<Array<{ digest: string; mediaType: string }>>;
+  /** The digests the repository is linked to. */
+  listLinks(ref: RepoKey): Promise<string[]>;
+  /** Removes manifest records and links of these digests in the repository; absent is fine. */
+  forget(ref: RepoKey, digests: string[]): Promise<void>;
+  /** Removes everything recorded for the repository. */
+  deleteRepo(ref: RepoKey): Promise<void>;
+  /** A saved state document of the cache lifecycle ('usage': UsageSnapshot, 'pins': string[]), or undefined. */
+  getState(name: StateName): Promise<unknown>;
+  /** Replaces a state document (atomically). */
+  putState(name: StateName, value: unknown): Promise<void>;
 }

@@ -5,6 +5,8 @@
  * <root>/
  *   blobs/sha256/<2 hex>/<64 hex>           verified blob bytes (manifests are blobs too)
  *   tmp/<random>                            in-progress downloads and metadata writes; swept at start
+ *   state/usage.json                        when images and blobs were last used (saved every few seconds)
+ *   state/pins.json                         images pinned through the admin API
  *   repos/<upstream>/<repo...>/
  *     _tags/<tag>                           tag record JSON {variants:[{digest, mediaType, size, fetchedAt}]}
  *     _links/<alg>/<hex>                    empty file: this repository is known to contain the digest
@@ -32,6 +34,12 @@ export class StorePaths {
   }
   get reposDir(): string {
     return join(this.root, 'repos');
+  }
+  get stateDir(): string {
+    return join(this.root, 'state');
+  }
+  state(name: 'usage' | 'pins'): string {
+    return join(this.root, 'state', `${name}.json`);
   }
 
   blob(digest: string): string {

@@ -51,6 +51,12 @@ export interface BlobStore {
   put(digest: string, bytes: Uint8Array): Promise<void>;
   delete(digest: string): Promise<void>;
   list(): AsyncIterable<BlobInfo>;
+  /** Whether a stream of the blob is open now (eviction leaves such a blob alone). */
+  busy(digest: string): boolean;
+  /** Free and total bytes where the blobs are kept, when the backend can tell. */
+  space(): Promise<{ free: number; total: number } | undefined>;
+  /** Removes temp files older than `olderThanMs` (left by a crash); returns how many. */
+  sweepTemp(olderThanMs: number): Promise<number>;
 }
 
 /**

@@ -11,10 +11,11 @@ export class PassThroughAbandonedError extends Error {
 }
 
 /**
- * Cut connections, timeouts and truncated bodies are worth a Range resume; upstream statuses,
- * protocol violations, mismatches, full disks and abandoned pass-throughs are not.
+ * Cut connections, timeouts, truncated bodies and an edge's 502/503/504 (a CDN hiccup) are worth a
+ * Range resume; other upstream statuses, protocol violations, mismatches, full disks and abandoned
+ * pass-throughs are not.
  */
 export function isTransient(e: unknown): boolean {
-  if (e instanceof UpstreamError) return e.kind === 'unreachable' || e.kind === 'timeout';
+  if (e instanceof UpstreamError) return e.kind === 'unreachable' || e.kind === 'timeout' || (e.kind === 'status' && (e.status === 502 || e.status === 503 || e.status === 504));
   return !(e instanceof DigestMismatchError || e instanceof StoreFullError || e instanceof PassThroughAbandonedError);
 }

@@ -1,9 +1,16 @@
 /**
  * One download's copy loop: opens the upstream body (with Range after a cut), gives each chunk to
  * the readers and, behind them, to the temp file (write-behind), and switches to pass-through when
- * the store fills up. Resumes while the failure is transient and resumes are left.
+ * the store fills up.
+ *
+ * Resumes as long as there is progress: a transient failure (cut, reset, timeout) after an attempt
+ * that delivered new bytes is resumed at once, however many times; attempts that deliver nothing
+ * back off (jittered, doubling) and give up after `maxResumes` of them in a row or once the time
+ * since the last new byte would pass the stall budget; against an upstream assumed offline
+ * (upstream/availability.ts) an attempt waits for its next probe. Readers keep their streams meanwhile.
  */
 import type { Hash } from 'node:crypto';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { StoreFullError } from '../storage/store.js';
 import { UpstreamError } from '../upstream/errors.js';
 import type { BlobBody } from '../upstream/types.js';
@@ -14,9 +21,23 @@ import { WriteBehind } from './write-behind.js';
 /** Bytes a download may run ahead of its temp file (held in memory for the readers meanwhile). */
 const WRITE_LAG = 32 * 1024 * 1024;
 
+/** Backoff of attempts that deliver nothing: first delay, cap, and the budget since the last new byte. */
+export interface ResumeBackoff {
+  baseMs: number;
+  maxMs: number;
+  /** Giving up once the time since the last new byte (or the start) plus the next delay would pass this. */
+  budgetMs: number;
+}
+
+export const DEFAULT_RESUME_BACKOFF: ResumeBackoff = { baseMs: 100, maxMs: 4000, budgetMs: 30_000 };
+
 export interface FillOptions {
-  /** How many times a cut body is resumed with a Range request before giving up. */
+  /** How many attempts in a row that deliver no new byte are resumed before giving up (progress resets it). */
   maxResumes: number;
+  /** Default DEFAULT_RESUME_BACKOFF. */
+  backoff?: ResumeBackoff;
+  /** Clock for the stall budget (default performance.now). */
+  now?: () => number;
   /** A cut body is being resumed at this offset. */
   onResume(offset: number): void;
   /** The store is full: switch the download to pass-through; returns the hash that will verify it. */
@@ -40,25 +61,46 @@ export class Fill {
 
   /** Copies the whole blob; returns the hash verifying a spilled download (undefined when stored). */
   async run(): Promise<Hash | undefined> {
-    for (let resumes = 0; ; resumes++) {
-      const body = await this.open(resumes);
-      if (!body) continue;
-      if (!(await this.copy(body, resumes))) continue;
-      if (!this.dl.spilled) await this.disk!.drain().catch((e: unknown) => this.spillNow(e));
-      return this.hash;
+    const now = this.opts.now ?? (() => performance.now());
+    const backoff = this.opts.backoff ?? DEFAULT_RESUME_BACKOFF;
+    let fruitless = 0;
+    let lastProgress = now();
+    for (;;) {
+      const before = this.dl.received;
+      let cause: unknown;
+      try {
+        await this.copy(await this.open());
+        if (!this.dl.spilled) await this.disk!.drain().catch((e: unknown) => this.spillNow(e));
+        return this.hash;
+      } catch (e) {
+        if (!(e instanceof ResumableFailure)) throw e;
+        cause = e.cause;
+      }
+      if (this.dl.received > before) {
+        fruitless = 0;
+        lastProgress = now();
+      } else {
+        fruitless++;
+        let delay = jittered(Math.min(backoff.maxMs, backoff.baseMs * 2 ** (fruitless - 1)));
+        // An upstream assumed offline is probed in the background: try again after the probe.
+        if (cause instanceof UpstreamError && cause.assumedOffline && cause.retryAfter !== undefined) delay = Math.max(delay, cause.retryAfter * 1000);
+        if (fruitless > this.opts.maxResumes || now() - lastProgress + delay > backoff.budgetMs) throw cause;
+        await sleep(delay);
+      }
+      this.opts.onResume(this.dl.received);
     }
   }
 
-  /** The upstream body from where we are; undefined to try again (a transient failure with resumes left). */
-  private async open(resumes: number): Promise<BlobBody | undefined> {
+  /** The upstream body from where we are. A transient failure after the start is a ResumableFailure. */
+  private async open(): Promise<BlobBody> {
     const { dl } = this;
     let body: BlobBody;
     try {
       body = await this.source(dl.received);
     } catch (e) {
       // Failing before any body is the request's answer (a 404, a refusal): not retried here.
-      if (dl.state === 'starting' || !isTransient(e) || resumes >= this.opts.maxResumes) throw e;
-      return undefined;
+      if (dl.state === 'starting' || !isTransient(e)) throw e;
+      throw new ResumableFailure(e);
     }
     if (dl.state === 'starting') dl.markRunning(body.size);
     this.skip = dl.received - body.start;
@@ -69,20 +111,18 @@ export class Fill {
     return body;
   }
 
-  /** Copies one body; true when the blob is complete, false to resume. Throws what cannot be mended. */
-  private async copy(body: BlobBody, resumes: number): Promise<boolean> {
+  /** Copies one body to the end of the blob; a transient failure is a ResumableFailure; throws what cannot be mended. */
+  private async copy(body: BlobBody): Promise<void> {
     const { dl } = this;
     try {
       for await (const chunk of body.body) await this.take(chunk, body);
       if (dl.size !== undefined && dl.received < dl.size) throw new Error(`upstream body ended at ${dl.received} of ${dl.size} bytes`);
-      return true;
     } catch (e) {
       body.cancel();
       // The connection failed after the last byte arrived: the body is complete.
-      if (dl.size !== undefined && dl.received >= dl.size && !(e instanceof StoreFullError)) return true;
-      if (!isTransient(e) || resumes >= this.opts.maxResumes) throw e;
-      this.opts.onResume(dl.received);
-      return false;
+      if (dl.size !== undefined && dl.received >= dl.size && !(e instanceof StoreFullError)) return;
+      if (!isTransient(e)) throw e;
+      throw new ResumableFailure(e);
     }
   }
 
@@ -129,3 +169,13 @@ export class Fill {
     for (const c of this.disk!.pending()) hash.update(c);
   }
 }
+
+/** A transient failure of one attempt, worth a Range resume (run() decides whether one is left). */
+class ResumableFailure extends Error {
+  constructor(override readonly cause: unknown) {
+    super('resumable upstream failure');
+  }
+}
+
+/** Equal jitter: half the delay fixed, half random, so many downloads do not retry in step. */
+const jittered = (ms: number): number => ms / 2 + Math.random() * (ms / 2);

@@ -137,6 +137,15 @@ export class InflightDownloads {
     return createHash(dl.digest.slice(0, dl.digest.indexOf(':')));
   }
 
+  /**
+   * The blob was removed from the store: a finished download of it lingering for late joiners must
+   * not answer for it any more (the next request fetches it again). A download under way is left alone.
+   */
+  removed(digest: string): void {
+    const dl = this.downloads.get(digest);
+    if (dl && dl.state === 'done') this.forget(dl);
+  }
+
   private forget(dl: Download): void {
     if (this.downloads.get(dl.digest) === dl) this.downloads.delete(dl.digest);
   }

@@ -144,6 +144,31 @@ export class UpstreamClient implements Upstream {
     return this.readJson(res, 'referrers');
   }
 
+  /**
+   * The availability probe (availability.ts): GET /v2/ without credentials. Any answer below 500
+   * (200, or Docker Hub's 401) means the registry is answering; a 5xx, no connection or a timeout
+   * throws the classified UpstreamError. Not counted as a request of any kind in the metrics.
+   */
+  async ping(): Promise<void> {
+    const url = new URL(`${this.base.pathname.replace(/\/$/, '')}/v2/`, this.base);
+    let res: Dispatcher.ResponseData;
+    try {
+      res = await this.opts.dispatcher.request({
+        origin: url.origin,
+        path: url.pathname,
+        method: 'GET',
+        headers: { 'user-agent': this.opts.userAgent },
+        headersTimeout: this.opts.timeouts.headers,
+        bodyTimeout: this.opts.timeouts.bodyIdle,
+      });
+    } catch (e) {
+      const timeout = isTimeout(e);
+      throw new UpstreamError(timeout ? 'timeout' : 'unreachable', this.name, `upstream ${this.name} ${timeout ? 'timed out' : 'is unreachable'} (${errorCode(e)})`, { cause: e });
+    }
+    discard(res.body);
+    if (res.statusCode >= 500) throw new UpstreamError('status', this.name, `upstream ${this.name} answered ${res.statusCode} to /v2/`, { status: res.statusCode });
+  }
+
   private async readJson(res: Exchange, kind: RequestKind): Promise<unknown> {
     const text = await readLimited(res.body, this.opts.maxManifestBytes);
     this.opts.observer.bytes(this.name, text.length);

@@ -19,6 +19,8 @@ export interface UpstreamErrorOptions {
   status?: number;
   code?: string;
   retryAfter?: number;
+  /** Failed at once because the upstream is assumed offline (upstream/availability.ts); no request was sent. */
+  assumedOffline?: boolean;
   cause?: unknown;
 }
 
@@ -32,6 +34,8 @@ export class UpstreamError extends Error {
   readonly code: string | undefined;
   /** Seconds, from the upstream's Retry-After. */
   readonly retryAfter: number | undefined;
+  /** No request was sent: the upstream is assumed offline until a probe finds it back. */
+  readonly assumedOffline: boolean;
 
   constructor(kind: UpstreamFailureKind, upstream: string, message: string, opts: UpstreamErrorOptions = {}) {
     super(message, opts.cause === undefined ? undefined : { cause: opts.cause });
@@ -41,6 +45,7 @@ export class UpstreamError extends Error {
     this.status = opts.status;
     this.code = opts.code;
     this.retryAfter = opts.retryAfter;
+    this.assumedOffline = opts.assumedOffline ?? false;
   }
 
   /** Upstream is down or overloaded: a cached answer (stale) is better than this failure. */

@@ -15,6 +15,11 @@ export class UpstreamHealth {
     };
   }
 
+  /** Records a state learnt otherwise (an availability transition: offline is 'down', back online is 'up'). */
+  set(upstream: string, state: 'up' | 'down'): void {
+    this.state.set(upstream, state);
+  }
+
   snapshot(): Record<string, 'up' | 'down' | 'unknown'> {
     const out: Record<string, 'up' | 'down' | 'unknown'> = {};
     for (const n of this.names) out[n] = this.state.get(n) ?? 'unknown';

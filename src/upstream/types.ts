@@ -36,6 +36,12 @@ export interface TagsPage {
 
 export interface Upstream {
   readonly name: string;
+  /**
+   * How long a tag revalidation against this upstream may keep a client waiting before the cached
+   * copy is served (the revalidation then finishes in the background). Undefined: 2000 ms. Read it
+   * per request: it may be 0 while the upstream is not answering anything (availability.ts).
+   */
+  readonly revalidateBudgetMs?: number | undefined;
   getManifest(repo: string, reference: string, accept: string[]): Promise<ManifestResult>;
   headManifest(repo: string, reference: string, accept: string[]): Promise<ManifestHead>;
   /** Confirms a blob exists in the repository without downloading it. */

@@ -8,7 +8,7 @@ import { describe, expect, it } from 'vitest';
 import { digestOf } from '../helpers/digest.js';
 import { FakeUpstream } from '../helpers/fake-upstream.js';
 import { makeImage, makeRandomLayer } from '../helpers/images.js';
-import { spawnMirror } from '../helpers/spawn.js';
+import { httpGet, spawnMirror } from '../helpers/spawn.js';
 import { waitFor } from '../helpers/wait.js';
 import { blobFile, expectOciError, rawGet, tmpEntries, faultFixture } from './util.js';
 
@@ -54,8 +54,11 @@ describe('SIGKILL mid-download', () => {
     const head = await rawGet(url, { method: 'HEAD', timeoutMs: 10_000 });
     expect(head.status).not.toBe(200);
 
-    // Upstream back: fetched again (the fake's counter goes up), complete and correct.
+    // Upstream back: once the background probe finds it (the upstream was assumed offline after the
+    // refused connection), fetched again (the fake's counter goes up), complete and correct.
     await fx.hub.goUp();
+    const mirrorUrl = fx.mirror.url;
+    await waitFor(async () => (JSON.parse((await httpGet(`${mirrorUrl}/readyz`)).body) as { availability?: Record<string, { state: string }> }).availability?.['docker.io']?.state === 'online', 15_000, 'docker.io back online in /readyz');
     const again = await rawGet(url, { timeoutMs: 20_000 });
     expect(again.status).toBe(200);
     expect(again.complete).toBe(true);

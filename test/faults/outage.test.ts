@@ -8,6 +8,7 @@ import { digestOf } from '../helpers/digest.js';
 import { FakeUpstream } from '../helpers/fake-upstream.js';
 import { makeImage, makeLayer, makeRandomLayer, type Image } from '../helpers/images.js';
 import { httpGet, spawnMirror, type SpawnedMirror } from '../helpers/spawn.js';
+import { waitFor } from '../helpers/wait.js';
 import { DOCKER_ACCEPT, expectOciError, rawGet, faultFixture } from './util.js';
 
 const FAST_MS = 5000;
@@ -126,8 +127,11 @@ describe('upstream goes down at runtime', () => {
     expect(ready.upstreams['docker.io']).toBe('down');
     console.log(`[outage] refused at runtime: uncached answers in ${times.join(', ')} ms`);
 
-    // Back up: the tag is revalidated again (no longer stale).
+    // Back up: once the background probe finds it (within one offline period), the tag is
+    // revalidated again (no longer stale).
     await fx.hub.goUp();
+    const mirrorUrl = fx.mirror.url;
+    await waitFor(async () => (JSON.parse((await httpGet(`${mirrorUrl}/readyz`)).body) as { availability?: Record<string, { state: string }> }).availability?.['docker.io']?.state === 'online', 15_000, 'docker.io back online in /readyz');
     const again = await rawGet(`${fx.mirror.url}/v2/app/manifests/v1`, { headers: { accept: DOCKER_ACCEPT } });
     expect(again.status).toBe(200);
     expect(again.headers['x-mirror-cache']).not.toBe('stale');

@@ -136,7 +136,7 @@ afterAll(async () => {
   try {
     // Only the data directories exist under the parent, and only the cache layout inside them.
     for (const m of [...mirrors, ...spawned]) {
-      for (const p of tree(m.dataDir)) expect(['blobs', 'repos', 'tmp'], p).toContain(p.split('/')[0]);
+      for (const p of tree(m.dataDir)) expect(['blobs', 'repos', 'tmp', 'state'], p).toContain(p.split('/')[0]);
       for (const p of tree(join(m.dataDir, 'repos'))) expect(['docker.io', 'ghcr.io'], p).toContain(p.split('/')[0]);
     }
     expect(readdirSync(parent).sort()).toEqual([...mirrors, ...spawned].map((m) => m.dataDir.slice(parent.length + 1)).sort());

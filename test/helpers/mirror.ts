@@ -8,7 +8,7 @@ import { join } from 'node:path';
 import type { Server } from 'node:http';
 import { createMirrorServer } from '../../src/http/server.js';
 import { validateConfig, type Config } from '../../src/config.js';
-import { buildMirror, type Mirror } from '../../src/mirror.js';
+import { buildMirror, type Mirror, type MirrorOptions } from '../../src/mirror.js';
 import { listenOn } from './ports.js';
 
 export interface TestMirrorOptions {
@@ -23,6 +23,8 @@ export interface TestMirrorOptions {
   listen?: boolean;
   /** Injected clock; tests move `clock.now` forward. */
   clock?: { now: number };
+  /** More options for buildMirror (e.g. `lifecycleTimers: false` to drive eviction by hand). */
+  mirrorOptions?: MirrorOptions;
 }
 
 export interface TestMirror extends Mirror {
@@ -51,7 +53,7 @@ export async function startMirror(opts: TestMirrorOptions): Promise<TestMirror> 
     ...(opts.raw ?? {}),
   });
   const clock = opts.clock;
-  const mirror = await buildMirror(config, clock ? { now: () => clock.now } : {});
+  const mirror = await buildMirror(config, { ...(clock ? { now: () => clock.now } : {}), ...opts.mirrorOptions });
   let server: Server | undefined;
   let url = '';
   if (opts.listen) {

@@ -157,6 +157,8 @@ export async function spawnMirror(opts: SpawnOptions): Promise<SpawnedMirror> {
 
   const env: Record<string, string> = {};
   for (const [k, v] of Object.entries(process.env)) if (v !== undefined && !k.startsWith('MIRROR_') && k !== 'NODE_OPTIONS') env[k] = v;
+  // Parallel suites each spawn mirrors: none takes the default admin port (a test that wants the admin API sets its own).
+  env.MIRROR_ADMIN_LISTEN = '127.0.0.1:0';
   Object.assign(env, opts.env ?? {});
 
   const writeConfig = async () => {

@@ -20,6 +20,8 @@ describe('/metrics after a scripted pull', () => {
       await (await mirror.request(`/v2/m/manifests/${tag}`, { headers: { accept: DOCKER_ACCEPT } })).arrayBuffer();
       for (const blob of [img.config, ...img.layers]) await (await mirror.request(`/v2/m/blobs/${blob.digest}`)).arrayBuffer();
     }
+    // A client has every byte before the blob is renamed into the cache: wait for that.
+    expect(await mirror.registry.drain(5000)).toBe(true);
   });
   afterAll(async () => {
     await mirror.stop();

@@ -86,6 +86,36 @@ export function metaStoreContract(name: string, make: () => Promise<MetaStoreFix
       expect((await meta.listRepos()).sort(byKey)).toEqual([{ upstream: 'docker.io', repo: 'a' }, { upstream: 'docker.io', repo: 'a/b/c' }, other].sort(byKey));
     });
 
+    it('lifecycle: lists and deletes tags, manifest records and links; deletes a repository; keeps state documents', async () => {
+      await meta.putTag(alpine, 'a', record(digestOf('a')));
+      await meta.putTag(alpine, 'b', record(digestOf('b')));
+      expect((await meta.listTags(alpine)).sort()).toEqual(['a', 'b']);
+      await meta.deleteTag(alpine, 'a');
+      await meta.deleteTag(alpine, 'never');
+      expect(await meta.listTags(alpine)).toEqual(['b']);
+      expect(await meta.getTag(alpine, 'a')).toBeUndefined();
+      const m = { digest: digestOf('m'), mediaType: 'application/vnd.oci.image.manifest.v1+json' };
+      await meta.addManifests(alpine, [m]);
+      await meta.addLinks(alpine, [m.digest, digestOf('layer')]);
+      expect(await meta.listManifests(alpine)).toEqual([m]);
+      expect((await meta.listLinks(alpine)).sort()).toEqual([m.digest, digestOf('layer')].sort());
+      await meta.forget(alpine, [m.digest, digestOf('absent')]);
+      expect(await meta.getManifestType(alpine, m.digest)).toBeUndefined();
+      expect(await meta.hasLink(alpine, m.digest)).toBe(false);
+      expect(await meta.hasLink(alpine, digestOf('layer'))).toBe(true);
+      // A nested repository keeps its records when its parent is deleted.
+      const nested = { upstream: alpine.upstream, repo: `${alpine.repo}/sub` };
+      await meta.putTag(nested, 'x', record(digestOf('x')));
+      await meta.deleteRepo(alpine);
+      expect(await meta.listTags(alpine)).toEqual([]);
+      expect(await meta.hasLink(alpine, digestOf('layer'))).toBe(false);
+      expect(await meta.getTag(nested, 'x')).toEqual(record(digestOf('x')));
+      expect(await meta.listRepos()).toEqual([nested]);
+      expect(await meta.getState('pins')).toBeUndefined();
+      await meta.putState('pins', ['docker.io/library/a']);
+      expect(await meta.getState('pins')).toEqual(['docker.io/library/a']);
+    });
+
     it('what was written is there for a fresh handle on the same data', async () => {
       if (!fx.reopen) return;
       await meta.putTag(alpine, 'latest', record(digestOf('a')));

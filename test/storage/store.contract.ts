@@ -369,6 +369,30 @@ export function blobStoreContract(name: string, make: () => Promise<BlobStoreFix
         expect(await collect(store.list())).toEqual([{ digest: digestOf(keep), size: 4 }]);
       });
 
+      it('busy while a stream of the blob is open, and not after', async () => {
+        const b = randomBytes(200_000);
+        await store.put(digestOf(b), b);
+        expect(store.busy(digestOf(b))).toBe(false);
+        const s = (await store.open(digestOf(b)))!;
+        expect(store.busy(digestOf(b))).toBe(true);
+        await new Promise<void>((resolve) => {
+          s.once('close', () => resolve());
+          s.resume();
+        });
+        expect(store.busy(digestOf(b))).toBe(false);
+      });
+
+      it('space tells free and total bytes, or nothing; sweepTemp leaves in-progress writes younger than its age', async () => {
+        const space = await store.space();
+        if (space) expect(space.total).toBeGreaterThanOrEqual(space.free);
+        const pending = Buffer.from('in progress');
+        const w = await writer(digestOf(pending));
+        await w.write(pending);
+        expect(await store.sweepTemp(60 * 60 * 1000)).toBe(0);
+        await w.commit(pending.length);
+        expect(await store.read(digestOf(pending))).toEqual(pending);
+      });
+
       it('list yields every stored blob with its size, and nothing in progress', async () => {
         const blobs = [Buffer.from('one'), Buffer.from('two two'), randomBytes(100_000)];
         const expected = [];

@@ -1,4 +1,4 @@
-import { readFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -49,9 +49,11 @@ describe('the embedded default config', () => {
     expect(c.offline).toBe(false);
     expect(c.defaultRegistry).toBe('docker.io');
     expect(c.log).toEqual({ level: 'info', format: 'json' });
-    expect(c.cache).toEqual({ tagTtl: 300, memoryBytes: 64 * 1024 * 1024, negativeTtl: 30 });
+    expect(c.cache).toEqual({ tagTtl: 300, memoryBytes: 64 * 1024 * 1024, negativeTtl: 30, maxBytes: undefined, minFreeBytes: undefined, minFreePercent: undefined, lowWatermark: 0.9, pin: [], evictionInterval: 10 });
+    expect(c.admin).toEqual({ listen: { host: '127.0.0.1', port: 5001 } });
     expect(c.limits).toEqual({ maxManifestBytes: 4 * 1024 * 1024, maxPageSize: 10000 });
-    expect(c.timeouts).toEqual({ connect: 5000, headers: 30000, bodyIdle: 30000 });
+    expect(c.timeouts).toEqual({ connect: 5000, headers: 30000, bodyIdle: 30000, revalidate: 2000 });
+    expect(c.upstreamHealth).toEqual({ offlineMinMs: 5000, offlineMaxMs: 120000 });
     expect(c.tls).toBeUndefined();
   });
 
@@ -79,7 +81,7 @@ describe('a user config file', () => {
     const c = load({ file });
     expect(c.listen).toEqual({ host: '127.0.0.1', port: 8080 });
     expect(c.dataDir).toBe('/var/lib/mirror');
-    expect(c.cache).toEqual({ tagTtl: 60, memoryBytes: 64 * 1024 * 1024, negativeTtl: 30 }); // memoryBytes kept from the defaults
+    expect(c.cache).toMatchObject({ tagTtl: 60, memoryBytes: 64 * 1024 * 1024, negativeTtl: 30 }); // memoryBytes kept from the defaults
     expect(c.log).toEqual({ level: 'info', format: 'pretty' }); // level kept from the defaults
     expect(Object.keys(c.upstreams)).toHaveLength(5); // not given: the defaults' list stays
     expect(c.upstreams['ghcr.io']!.tagTtl).toBe(60); // the global TTL is every upstream's default
@@ -240,6 +242,9 @@ describe('validation names the bad key', () => {
     expect((await errorForFile('offline: maybe\n')).key).toBe('offline');
     expect((await errorForFile('limits:\n  maxManifestBytes: 10\n')).key).toBe('limits.maxManifestBytes');
     expect((await errorForFile('timeouts:\n  connect: 0\n')).key).toBe('timeouts.connect');
+    expect((await errorForFile('timeouts:\n  revalidate: 0\n')).key).toBe('timeouts.revalidate');
+    expect((await errorForFile('upstreamHealth:\n  offlineMinMs: 10000\n  offlineMaxMs: 5000\n')).key).toBe('upstreamHealth.offlineMaxMs');
+    expect((await errorForFile('upstreamHealth:\n  offlineMs: 1\n')).key).toBe('upstreamHealth.offlineMs');
     expect((await errorForFile('upstreams:\n  docker.io:\n    url: https://x\n    aliases: host\n')).key).toBe('upstreams.docker.io.aliases');
     expect((await errorForFile('upstreams: {}\n')).key).toBe('upstreams');
     expect((await errorForFile('upstreams:\n  Docker_IO:\n    url: https://x\n')).key).toBe('upstreams.Docker_IO');
@@ -251,5 +256,37 @@ describe('validation names the bad key', () => {
     // parses `listen: 8080` as a number, which should not be refused as "not a string".
     const c = load({ file: await userFile('listen: 8080\n') });
     expect(c.listen).toEqual({ host: '0.0.0.0', port: 8080 });
+  });
+});
+
+describe('cache limits, pins and the admin listener', () => {
+  const load = (yaml: string, env: Record<string, string> = {}) => {
+    const dir = mkdtempSync(join(tmpdir(), 'cfg-lifecycle-'));
+    const file = join(dir, 'c.yaml');
+    writeFileSync(file, yaml);
+    try {
+      return loadConfig({ defaults: readFileSync(new URL('../../config/default.yaml', import.meta.url), 'utf8'), file, env });
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  };
+
+  it('reads sizes with units, percentages, pins and the admin address', () => {
+    const c = load('cache:\n  maxBytes: 10GiB\n  minFreeBytes: 500MB\n  minFreePercent: 5\n  pin: ["docker.io/library/postgres:14.5", "ghcr.io/acme/**"]\nadmin:\n  listen: "127.0.0.1:9001"\n');
+    expect(c.cache).toMatchObject({ maxBytes: 10 * 1024 ** 3, minFreeBytes: 500e6, minFreePercent: 5, pin: ['docker.io/library/postgres:14.5', 'ghcr.io/acme/**'] });
+    expect(c.admin.listen).toEqual({ host: '127.0.0.1', port: 9001 });
+    expect(load('', { MIRROR_CACHE_MAX_BYTES: '2GiB', MIRROR_ADMIN_LISTEN: '' }).cache.maxBytes).toBe(2 * 1024 ** 3);
+    expect(load('', { MIRROR_ADMIN_LISTEN: '' }).admin.listen).toBeUndefined();
+  });
+
+  it.each([
+    ['cache:\n  maxBytes: lots\n', 'cache.maxBytes'],
+    ['cache:\n  minFreePercent: 120\n', 'cache.minFreePercent'],
+    ['cache:\n  lowWatermark: 0.1\n', 'cache.lowWatermark'],
+    ['cache:\n  pin: ["docker.io/ok:1", "../../etc"]\n', 'cache.pin[1]'],
+    ['cache:\n  pin: "docker.io/x"\n', 'cache.pin'],
+    ['admin:\n  listen: "nope"\n', 'admin.listen'],
+  ])('refuses %j naming %s', (yaml, key) => {
+    expect(() => load(yaml)).toThrow(new RegExp(`config: ${key.replace(/[.[\]]/g, '\\$&')}:`));
   });
 });

@@ -6,6 +6,7 @@ import type { Readable } from 'node:stream';
 import { setImmediate as tick, setTimeout as sleep } from 'node:timers/promises';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { UpstreamError } from '../../src/upstream/errors.js';
+import { waitFor } from '../helpers/wait.js';
 import { InflightDownloads, type BlobSource, type Download, type InflightObserver } from '../../src/transfer/inflight.js';
 import { FsBlobStore } from '../../src/storage/fs-store.js';
 import { StoreFullError, type BlobStore, type BlobWriter } from '../../src/storage/store.js';
@@ -141,6 +142,9 @@ function fullStore(inner: FsBlobStore, capacity?: number): BlobStore {
     put: (d, b) => inner.put(d, b),
     delete: (d) => inner.delete(d),
     list: () => inner.list(),
+    busy: (d) => inner.busy(d),
+    space: () => inner.space(),
+    sweepTemp: (ms) => inner.sweepTemp(ms),
     createWriter: async (d): Promise<BlobWriter> => {
       if (capacity === undefined) throw enospc();
       const w = await inner.createWriter(d);
@@ -173,10 +177,6 @@ describe('InflightDownloads', () => {
   let inflight: InflightDownloads;
 
   const tmpEntries = () => readdir(join(root, 'tmp'));
-  const waitFor = async (cond: () => boolean) => {
-    for (let i = 0; i < 2000 && !cond(); i++) await sleep(1);
-    expect(cond()).toBe(true);
-  };
 
   beforeEach(async () => {
     root = await mkdtemp(join(tmpdir(), 'inflight-'));
@@ -201,7 +201,7 @@ describe('InflightDownloads', () => {
     await dl.ready;
     expect(dl.size).toBe(blob.length);
     readers.push(collect(inflight.join(d, ORIGIN, up.source).createReader()));
-    await waitFor(() => dl.received > blob.length / 2);
+    await waitFor(() => dl.received > blob.length / 2, 2000);
     // Joined mid-way: streams what is on disk, then the live edge.
     readers.push(collect(inflight.join(d, 'docker.io/other/repo', up.source).createReader()));
     readers.push(collect(inflight.join(d, ORIGIN, up.source).createReader(), { slow: true }));
@@ -306,7 +306,7 @@ describe('InflightDownloads', () => {
     const up = scripted(blob, [{ cutAfter: cut }, {}]);
     const dl = inflight.join(d, ORIGIN, up.source);
     const early = collect(dl.createReader());
-    await waitFor(() => up.offsets.length === 2);
+    await waitFor(() => up.offsets.length === 2, 2000);
     // A reader joining after the cut reads the first part back from disk, then the resumed part.
     const late = collect(inflight.join(d, ORIGIN, up.source).createReader());
     for (const r of await Promise.all([early, late])) {
@@ -347,18 +347,31 @@ describe('InflightDownloads', () => {
     expect(observer.count('resumed')).toBe(2);
   });
 
-  it('more cuts than maxResumes fail the download: readers error, nothing is stored', async () => {
+  it('cuts are resumed however many there are while each attempt delivers new bytes', async () => {
     inflight = new InflightDownloads({ store, observer, maxResumes: 2, lingerMs: 60_000 });
     const blob = randomBytes(1024 * 1024);
     const d = digestOf(blob);
     const up = scripted(blob, [{ cutAfter: 100_000 }]);
+    const r = await collect(inflight.join(d, ORIGIN, up.source).createReader());
+    expect(r.error).toBeUndefined();
+    expectBytes(r.bytes, blob);
+    expect(up.offsets).toEqual(Array.from({ length: 11 }, (_, i) => i * 100_000));
+    expect(observer.count('resumed')).toBe(10);
+  });
+
+  it('more attempts in a row that deliver nothing than maxResumes fail the download: readers error, nothing is stored', async () => {
+    inflight = new InflightDownloads({ store, observer, maxResumes: 2, lingerMs: 60_000 });
+    const blob = randomBytes(1024 * 1024);
+    const d = digestOf(blob);
+    const up = scripted(blob, [{ cutAfter: 100_000 }, { cutAfter: 0 }]);
     const dl = inflight.join(d, ORIGIN, up.source);
     const r = await collect(dl.createReader());
     expect(r.ended).toBe(false);
     expect(r.error?.message).toMatch(/socket hang up/);
     expect(r.bytes.length).toBeLessThan(blob.length);
-    expect(up.offsets).toEqual([0, 100_000, 200_000]);
-    expect(observer.count('resumed')).toBe(2);
+    // One resume after progress, then two fruitless ones (backing off), then it gives up.
+    expect(up.offsets).toEqual([0, 100_000, 100_000, 100_000]);
+    expect(observer.count('resumed')).toBe(3);
     expect(observer.count('failed')).toBe(1);
     await expect(dl.finished).rejects.toThrow(/socket hang up/);
     expect(await store.stat(d)).toBeUndefined();

@@ -1,0 +1,75 @@
+/**
+ * The admin API, on its own listener (default 127.0.0.1:5001): JSON over the cache lifecycle
+ * (CacheAdmin). Documented in README "Cache administration". No authentication yet: keep the
+ * listener on loopback or a management network.
+ */
+import { Hono, type Context } from 'hono';
+import { AdminError } from '../lifecycle/admin.js';
+import type { CacheAdmin, PurgeTarget } from '../lifecycle/types.js';
+import type { Logger } from '../observability/types.js';
+
+/** `docker.io/library/alpine` → its upstream and repository; the upstream must be configured. */
+export type RepositoryParser = (name: string) => { upstream: string; repo: string };
+
+export function createAdminApp(admin: CacheAdmin, parseRepository: RepositoryParser, logger: Logger): Hono {
+  const app = new Hono();
+
+  app.onError((err, c) => {
+    const status = err instanceof AdminError ? (err.kind === 'not_found' ? 404 : 400) : err instanceof SyntaxError ? 400 : 500;
+    if (status === 500) logger.error({ err: err.message }, 'admin API error');
+    const code = status === 404 ? 'NOT_FOUND' : status === 400 ? 'INVALID' : 'UNKNOWN';
+    return c.json({ errors: [{ code, message: status === 500 ? 'internal error' : err.message }] }, status);
+  });
+  app.notFound((c) => c.json({ errors: [{ code: 'NOT_FOUND', message: `no admin endpoint ${c.req.method} ${c.req.path.slice(0, 200)}` }] }, 404));
+
+  app.get('/admin/cache', async (c) => c.json(await admin.summary()));
+  app.get('/admin/repositories', async (c) => c.json(await admin.repositories()));
+  app.get('/admin/images', async (c) => {
+    const name = c.req.query('repository');
+    return c.json(await admin.images(name ? parseRepository(name) : undefined));
+  });
+  app.post('/admin/purge', async (c) => {
+    const body = await jsonBody(c);
+    let target: PurgeTarget;
+    if (body.all === true) target = { all: true };
+    else {
+      const ref = parseRepository(requiredString(body, 'repository'));
+      const tag = optionalString(body, 'tag');
+      const digest = optionalString(body, 'digest');
+      target = { ...ref, ...(tag !== undefined ? { tag } : {}), ...(digest !== undefined ? { digest } : {}) };
+    }
+    return c.json(await admin.purge(target));
+  });
+  app.post('/admin/revalidate', async (c) => {
+    const body = await jsonBody(c);
+    const ref = parseRepository(requiredString(body, 'repository'));
+    return c.json({ revalidated: await admin.revalidate(ref.upstream, ref.repo, requiredString(body, 'tag')) });
+  });
+  app.get('/admin/pins', async (c) => c.json({ pins: await admin.pins() }));
+  app.post('/admin/pins', async (c) => c.json({ pins: await admin.pin(requiredString(await jsonBody(c), 'pattern')) }));
+  app.delete('/admin/pins', async (c) => c.json({ pins: await admin.unpin(requiredString(await jsonBody(c), 'pattern')) }));
+  app.post('/admin/evict', async (c) => c.json((await admin.evict()) ?? { evicted: null }));
+  app.post('/admin/gc', async (c) => c.json(await admin.gc()));
+  return app;
+}
+
+async function jsonBody(c: Context): Promise<Record<string, unknown>> {
+  const text = await c.req.text();
+  if (text.length > 64 * 1024) throw new AdminError('invalid', 'request body too large');
+  const v: unknown = text.trim() === '' ? {} : JSON.parse(text);
+  if (typeof v !== 'object' || v === null || Array.isArray(v)) throw new AdminError('invalid', 'the body must be a JSON object');
+  return v as Record<string, unknown>;
+}
+
+function requiredString(body: Record<string, unknown>, key: string): string {
+  const v = body[key];
+  if (typeof v !== 'string' || v === '') throw new AdminError('invalid', `"${key}" is required (a string)`);
+  return v;
+}
+
+function optionalString(body: Record<string, unknown>, key: string): string | undefined {
+  const v = body[key];
+  if (v === undefined) return undefined;
+  if (typeof v !== 'string' || v === '') throw new AdminError('invalid', `"${key}" must be a non-empty string`);
+  return v;
+}

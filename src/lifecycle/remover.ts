@@ -1,0 +1,106 @@
+/**
+ * Removing images from the cache without breaking another: an image's records go first (its tags'
+ * variants, its repository's manifest records and links), then the blobs no retained image
+ * references any more. A blob being read, or used since the inventory was taken (a new pull that
+ * wants it), stays; GC takes what is left over later. A crash between the two steps leaves only
+ * unreferenced blobs, which are never served (no record leads to them) and which GC removes.
+ */
+import { LRUCache } from 'lru-cache';
+import type { MetaStore, RepoKey } from '../storage/meta-store.js';
+import type { BlobStore } from '../storage/store.js';
+import type { ImageUnit, Inventory } from './inventory.js';
+import { blobKey, manifestKey } from './usage.js';
+
+export interface RemoverDeps {
+  meta: MetaStore;
+  blobs: Pick<BlobStore, 'delete' | 'busy'>;
+  usage: { get(key: string): number | undefined; drop(keys: Iterable<string>): void };
+  /** Told of every blob deleted (for thrash detection). */
+  onDeleted?: (digest: string) => void;
+}
+
+export interface Removed {
+  images: number;
+  tags: number;
+  blobs: number;
+  bytes: number;
+}
+
+export const repoName = (r: RepoKey) => `${r.upstream}/${r.repo}`;
+
+export class Remover {
+  /** Blobs stored lately, by the sequence number of their arrival: never removed by a pass that did not see them. */
+  private readonly arrivals = new LRUCache<string, number>({ max: 100_000 });
+  private seq = 0;
+
+  constructor(private readonly deps: RemoverDeps) {}
+
+  /** A blob was stored (from the store's events). */
+  added(digest: string): void {
+    this.arrivals.set(digest, ++this.seq);
+  }
+
+  /** Marks the start of an inventory: blobs stored after this are not its to remove. */
+  mark(): number {
+    return this.seq;
+  }
+
+  /**
+   * Removes the image's records (all its tags, or only `onlyTag`: then the image stays while another
+   * tag names it) and returns the digests no image references any more. Updates `inv`.
+   */
+  async removeImage(inv: Inventory, img: ImageUnit, removed: Removed, onlyTag?: string): Promise<string[]> {
+    const { meta } = this.deps;
+    const ref = { upstream: img.upstream, repo: img.repo };
+    const tags = onlyTag === undefined ? img.tags : img.tags.filter((t) => t === onlyTag);
+    for (const tag of tags) {
+      const rec = await meta.getTag(ref, tag);
+      const rest = (rec?.variants ?? []).filter((v) => v.digest !== img.digest);
+      if (rest.length === 0) await meta.deleteTag(ref, tag);
+      else await meta.putTag(ref, tag, { ...rec!, variants: rest });
+      removed.tags++;
+    }
+    img.tags = img.tags.filter((t) => !tags.includes(t));
+    // Named by another tag, or pulled by digest only when a tag is removed: the image stays.
+    if (onlyTag !== undefined && img.tags.length > 0) return [];
+    inv.images = inv.images.filter((i) => i !== img);
+    removed.images++;
+    const sameRepo = new Set<string>();
+    for (const other of inv.images) if (other.upstream === img.upstream && other.repo === img.repo) for (const d of other.digests) sameRepo.add(d);
+    await meta.forget(ref, [...img.digests].filter((d) => !sameRepo.has(d)));
+    this.deps.usage.drop([...img.digests].map((d) => manifestKey(img.upstream, img.repo, d)));
+    const unreferenced: string[] = [];
+    for (const d of img.digests) {
+      const n = (inv.refs.get(d) ?? 1) - 1;
+      if (n <= 0) {
+        inv.refs.delete(d);
+        unreferenced.push(d);
+      } else inv.refs.set(d, n);
+    }
+    return unreferenced;
+  }
+
+  /** Whether a blob of the image is being read now: the image is in use, not a candidate. */
+  inUse(img: ImageUnit): boolean {
+    for (const d of img.digests) if (this.deps.blobs.busy(d)) return true;
+    return false;
+  }
+
+  /** Deletes blobs no image references, unless being read or used since the inventory. */
+  async deleteBlobs(inv: Inventory, digests: Iterable<string>, removed: Removed): Promise<void> {
+    for (const d of digests) {
+      const size = inv.sizes.get(d);
+      if (size === undefined || (inv.refs.get(d) ?? 0) > 0) continue;
+      if (this.deps.blobs.busy(d) || (this.deps.usage.get(blobKey(d)) ?? 0) > inv.takenAt) continue;
+      if ((this.arrivals.get(d) ?? 0) > (inv.mark ?? Infinity)) continue;
+      await this.deps.blobs.delete(d);
+      this.deps.onDeleted?.(d);
+      inv.sizes.delete(d);
+      this.deps.usage.drop([blobKey(d)]);
+      removed.blobs++;
+      removed.bytes += size;
+    }
+  }
+}
+
+export const emptyRemoved = (): Removed => ({ images: 0, tags: 0, blobs: 0, bytes: 0 });
