@@ -15,9 +15,10 @@ export interface UpstreamConfig {
   aliases: string[];
   /** One-part names get `library/` (Docker Hub). */
   libraryPrefix: boolean;
+  /** Credentials the mirror uses upstream (HTTP Basic at the token realm or the registry). */
   username?: string;
   password?: string;
-  /** Seconds a tag is trusted without revalidation. */
+  /** Seconds a tag is trusted without revalidation (default: cache.tagTtl). */
   tagTtl: number;
 }
 
@@ -44,21 +45,33 @@ export interface CacheConfig {
 
 export type LogLevel = 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent';
 
+/**
+ * The one configuration object. Every default is in config/default.yaml (the only source): a file and
+ * the environment are merged over it, and validateConfig refuses a tree missing any of its keys.
+ */
 export interface Config {
+  /** Address of the registry listener. */
   listen: { host: string; port: number };
+  /** Where blobs, records and state live. */
   dataDir: string;
+  /** Never contact an upstream; serve only what is cached. */
   offline: boolean;
+  /** The upstream of names that name none (no `ns=`, no host as the first path part). */
   defaultRegistry: string;
+  /** Log level and format (JSON lines, or one pretty line per record for a terminal). */
   log: { level: LogLevel; format: 'json' | 'pretty' };
   cache: CacheConfig;
   /** The admin API's listener (cache summary, purge, pins, eviction); undefined: none. */
   admin: { listen: { host: string; port: number } | undefined };
+  /** Largest manifest accepted from upstream (bytes); largest `n` of a page. */
   limits: { maxManifestBytes: number; maxPageSize: number };
   /** Milliseconds; `revalidate` is how long a tag revalidation may hold a client before the cached copy is served. */
   timeouts: { connect: number; headers: number; bodyIdle: number; revalidate: number };
   /** Assumed offline (upstream/availability.ts): the first and the longest offline period, ms; offlineMinMs 0 switches it off. */
   upstreamHealth: { offlineMinMs: number; offlineMaxMs: number };
+  /** Certificate and key files: the registry listener serves HTTPS. */
   tls?: { cert: string; key: string };
+  /** The registries mirrored, by key (`docker.io`). */
   upstreams: Record<string, UpstreamConfig>;
 }
 
@@ -152,6 +165,12 @@ export function validateConfig(raw: Raw): Config {
     if (!isObject(v)) throw new ConfigError(key, 'must be a mapping');
     return v;
   };
+  // Defaults live in config/default.yaml only: loadConfig merges it under every file, so a key missing
+  // here was removed from it by hand.
+  const req = (key: string, v: unknown): unknown => {
+    if (v === undefined || v === null) throw new ConfigError(key, 'missing (config/default.yaml sets it; a file may override it, not remove it)');
+    return v;
+  };
   const known = (key: string, o: Raw, keys: string[]) => {
     for (const k of Object.keys(o)) if (!keys.includes(k)) throw new ConfigError(key ? `${key}.${k}` : k, 'unknown key');
   };
@@ -161,14 +180,14 @@ export function validateConfig(raw: Raw): Config {
   const listen = parseListen(typeof raw.listen === 'number' ? String(raw.listen) : str('listen', raw.listen));
   const log = obj('log', raw.log);
   known('log', log, ['level', 'format']);
-  const level = str('log.level', log.level ?? 'info');
+  const level = str('log.level', req('log.level', log.level));
   if (!['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'].includes(level)) throw new ConfigError('log.level', 'must be one of fatal, error, warn, info, debug, trace, silent');
-  const format = str('log.format', log.format ?? 'json');
+  const format = str('log.format', req('log.format', log.format));
   if (format !== 'json' && format !== 'pretty') throw new ConfigError('log.format', 'must be json or pretty');
   const cache = obj('cache', raw.cache);
   known('cache', cache, ['tagTtl', 'memoryBytes', 'negativeTtl', 'maxBytes', 'minFreeBytes', 'minFreePercent', 'lowWatermark', 'pin', 'evictionInterval']);
   const optNum = (key: string, v: unknown, min: number, max?: number) => (v === undefined || v === null || v === '' ? undefined : num(key, typeof v === 'string' ? parseSize(key, v) : v, min, max));
-  const pin = cache.pin ?? [];
+  const pin = req('cache.pin', cache.pin);
   if (!Array.isArray(pin) || pin.some((p) => typeof p !== 'string')) throw new ConfigError('cache.pin', 'must be a list of reference patterns');
   for (const [i, p] of (pin as string[]).entries()) {
     const bad = validatePin(p);
@@ -176,15 +195,15 @@ export function validateConfig(raw: Raw): Config {
   }
   const admin = obj('admin', raw.admin);
   known('admin', admin, ['listen']);
-  const tagTtl = num('cache.tagTtl', cache.tagTtl ?? 300, 0, 365 * 86400);
+  const tagTtl = num('cache.tagTtl', req('cache.tagTtl', cache.tagTtl), 0, 365 * 86400);
   const limits = obj('limits', raw.limits);
   known('limits', limits, ['maxManifestBytes', 'maxPageSize']);
   const timeouts = obj('timeouts', raw.timeouts);
   known('timeouts', timeouts, ['connect', 'headers', 'bodyIdle', 'revalidate']);
   const health = obj('upstreamHealth', raw.upstreamHealth);
   known('upstreamHealth', health, ['offlineMinMs', 'offlineMaxMs']);
-  const offlineMinMs = num('upstreamHealth.offlineMinMs', health.offlineMinMs ?? 5000, 0, 3_600_000);
-  const offlineMaxMs = num('upstreamHealth.offlineMaxMs', health.offlineMaxMs ?? 120_000, 0, 86_400_000);
+  const offlineMinMs = num('upstreamHealth.offlineMinMs', req('upstreamHealth.offlineMinMs', health.offlineMinMs), 0, 3_600_000);
+  const offlineMaxMs = num('upstreamHealth.offlineMaxMs', req('upstreamHealth.offlineMaxMs', health.offlineMaxMs), 0, 86_400_000);
   if (offlineMaxMs < offlineMinMs) throw new ConfigError('upstreamHealth.offlineMaxMs', 'must be at least upstreamHealth.offlineMinMs');
   const tlsRaw = raw.tls === undefined || raw.tls === null ? undefined : obj('tls', raw.tls);
   if (tlsRaw) known('tls', tlsRaw, ['cert', 'key']);
@@ -219,13 +238,13 @@ export function validateConfig(raw: Raw): Config {
     };
   }
   if (Object.keys(upstreams).length === 0) throw new ConfigError('upstreams', 'at least one upstream is needed');
-  const defaultRegistry = str('defaultRegistry', raw.defaultRegistry ?? 'docker.io');
+  const defaultRegistry = str('defaultRegistry', req('defaultRegistry', raw.defaultRegistry));
   if (!upstreams[defaultRegistry]) throw new ConfigError('defaultRegistry', `names ${defaultRegistry}, which is not among the upstreams`);
 
   return {
     listen,
     dataDir: str('dataDir', raw.dataDir),
-    offline: bool('offline', raw.offline ?? false),
+    offline: bool('offline', req('offline', raw.offline)),
     defaultRegistry,
     log: { level: level as LogLevel, format },
     admin: { listen: admin.listen === undefined || admin.listen === null || admin.listen === '' ? undefined : parseListen(typeof admin.listen === 'number' ? String(admin.listen) : str('admin.listen', admin.listen), 'admin.listen') },
@@ -234,21 +253,21 @@ export function validateConfig(raw: Raw): Config {
       maxBytes: optNum('cache.maxBytes', cache.maxBytes, 1),
       minFreeBytes: optNum('cache.minFreeBytes', cache.minFreeBytes, 0),
       minFreePercent: optNum('cache.minFreePercent', cache.minFreePercent, 0, 99),
-      lowWatermark: num('cache.lowWatermark', cache.lowWatermark ?? 0.9, 0.5, 1),
+      lowWatermark: num('cache.lowWatermark', req('cache.lowWatermark', cache.lowWatermark), 0.5, 1),
       pin: pin as string[],
-      evictionInterval: num('cache.evictionInterval', cache.evictionInterval ?? 10, 1, 86400),
-      memoryBytes: num('cache.memoryBytes', cache.memoryBytes ?? 64 * 1024 * 1024, 0),
-      negativeTtl: num('cache.negativeTtl', cache.negativeTtl ?? 30, 0, 86400),
+      evictionInterval: num('cache.evictionInterval', req('cache.evictionInterval', cache.evictionInterval), 1, 86400),
+      memoryBytes: num('cache.memoryBytes', req('cache.memoryBytes', cache.memoryBytes), 0),
+      negativeTtl: num('cache.negativeTtl', req('cache.negativeTtl', cache.negativeTtl), 0, 86400),
     },
     limits: {
-      maxManifestBytes: num('limits.maxManifestBytes', limits.maxManifestBytes ?? 4 * 1024 * 1024, 1024),
-      maxPageSize: num('limits.maxPageSize', limits.maxPageSize ?? 10000, 1),
+      maxManifestBytes: num('limits.maxManifestBytes', req('limits.maxManifestBytes', limits.maxManifestBytes), 1024),
+      maxPageSize: num('limits.maxPageSize', req('limits.maxPageSize', limits.maxPageSize), 1),
     },
     timeouts: {
-      connect: num('timeouts.connect', timeouts.connect ?? 5000, 1),
-      headers: num('timeouts.headers', timeouts.headers ?? 30000, 1),
-      bodyIdle: num('timeouts.bodyIdle', timeouts.bodyIdle ?? 30000, 1),
-      revalidate: num('timeouts.revalidate', timeouts.revalidate ?? 2000, 1),
+      connect: num('timeouts.connect', req('timeouts.connect', timeouts.connect), 1),
+      headers: num('timeouts.headers', req('timeouts.headers', timeouts.headers), 1),
+      bodyIdle: num('timeouts.bodyIdle', req('timeouts.bodyIdle', timeouts.bodyIdle), 1),
+      revalidate: num('timeouts.revalidate', req('timeouts.revalidate', timeouts.revalidate), 1),
     },
     upstreamHealth: { offlineMinMs, offlineMaxMs },
     ...(tlsRaw ? { tls: { cert: str('tls.cert', tlsRaw.cert), key: str('tls.key', tlsRaw.key) } } : {}),
@@ -278,6 +297,11 @@ export interface LoadOptions {
   /** A user config file to merge over the defaults. */
   file?: string;
   env?: Record<string, string | undefined>;
+}
+
+/** A Config from a partial raw tree merged over the embedded defaults (for the tests and tools that build one in code). */
+export function configWithDefaults(defaults: string, raw: Raw, env: Record<string, string | undefined> = {}): Config {
+  return validateConfig(applyEnv(mergeRaw(parseYamlConfig(defaults, 'default config'), raw), env));
 }
 
 export function loadConfig(opts: LoadOptions): Config {

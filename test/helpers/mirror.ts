@@ -2,12 +2,13 @@
  * Builds a mirror for tests: a temp data dir, a config pointing at local upstreams, in-process
  * (`app.request`) or listening on a loopback port. Each call gets its own metrics registry and clock.
  */
+import { readFileSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { Server } from 'node:http';
 import { createMirrorServer } from '../../src/http/server.js';
-import { validateConfig, type Config } from '../../src/config.js';
+import { configWithDefaults, type Config } from '../../src/config.js';
 import { buildMirror, type Mirror, type MirrorOptions } from '../../src/mirror.js';
 import { listenOn } from './ports.js';
 
@@ -39,9 +40,12 @@ export interface TestMirror extends Mirror {
   stop(opts?: { keepData?: boolean }): Promise<void>;
 }
 
+/** The embedded default config: what the mirror starts from, under each test's settings. */
+const DEFAULT_CONFIG = readFileSync(new URL('../../config/default.yaml', import.meta.url), 'utf8');
+
 export async function startMirror(opts: TestMirrorOptions): Promise<TestMirror> {
   const dataDir = opts.dataDir ?? (await mkdtemp(join(tmpdir(), 'mirror-test-')));
-  const config = validateConfig({
+  const config = configWithDefaults(DEFAULT_CONFIG, {
     listen: '127.0.0.1:0',
     dataDir,
     offline: opts.offline ?? false,

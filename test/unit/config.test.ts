@@ -290,3 +290,16 @@ describe('cache limits, pins and the admin listener', () => {
     expect(() => load(yaml)).toThrow(new RegExp(`config: ${key.replace(/[.[\]]/g, '\\$&')}:`));
   });
 });
+
+describe('one source for defaults', () => {
+  it('a key the embedded default sets cannot be removed by a file: the message names it', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'cfg-missing-'));
+    const file = join(dir, 'c.yaml');
+    writeFileSync(file, 'cache:\n  tagTtl: null\n');
+    try {
+      expect(() => loadConfig({ defaults: DEFAULTS, file })).toThrow(/config: cache\.tagTtl: missing/);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});
