@@ -12,7 +12,9 @@
  *
  * Set-up: an upstream docker-registry filled by skopeo from a generated OCI layout (see
  * fixtures.ts); a warm mirror, a warm proxy and nginx for workloads 1-4; fresh instances for the
- * cold workloads 5-7. Every process and temp dir is removed at exit, on error and on SIGINT.
+ * cold workloads 5-7. Workload 8 (eviction.ts) measures regmirror alone on a data dir of 100k
+ * cached blobs: start-up, eviction throughput, manifest latency while a pass runs (against the
+ * same without), and runs first, before the upstream is started. Every process and temp dir is removed at exit, on error and on SIGINT.
  */
 import { spawnSync } from 'node:child_process';
 import { existsSync, mkdirSync, readdirSync, statSync, writeFileSync } from 'node:fs';
@@ -23,6 +25,7 @@ import { startDistribution, type AccessLogEntry, type Distribution } from '../te
 import { cleanupDir, makeTempDir, waitFor } from '../test/e2e/harness/tools.js';
 import { buildFixtures, MiB, pushFixtures } from './fixtures.js';
 import { curlConcurrent, curlGet, median, skopeoPull, wrk } from './measure.js';
+import { runEvictionWorkload, type EvictionFigures } from './eviction.js';
 import { formatSummary, summarize } from './profile.js';
 import { ensureTools, peakRss, resetPeakRss, startMirror, startNginx, startProxy, type MirrorServer, type ProxyServer, type Server } from './servers.js';
 
@@ -36,13 +39,13 @@ interface Options {
 }
 
 function parseOptions(argv: string[]): Options {
-  const o: Options = { only: new Set([1, 2, 3, 4, 5, 6, 7]), quick: false, profileDir: undefined };
+  const o: Options = { only: new Set([1, 2, 3, 4, 5, 6, 7, 8]), quick: false, profileDir: undefined };
   for (const a of argv) {
-    if (a.startsWith('--only=')) o.only = new Set(a.slice(7).split(',').map(Number).filter((n) => n >= 1 && n <= 7));
+    if (a.startsWith('--only=')) o.only = new Set(a.slice(7).split(',').map(Number).filter((n) => n >= 1 && n <= 8));
     else if (a === '--quick') o.quick = true;
     else if (a.startsWith('--profile=')) o.profileDir = resolve(a.slice(10));
     else if (a === '--help' || a === '-h') {
-      process.stdout.write('usage: node bench/out/bench/run.js [--only=1,3,5] [--quick] [--profile=DIR]\n');
+      process.stdout.write('usage: node bench/out/bench/run.js [--only=1,3,5,8] [--quick] [--profile=DIR]\n');
       process.exit(0);
     } else throw new Error(`unknown argument ${a}`);
   }
@@ -126,6 +129,40 @@ function table(): string {
 }
 
 // ---------------------------------------------------------------------------------------------
+// workload 8: eviction at scale (bench/eviction.ts)
+
+const EVICTION_SETUP =
+  'a data directory of 10k images (manifest, config, 8 layers of 0.5–3.5 KiB random bytes: 100k blobs) in 2k repositories of 5 tags, written straight into the layout of src/storage/paths.ts and through FsMetaStore (tags, links, manifest records, use figures). Start-up is timed from spawn (log level info) to `/v2/` answering, to `mirror_cache_blobs` counting every blob, to the start-up GC\'s log line; RSS (VmRSS, peak VmHWM) then; beside the same on an empty data directory. That instance has `cache.maxBytes` at 3/4 of the cache (not enforced until asked: the check interval is a day and no blob arrives): `POST /admin/evict` runs one pass alone (least recently used images first, down to 0.9 of the cap). Restarted (log level warn) with the cap at 3/5, after a 2 s warm-up, manifest-by-tag requests go at a steady 1000 req/s (an open loop in the bench process: undici, 16 keep-alive connections; each latency counted from when the request was due): over 5 s without eviction, then while a second pass runs, whose throughput stands beside the first\'s.';
+
+function evictionRows(ev: EvictionFigures): void {
+  const n = `${Math.round(ev.data.blobs / 1000)}k blobs`;
+  const empty = 'regmirror, empty cache';
+  rows.push({ workload: '8', metric: `start-up with ${n}: listening (\`/v2/\` answers), s`, better: 'lower', mirror: ev.full.listening, peer: empty, peerValue: ev.empty.listening, digits: 2 });
+  rows.push({ workload: '8', metric: `start-up with ${n}: cache size known (every blob counted), s`, better: 'lower', mirror: ev.full.sized, peer: empty, peerValue: ev.empty.sized, digits: 2 });
+  rows.push({ workload: '8', metric: `start-up with ${n}: start-up GC done, s`, better: 'lower', mirror: ev.full.gcDone, peer: empty, peerValue: ev.empty.gcDone, digits: 2 });
+  rows.push({ workload: '8', metric: `RSS after start-up with ${n} (VmRSS), MiB`, better: 'lower', mirror: ev.full.rssMiB, peer: empty, peerValue: ev.empty.rssMiB, digits: 0 });
+  rows.push({ workload: '8', metric: `peak RSS during start-up with ${n} (VmHWM), MiB`, better: 'lower', mirror: ev.full.peakMiB, peer: empty, peerValue: ev.empty.peakMiB, digits: 0 });
+  const passRows = (p: EvictionFigures['alone'], when: string, peer?: EvictionFigures['alone']) => {
+    const what = `eviction pass ${when} (${p.images.toLocaleString('en-US')} images, ${p.blobs.toLocaleString('en-US')} blobs, ${fmt(p.bytes / 1024 ** 2, 1)} MiB in ${fmt(p.seconds, 2)} s)`;
+    const row = (unit: string, f: (x: EvictionFigures['alone']) => number, digits: number) =>
+      rows.push({ workload: '8', metric: `${what}: ${unit}`, better: 'higher', mirror: f(p), peer: peer ? 'the pass alone' : '', peerValue: peer ? f(peer) : undefined, digits });
+    row('MiB/s', (x) => x.bytes / 1024 ** 2 / x.seconds, 2);
+    row('images/s', (x) => x.images / x.seconds, 0);
+    row('blobs/s', (x) => x.blobs / x.seconds, 0);
+  };
+  passRows(ev.alone, 'alone');
+  passRows(ev.loaded, `beside ${ev.rate} manifest req/s`, ev.alone);
+  const still = 'regmirror, no eviction';
+  rows.push({ workload: '8', metric: `manifest by tag at ${ev.rate} req/s during the pass: p99 latency ms`, better: 'lower', mirror: ev.during.p99Ms, peer: still, peerValue: ev.without.p99Ms, digits: 2 });
+  rows.push({ workload: '8', metric: `manifest by tag at ${ev.rate} req/s during the pass: p50 latency ms`, better: 'lower', mirror: ev.during.p50Ms, peer: still, peerValue: ev.without.p50Ms, digits: 2 });
+  const mib = (n: number) => `${fmt(n / 1024 ** 2, 1)} MiB`;
+  notes.push(
+    `workload 8: ${ev.data.blobs.toLocaleString('en-US')} blobs, ${mib(ev.data.bytes)} written in ${fmt(ev.data.seconds, 1)} s; first pass (alone) to ${mib(ev.alone.after)} under a ${mib(ev.alone.limit)} cap; second pass (beside the manifest requests) to ${mib(ev.loaded.after)} under ${mib(ev.loaded.limit)}; ${ev.during.requests.toLocaleString('en-US')} manifest requests during the pass (${ev.during.errors} failed), ${ev.without.requests.toLocaleString('en-US')} in the run without (${ev.without.errors} failed)`,
+  );
+  if (ev.during.errors + ev.without.errors > 0) notes.push('workload 8: some manifest requests failed (see above): the latency figures include them');
+}
+
+// ---------------------------------------------------------------------------------------------
 // machine
 
 /** stdout and stderr of a short command (nginx -v prints to stderr). */
@@ -196,269 +233,280 @@ async function main(): Promise<void> {
   const root = [resolve(here, '..', '..', '..'), process.cwd()].find((d) => existsSync(join(d, 'dist', 'main.js'))) ?? process.cwd();
   const sizes = opts.quick ? { big: 32 * MiB, base: 8 * MiB } : { big: 256 * MiB, base: 64 * MiB };
   const wrkSeconds = opts.quick ? 2 : 10;
-  const partial = opts.quick || opts.only.size < 7;
+  const partial = opts.quick || opts.only.size < 8;
   if (opts.profileDir) mkdirSync(opts.profileDir, { recursive: true });
 
   await ensureTools(log);
   const work = makeTempDir('rmb');
   cleanups.push(() => cleanupDir(work));
 
-  log(`generating images (big layer ${sizes.big / MiB} MiB, shared base ${sizes.base / MiB} MiB) in ${work}`);
-  const fx = await buildFixtures(join(work, 'layout'), sizes);
-  const big = fx.big;
-  const bigRepo = 'bench/big';
-  const bigMiB = big.size / MiB;
-
-  const up = track(await startDistribution({ logLevel: 'error' }));
-  log(`upstream docker-registry at ${up.url}; pushing ${fx.images.length} images with skopeo`);
-  await pushFixtures(fx, up.url);
-  await quiet(up);
-  up.clearRequests();
-
-  const mirrorOpts = (label: string) => ({ root, upstreamUrl: up.url, label, ...(opts.profileDir ? { profileDir: opts.profileDir } : {}) });
   const want = (n: number) => opts.only.has(n);
-  let mirrorAggregate: number | undefined; // workload 2's aggregate MiB/s, to put workload 5 in proportion
+  let upstreamSetup = 'not started (only workload 8 ran)';
 
-  // ------------------------------------------------------------------ warm workloads 1-4
-  if ([1, 2, 3, 4].some(want)) {
-    // The mirror's dir outlives its first instance: under --profile the mirror is restarted on the
-    // warmed data so its profile holds only the measured workloads, not the warm-up downloads.
-    const mirrorDir = makeTempDir('rmb-mirror');
-    cleanups.push(() => cleanupDir(mirrorDir));
-    let mirror = track(await startMirror({ ...mirrorOpts('warm'), profileDir: undefined, dir: mirrorDir }));
-    const proxy = track(await startProxy(up.url));
-    const nginx = want(1) || want(2) ? track(await startNginx(fx.layoutDir)) : undefined;
-    log(`warm mirror ${mirror.url} (pid ${mirror.pid}), proxy ${proxy.url} (pid ${proxy.pid})${nginx ? `, nginx ${nginx.url}` : ''}`);
-    const m = fx.manifest;
-    for (const s of [mirror, proxy]) {
-      await curlGet(`${s.url}/v2/${m.repo}/manifests/${m.tag}`, undefined);
-      await curlGet(`${s.url}/v2/${m.repo}/manifests/${m.digest}`, undefined);
-      await warmBlob(s, fx.small.repo, fx.small.digest, fx.small.size);
-      // (only when a big-blob workload runs: it would dominate a --profile of workloads 3-4)
-      if (want(1) || want(2)) await warmBlob(s, bigRepo, big.digest, big.size);
-    }
+  // ------------------------------------------------------------------ 8: eviction at scale (no upstream)
+  if (want(8)) {
+    const ev = await runEvictionWorkload(root, log, opts.quick ? { images: 1000, baselineSeconds: 2 } : {});
+    evictionRows(ev);
+  }
+
+  if ([1, 2, 3, 4, 5, 6, 7].some(want)) {
+    log(`generating images (big layer ${sizes.big / MiB} MiB, shared base ${sizes.base / MiB} MiB) in ${work}`);
+    const fx = await buildFixtures(join(work, 'layout'), sizes);
+    const big = fx.big;
+    const bigRepo = 'bench/big';
+    const bigMiB = big.size / MiB;
+    upstreamSetup = `Debian's docker-registry (distribution 2.8) filled by \`skopeo copy\` from a generated OCI layout: \`bench/multi:v1\` (index of linux/amd64 + linux/arm64), \`bench/shared-{a,b,c}:v1\` (one ${fmt(fx.base.size / MiB, 0)} MiB base layer shared by the three, plus a 256 KiB layer each), \`bench/big:v1\` (one ${fmt(bigMiB, 0)} MiB layer). Large layers are uncompressed tars of AES-CTR pseudo-random bytes.`;
+
+    const up = track(await startDistribution({ logLevel: 'error' }));
+    log(`upstream docker-registry at ${up.url}; pushing ${fx.images.length} images with skopeo`);
+    await pushFixtures(fx, up.url);
     await quiet(up);
     up.clearRequests();
-    if (want(1) || want(2)) {
-      // Proof of warmth: a second fetch of the big blob must not reach upstream.
-      for (const s of [mirror, proxy]) await curlGet(`${s.url}/v2/${bigRepo}/blobs/${big.digest}`, big.size);
-      await quiet(up);
-      if (blobGets(up).length > 0) notes.push(`warning: a warm fetch of the big blob reached upstream ${blobGets(up).length} time(s)`);
-      up.clearRequests();
-    }
 
-    if (opts.profileDir) {
-      await stopTracked(mirror);
-      mirror = track(await startMirror({ ...mirrorOpts('warm'), dir: mirrorDir }));
-      // first requests after a restart read tag records and links from disk: not what is measured
-      await curlGet(`${mirror.url}/v2/${m.repo}/manifests/${m.tag}`, undefined);
-      await curlGet(`${mirror.url}/v2/${m.repo}/manifests/${m.digest}`, undefined);
-      await curlGet(`${mirror.url}/v2/${fx.small.repo}/blobs/${fx.small.digest}`, fx.small.size);
-      log(`profiling: mirror restarted on its warmed data dir as pid ${mirror.pid}`);
-    }
+    const mirrorOpts = (label: string) => ({ root, upstreamUrl: up.url, label, ...(opts.profileDir ? { profileDir: opts.profileDir } : {}) });
+    let mirrorAggregate: number | undefined; // workload 2's aggregate MiB/s, to put workload 5 in proportion
 
-    const blobUrl = (s: Server) => (s === nginx ? `${s.url}/blobs/sha256/${big.digest.slice(7)}` : `${s.url}/v2/${bigRepo}/blobs/${big.digest}`);
-    const targets: Server[] = [mirror, proxy, ...(nginx ? [nginx] : [])];
-
-    if (want(1)) {
-      log('workload 1: warm blob, one client, median of 3 (interleaved)');
-      const speeds = new Map<Server, number[]>(targets.map((t) => [t, []]));
-      for (let rep = 0; rep < 3; rep++) {
-        for (const t of targets) {
-          const f = await curlGet(blobUrl(t), big.size);
-          speeds.get(t)!.push(f.bytes / MiB / f.seconds);
-        }
+    // ------------------------------------------------------------------ warm workloads 1-4
+    if ([1, 2, 3, 4].some(want)) {
+      // The mirror's dir outlives its first instance: under --profile the mirror is restarted on the
+      // warmed data so its profile holds only the measured workloads, not the warm-up downloads.
+      const mirrorDir = makeTempDir('rmb-mirror');
+      cleanups.push(() => cleanupDir(mirrorDir));
+      let mirror = track(await startMirror({ ...mirrorOpts('warm'), profileDir: undefined, dir: mirrorDir }));
+      const proxy = track(await startProxy(up.url));
+      const nginx = want(1) || want(2) ? track(await startNginx(fx.layoutDir)) : undefined;
+      log(`warm mirror ${mirror.url} (pid ${mirror.pid}), proxy ${proxy.url} (pid ${proxy.pid})${nginx ? `, nginx ${nginx.url}` : ''}`);
+      const m = fx.manifest;
+      for (const s of [mirror, proxy]) {
+        await curlGet(`${s.url}/v2/${m.repo}/manifests/${m.tag}`, undefined);
+        await curlGet(`${s.url}/v2/${m.repo}/manifests/${m.digest}`, undefined);
+        await warmBlob(s, fx.small.repo, fx.small.digest, fx.small.size);
+        // (only when a big-blob workload runs: it would dominate a --profile of workloads 3-4)
+        if (want(1) || want(2)) await warmBlob(s, bigRepo, big.digest, big.size);
       }
-      const mir = median(speeds.get(mirror)!);
-      for (const t of targets.slice(1)) {
+      await quiet(up);
+      up.clearRequests();
+      if (want(1) || want(2)) {
+        // Proof of warmth: a second fetch of the big blob must not reach upstream.
+        for (const s of [mirror, proxy]) await curlGet(`${s.url}/v2/${bigRepo}/blobs/${big.digest}`, big.size);
+        await quiet(up);
+        if (blobGets(up).length > 0) notes.push(`warning: a warm fetch of the big blob reached upstream ${blobGets(up).length} time(s)`);
+        up.clearRequests();
+      }
+
+      if (opts.profileDir) {
+        await stopTracked(mirror);
+        mirror = track(await startMirror({ ...mirrorOpts('warm'), dir: mirrorDir }));
+        // first requests after a restart read tag records and links from disk: not what is measured
+        await curlGet(`${mirror.url}/v2/${m.repo}/manifests/${m.tag}`, undefined);
+        await curlGet(`${mirror.url}/v2/${m.repo}/manifests/${m.digest}`, undefined);
+        await curlGet(`${mirror.url}/v2/${fx.small.repo}/blobs/${fx.small.digest}`, fx.small.size);
+        log(`profiling: mirror restarted on its warmed data dir as pid ${mirror.pid}`);
+      }
+
+      const blobUrl = (s: Server) => (s === nginx ? `${s.url}/blobs/sha256/${big.digest.slice(7)}` : `${s.url}/v2/${bigRepo}/blobs/${big.digest}`);
+      const targets: Server[] = [mirror, proxy, ...(nginx ? [nginx] : [])];
+
+      if (want(1)) {
+        log('workload 1: warm blob, one client, median of 3 (interleaved)');
+        const speeds = new Map<Server, number[]>(targets.map((t) => [t, []]));
+        for (let rep = 0; rep < 3; rep++) {
+          for (const t of targets) {
+            const f = await curlGet(blobUrl(t), big.size);
+            speeds.get(t)!.push(f.bytes / MiB / f.seconds);
+          }
+        }
+        const mir = median(speeds.get(mirror)!);
+        for (const t of targets.slice(1)) {
+          rows.push({
+            workload: '1',
+            metric: `warm ${fmt(bigMiB, 0)} MiB blob, 1 client, MiB/s`,
+            better: 'higher',
+            mirror: mir,
+            peer: t.name,
+            peerValue: median(speeds.get(t)!),
+            target: { kind: 'ratio>=', value: t === nginx ? 0.8 : 1.5 },
+            digits: 0,
+          });
+        }
+        const raw = targets.map((t) => `${t.name} ${speeds.get(t)!.map((x) => x.toFixed(0)).join(' / ')}`).join('; ');
+        log(`  ${raw} MiB/s`);
+        notes.push(`workload 1, each run in MiB/s (the table shows the median): ${raw}`);
+      }
+
+      if (want(2)) {
+        const n = 20;
+        log(`workload 2: warm blob, ${n} concurrent clients`);
+        const agg = new Map<Server, number>();
+        const rss = new Map<Server, number | undefined>();
+        for (const t of targets) {
+          if (t.pid !== undefined) resetPeakRss(t.pid);
+          const r = await curlConcurrent(blobUrl(t), n, big.size);
+          agg.set(t, (n * big.size) / MiB / r.wallSeconds);
+          rss.set(t, t.pid !== undefined ? peakRss(t.pid) : undefined);
+          log(`  ${t.name}: ${agg.get(t)!.toFixed(0)} MiB/s aggregate, slowest client ${Math.max(...r.fetches.map((f) => f.seconds)).toFixed(2)} s, peak RSS ${fmt((rss.get(t) ?? NaN) / MiB, 0)} MiB`);
+        }
+        mirrorAggregate = agg.get(mirror);
+        for (const t of targets.slice(1)) {
+          rows.push({ workload: '2', metric: `warm blob, ${n} clients, aggregate MiB/s`, better: 'higher', mirror: agg.get(mirror), peer: t.name, peerValue: agg.get(t), digits: 0 });
+        }
+        const mr = rss.get(mirror);
+        const pr = rss.get(proxy);
         rows.push({
-          workload: '1',
-          metric: `warm ${fmt(bigMiB, 0)} MiB blob, 1 client, MiB/s`,
-          better: 'higher',
-          mirror: mir,
-          peer: t.name,
-          peerValue: median(speeds.get(t)!),
-          target: { kind: 'ratio>=', value: t === nginx ? 0.8 : 1.5 },
+          workload: '2',
+          metric: `peak RSS during ${n} clients (VmHWM), MiB`,
+          better: 'lower',
+          mirror: mr === undefined ? undefined : mr / MiB,
+          peer: proxy.name,
+          peerValue: pr === undefined ? undefined : pr / MiB,
+          target: { kind: 'mirror<=', value: 150 },
           digits: 0,
         });
       }
-      const raw = targets.map((t) => `${t.name} ${speeds.get(t)!.map((x) => x.toFixed(0)).join(' / ')}`).join('; ');
-      log(`  ${raw} MiB/s`);
-      notes.push(`workload 1, each run in MiB/s (the table shows the median): ${raw}`);
-    }
 
-    if (want(2)) {
-      const n = 20;
-      log(`workload 2: warm blob, ${n} concurrent clients`);
-      const agg = new Map<Server, number>();
-      const rss = new Map<Server, number | undefined>();
-      for (const t of targets) {
-        if (t.pid !== undefined) resetPeakRss(t.pid);
-        const r = await curlConcurrent(blobUrl(t), n, big.size);
-        agg.set(t, (n * big.size) / MiB / r.wallSeconds);
-        rss.set(t, t.pid !== undefined ? peakRss(t.pid) : undefined);
-        log(`  ${t.name}: ${agg.get(t)!.toFixed(0)} MiB/s aggregate, slowest client ${Math.max(...r.fetches.map((f) => f.seconds)).toFixed(2)} s, peak RSS ${fmt((rss.get(t) ?? NaN) / MiB, 0)} MiB`);
+      if (want(3)) {
+        log(`workload 3: manifest by tag (within TTL), wrk -t2 -c32 -d${wrkSeconds}s`);
+        const r = new Map<Server, Awaited<ReturnType<typeof wrk>>>();
+        for (const s of [mirror, proxy]) {
+          r.set(s, await wrk(`${s.url}/v2/${m.repo}/manifests/${m.tag}`, work, wrkSeconds));
+          log(`  ${s.name}: ${r.get(s)!.rps.toFixed(0)} req/s, p99 ${r.get(s)!.p99Ms.toFixed(2)} ms, errors ${r.get(s)!.errors}`);
+          await quiet(up);
+          up.clearRequests();
+        }
+        for (const s of [mirror, proxy]) if (r.get(s)!.errors > 0) notes.push(`workload 3: ${s.name} had ${r.get(s)!.errors} errors or non-2xx answers under wrk`);
+        rows.push({ workload: '3', metric: 'manifest by tag, req/s', better: 'higher', mirror: r.get(mirror)!.rps, peer: proxy.name, peerValue: r.get(proxy)!.rps, target: { kind: 'ratio>=', value: 50 }, digits: 0 });
+        rows.push({ workload: '3', metric: 'manifest by tag, p99 latency ms', better: 'lower', mirror: r.get(mirror)!.p99Ms, peer: proxy.name, peerValue: r.get(proxy)!.p99Ms, digits: 2 });
       }
-      mirrorAggregate = agg.get(mirror);
-      for (const t of targets.slice(1)) {
-        rows.push({ workload: '2', metric: `warm blob, ${n} clients, aggregate MiB/s`, better: 'higher', mirror: agg.get(mirror), peer: t.name, peerValue: agg.get(t), digits: 0 });
-      }
-      const mr = rss.get(mirror);
-      const pr = rss.get(proxy);
-      rows.push({
-        workload: '2',
-        metric: `peak RSS during ${n} clients (VmHWM), MiB`,
-        better: 'lower',
-        mirror: mr === undefined ? undefined : mr / MiB,
-        peer: proxy.name,
-        peerValue: pr === undefined ? undefined : pr / MiB,
-        target: { kind: 'mirror<=', value: 150 },
-        digits: 0,
-      });
-    }
 
-    if (want(3)) {
-      log(`workload 3: manifest by tag (within TTL), wrk -t2 -c32 -d${wrkSeconds}s`);
-      const r = new Map<Server, Awaited<ReturnType<typeof wrk>>>();
-      for (const s of [mirror, proxy]) {
-        r.set(s, await wrk(`${s.url}/v2/${m.repo}/manifests/${m.tag}`, work, wrkSeconds));
-        log(`  ${s.name}: ${r.get(s)!.rps.toFixed(0)} req/s, p99 ${r.get(s)!.p99Ms.toFixed(2)} ms, errors ${r.get(s)!.errors}`);
+      if (want(4)) {
+        const cases = [
+          { name: 'manifest by digest', path: `/v2/${m.repo}/manifests/${m.digest}` },
+          { name: `small blob (${fx.small.size} B)`, path: `/v2/${fx.small.repo}/blobs/${fx.small.digest}` },
+        ];
+        for (const c of cases) {
+          log(`workload 4: ${c.name}, wrk -t2 -c32 -d${wrkSeconds}s`);
+          const r = new Map<Server, Awaited<ReturnType<typeof wrk>>>();
+          for (const s of [mirror, proxy]) {
+            r.set(s, await wrk(`${s.url}${c.path}`, work, wrkSeconds));
+            log(`  ${s.name}: ${r.get(s)!.rps.toFixed(0)} req/s, p99 ${r.get(s)!.p99Ms.toFixed(2)} ms, errors ${r.get(s)!.errors}`);
+            if (r.get(s)!.errors > 0) notes.push(`workload 4 (${c.name}): ${s.name} had ${r.get(s)!.errors} errors or non-2xx answers under wrk`);
+          }
+          rows.push({ workload: '4', metric: `${c.name}, req/s`, better: 'higher', mirror: r.get(mirror)!.rps, peer: proxy.name, peerValue: r.get(proxy)!.rps, digits: 0 });
+          rows.push({ workload: '4', metric: `${c.name}, p99 latency ms`, better: 'lower', mirror: r.get(mirror)!.p99Ms, peer: proxy.name, peerValue: r.get(proxy)!.p99Ms, digits: 2 });
+        }
         await quiet(up);
         up.clearRequests();
       }
-      for (const s of [mirror, proxy]) if (r.get(s)!.errors > 0) notes.push(`workload 3: ${s.name} had ${r.get(s)!.errors} errors or non-2xx answers under wrk`);
-      rows.push({ workload: '3', metric: 'manifest by tag, req/s', better: 'higher', mirror: r.get(mirror)!.rps, peer: proxy.name, peerValue: r.get(proxy)!.rps, target: { kind: 'ratio>=', value: 50 }, digits: 0 });
-      rows.push({ workload: '3', metric: 'manifest by tag, p99 latency ms', better: 'lower', mirror: r.get(mirror)!.p99Ms, peer: proxy.name, peerValue: r.get(proxy)!.p99Ms, digits: 2 });
+
+      await stopTracked(mirror);
+      await stopTracked(proxy);
+      if (nginx) await stopTracked(nginx);
     }
 
-    if (want(4)) {
-      const cases = [
-        { name: 'manifest by digest', path: `/v2/${m.repo}/manifests/${m.digest}` },
-        { name: `small blob (${fx.small.size} B)`, path: `/v2/${fx.small.repo}/blobs/${fx.small.digest}` },
-      ];
-      for (const c of cases) {
-        log(`workload 4: ${c.name}, wrk -t2 -c32 -d${wrkSeconds}s`);
-        const r = new Map<Server, Awaited<ReturnType<typeof wrk>>>();
-        for (const s of [mirror, proxy]) {
-          r.set(s, await wrk(`${s.url}${c.path}`, work, wrkSeconds));
-          log(`  ${s.name}: ${r.get(s)!.rps.toFixed(0)} req/s, p99 ${r.get(s)!.p99Ms.toFixed(2)} ms, errors ${r.get(s)!.errors}`);
-          if (r.get(s)!.errors > 0) notes.push(`workload 4 (${c.name}): ${s.name} had ${r.get(s)!.errors} errors or non-2xx answers under wrk`);
-        }
-        rows.push({ workload: '4', metric: `${c.name}, req/s`, better: 'higher', mirror: r.get(mirror)!.rps, peer: proxy.name, peerValue: r.get(proxy)!.rps, digits: 0 });
-        rows.push({ workload: '4', metric: `${c.name}, p99 latency ms`, better: 'lower', mirror: r.get(mirror)!.p99Ms, peer: proxy.name, peerValue: r.get(proxy)!.p99Ms, digits: 2 });
+    type Fresh = () => Promise<MirrorServer | ProxyServer>;
+    const freshMirror = (label: string): Fresh => async () => track(await startMirror(mirrorOpts(label)));
+    const freshProxy: Fresh = async () => track(await startProxy(up.url));
+
+    // ------------------------------------------------------------------ 5: concurrent cold clients
+    if (want(5)) {
+      const n = 10;
+      const res = new Map<string, { one: number; slowest: number; gets: number; bytes: number }>();
+      for (const [kind, fresh] of [['mirror', freshMirror('cold1')], ['proxy', freshProxy]] as const) {
+        log(`workload 5 (${kind}): one cold pull of the ${fmt(bigMiB, 0)} MiB blob on a fresh instance`);
+        let s = await fresh();
+        up.clearRequests();
+        const one = await curlGet(`${s.url}/v2/${bigRepo}/blobs/${big.digest}`, big.size);
+        await quiet(up);
+        await stopTracked(s);
+        log(`workload 5 (${kind}): ${n} concurrent cold clients on another fresh instance`);
+        s = await (kind === 'mirror' ? freshMirror('cold10') : fresh)();
+        up.clearRequests();
+        const r = await curlConcurrent(`${s.url}/v2/${bigRepo}/blobs/${big.digest}`, n, big.size);
+        await quiet(up);
+        const gets = blobGets(up, big.digest);
+        res.set(kind, {
+          one: one.seconds,
+          slowest: Math.max(...r.fetches.map((f) => f.seconds)),
+          gets: gets.length,
+          bytes: gets.reduce((a, e) => a + e.bytes, 0),
+        });
+        log(`  ${kind}: one cold ${one.seconds.toFixed(2)} s; slowest of ${n} ${res.get(kind)!.slowest.toFixed(2)} s; upstream GETs ${gets.length}, ${(res.get(kind)!.bytes / MiB).toFixed(0)} MiB`);
+        up.clearRequests();
+        await stopTracked(s);
       }
-      await quiet(up);
-      up.clearRequests();
-    }
-
-    await stopTracked(mirror);
-    await stopTracked(proxy);
-    if (nginx) await stopTracked(nginx);
-  }
-
-  type Fresh = () => Promise<MirrorServer | ProxyServer>;
-  const freshMirror = (label: string): Fresh => async () => track(await startMirror(mirrorOpts(label)));
-  const freshProxy: Fresh = async () => track(await startProxy(up.url));
-
-  // ------------------------------------------------------------------ 5: concurrent cold clients
-  if (want(5)) {
-    const n = 10;
-    const res = new Map<string, { one: number; slowest: number; gets: number; bytes: number }>();
-    for (const [kind, fresh] of [['mirror', freshMirror('cold1')], ['proxy', freshProxy]] as const) {
-      log(`workload 5 (${kind}): one cold pull of the ${fmt(bigMiB, 0)} MiB blob on a fresh instance`);
-      let s = await fresh();
-      up.clearRequests();
-      const one = await curlGet(`${s.url}/v2/${bigRepo}/blobs/${big.digest}`, big.size);
-      await quiet(up);
-      await stopTracked(s);
-      log(`workload 5 (${kind}): ${n} concurrent cold clients on another fresh instance`);
-      s = await (kind === 'mirror' ? freshMirror('cold10') : fresh)();
-      up.clearRequests();
-      const r = await curlConcurrent(`${s.url}/v2/${bigRepo}/blobs/${big.digest}`, n, big.size);
-      await quiet(up);
-      const gets = blobGets(up, big.digest);
-      res.set(kind, {
-        one: one.seconds,
-        slowest: Math.max(...r.fetches.map((f) => f.seconds)),
-        gets: gets.length,
-        bytes: gets.reduce((a, e) => a + e.bytes, 0),
-      });
-      log(`  ${kind}: one cold ${one.seconds.toFixed(2)} s; slowest of ${n} ${res.get(kind)!.slowest.toFixed(2)} s; upstream GETs ${gets.length}, ${(res.get(kind)!.bytes / MiB).toFixed(0)} MiB`);
-      up.clearRequests();
-      await stopTracked(s);
-    }
-    const mr = res.get('mirror')!;
-    const pr = res.get('proxy')!;
-    const peer = 'distribution proxy';
-    rows.push({ workload: '5', metric: `${n} cold clients: upstream GETs per unique blob`, better: 'lower', mirror: mr.gets, peer, peerValue: pr.gets, target: { kind: 'mirror=', value: 1 }, digits: 1 });
-    rows.push({ workload: '5', metric: `${n} cold clients: upstream MiB fetched (blob is ${fmt(bigMiB, 0)} MiB)`, better: 'lower', mirror: mr.bytes / MiB, peer, peerValue: pr.bytes / MiB, digits: 0 });
-    rows.push({ workload: '5', metric: 'one cold pull, s', better: 'lower', mirror: mr.one, peer, peerValue: pr.one, digits: 2 });
-    rows.push({ workload: '5', metric: `slowest of ${n} cold clients, s`, better: 'lower', mirror: mr.slowest, peer, peerValue: pr.slowest, digits: 2 });
-    if (mirrorAggregate) {
-      const floor = (n * bigMiB) / mirrorAggregate;
-      notes.push(
-        `workload 5, for scale: the ${n} clients together receive ${fmt(n * bigMiB, 0)} MiB; at the mirror's warm ${20}-client serving rate (workload 2, ${fmt(mirrorAggregate, 0)} MiB/s) that alone takes ${fmt(floor, 2)} s = ${fmt(floor / mr.one, 2)}× its one cold pull: the ratio is bound by serving throughput as much as by the download`,
-      );
-    }
-    rows.push({ workload: '5', metric: `slowest of ${n} ÷ one cold pull`, better: 'lower', mirror: mr.slowest / mr.one, peer, peerValue: pr.slowest / pr.one, target: { kind: 'mirror<=', value: 1.3 }, digits: 2 });
-  }
-
-  // ------------------------------------------------------------------ 6: three images sharing a layer
-  if (want(6)) {
-    const shared = fx.images.filter((i) => i.repo.startsWith('bench/shared-'));
-    const res = new Map<string, { perUnique: number; gets: number; unique: number; seconds: number }>();
-    for (const [kind, fresh] of [['mirror', freshMirror('shared')], ['proxy', freshProxy]] as const) {
-      log(`workload 6 (${kind}): skopeo pulls of ${shared.map((i) => i.repo).join(', ')} one after another`);
-      const s = await fresh();
-      up.clearRequests();
-      let seconds = 0;
-      for (const img of shared) {
-        const dest = join(work, `pull-${kind}-${img.repo.replace('/', '_')}`);
-        seconds += await skopeoPull(s.host, img.repo, img.tag, dest, img.all);
-        await cleanupDir(dest);
+      const mr = res.get('mirror')!;
+      const pr = res.get('proxy')!;
+      const peer = 'distribution proxy';
+      rows.push({ workload: '5', metric: `${n} cold clients: upstream GETs per unique blob`, better: 'lower', mirror: mr.gets, peer, peerValue: pr.gets, target: { kind: 'mirror=', value: 1 }, digits: 1 });
+      rows.push({ workload: '5', metric: `${n} cold clients: upstream MiB fetched (blob is ${fmt(bigMiB, 0)} MiB)`, better: 'lower', mirror: mr.bytes / MiB, peer, peerValue: pr.bytes / MiB, digits: 0 });
+      rows.push({ workload: '5', metric: 'one cold pull, s', better: 'lower', mirror: mr.one, peer, peerValue: pr.one, digits: 2 });
+      rows.push({ workload: '5', metric: `slowest of ${n} cold clients, s`, better: 'lower', mirror: mr.slowest, peer, peerValue: pr.slowest, digits: 2 });
+      if (mirrorAggregate) {
+        const floor = (n * bigMiB) / mirrorAggregate;
+        notes.push(
+          `workload 5, for scale: the ${n} clients together receive ${fmt(n * bigMiB, 0)} MiB; at the mirror's warm ${20}-client serving rate (workload 2, ${fmt(mirrorAggregate, 0)} MiB/s) that alone takes ${fmt(floor, 2)} s = ${fmt(floor / mr.one, 2)}× its one cold pull: the ratio is bound by serving throughput as much as by the download`,
+        );
       }
-      await quiet(up);
-      const gets = blobGets(up);
-      const unique = new Set(gets.map((e) => e.path.slice(e.path.lastIndexOf('/') + 1))).size;
-      res.set(kind, { perUnique: gets.length / Math.max(1, unique), gets: gets.length, unique, seconds });
-      log(`  ${kind}: ${gets.length} upstream blob GETs for ${unique} unique blobs; ${seconds.toFixed(2)} s`);
-      up.clearRequests();
-      await stopTracked(s);
+      rows.push({ workload: '5', metric: `slowest of ${n} ÷ one cold pull`, better: 'lower', mirror: mr.slowest / mr.one, peer, peerValue: pr.slowest / pr.one, target: { kind: 'mirror<=', value: 1.3 }, digits: 2 });
     }
-    const mr = res.get('mirror')!;
-    const pr = res.get('proxy')!;
-    rows.push({ workload: '6', metric: `3 images sharing a layer: upstream GETs per unique blob (${mr.gets}/${mr.unique} vs ${pr.gets}/${pr.unique})`, better: 'lower', mirror: mr.perUnique, peer: 'distribution proxy', peerValue: pr.perUnique, target: { kind: 'mirror=', value: 1 }, digits: 2 });
-    rows.push({ workload: '6', metric: '3 images sharing a layer: pull wall time, s', better: 'lower', mirror: mr.seconds, peer: 'distribution proxy', peerValue: pr.seconds, digits: 2 });
-  }
 
-  // ------------------------------------------------------------------ 7: cold and warm pull of the set
-  if (want(7)) {
-    const res = new Map<string, { cold: number; warm: number }>();
-    for (const [kind, fresh] of [['mirror', freshMirror('pullset')], ['proxy', freshProxy]] as const) {
-      const s = await fresh();
-      const pass = async (label: string): Promise<number> => {
+    // ------------------------------------------------------------------ 6: three images sharing a layer
+    if (want(6)) {
+      const shared = fx.images.filter((i) => i.repo.startsWith('bench/shared-'));
+      const res = new Map<string, { perUnique: number; gets: number; unique: number; seconds: number }>();
+      for (const [kind, fresh] of [['mirror', freshMirror('shared')], ['proxy', freshProxy]] as const) {
+        log(`workload 6 (${kind}): skopeo pulls of ${shared.map((i) => i.repo).join(', ')} one after another`);
+        const s = await fresh();
+        up.clearRequests();
         let seconds = 0;
-        for (const img of fx.images) {
-          const dest = join(work, `pull-${kind}-${label}-${img.repo.replace('/', '_')}`);
+        for (const img of shared) {
+          const dest = join(work, `pull-${kind}-${img.repo.replace('/', '_')}`);
           seconds += await skopeoPull(s.host, img.repo, img.tag, dest, img.all);
           await cleanupDir(dest);
         }
-        return seconds;
-      };
-      log(`workload 7 (${kind}): cold pull of the image set (${fx.images.map((i) => i.repo).join(', ')})`);
-      const cold = await pass('cold');
-      await quiet(up); // a proxy may still be storing in the background
-      log(`workload 7 (${kind}): warm pull of the image set`);
-      const warm = await pass('warm');
-      res.set(kind, { cold, warm });
-      log(`  ${kind}: cold ${cold.toFixed(2)} s, warm ${warm.toFixed(2)} s`);
-      up.clearRequests();
-      await stopTracked(s);
+        await quiet(up);
+        const gets = blobGets(up);
+        const unique = new Set(gets.map((e) => e.path.slice(e.path.lastIndexOf('/') + 1))).size;
+        res.set(kind, { perUnique: gets.length / Math.max(1, unique), gets: gets.length, unique, seconds });
+        log(`  ${kind}: ${gets.length} upstream blob GETs for ${unique} unique blobs; ${seconds.toFixed(2)} s`);
+        up.clearRequests();
+        await stopTracked(s);
+      }
+      const mr = res.get('mirror')!;
+      const pr = res.get('proxy')!;
+      rows.push({ workload: '6', metric: `3 images sharing a layer: upstream GETs per unique blob (${mr.gets}/${mr.unique} vs ${pr.gets}/${pr.unique})`, better: 'lower', mirror: mr.perUnique, peer: 'distribution proxy', peerValue: pr.perUnique, target: { kind: 'mirror=', value: 1 }, digits: 2 });
+      rows.push({ workload: '6', metric: '3 images sharing a layer: pull wall time, s', better: 'lower', mirror: mr.seconds, peer: 'distribution proxy', peerValue: pr.seconds, digits: 2 });
     }
-    rows.push({ workload: '7', metric: 'skopeo pull of the image set, cold, s', better: 'lower', mirror: res.get('mirror')!.cold, peer: 'distribution proxy', peerValue: res.get('proxy')!.cold, digits: 2 });
-    rows.push({ workload: '7', metric: 'skopeo pull of the image set, warm, s', better: 'lower', mirror: res.get('mirror')!.warm, peer: 'distribution proxy', peerValue: res.get('proxy')!.warm, digits: 2 });
-  }
 
+    // ------------------------------------------------------------------ 7: cold and warm pull of the set
+    if (want(7)) {
+      const res = new Map<string, { cold: number; warm: number }>();
+      for (const [kind, fresh] of [['mirror', freshMirror('pullset')], ['proxy', freshProxy]] as const) {
+        const s = await fresh();
+        const pass = async (label: string): Promise<number> => {
+          let seconds = 0;
+          for (const img of fx.images) {
+            const dest = join(work, `pull-${kind}-${label}-${img.repo.replace('/', '_')}`);
+            seconds += await skopeoPull(s.host, img.repo, img.tag, dest, img.all);
+            await cleanupDir(dest);
+          }
+          return seconds;
+        };
+        log(`workload 7 (${kind}): cold pull of the image set (${fx.images.map((i) => i.repo).join(', ')})`);
+        const cold = await pass('cold');
+        await quiet(up); // a proxy may still be storing in the background
+        log(`workload 7 (${kind}): warm pull of the image set`);
+        const warm = await pass('warm');
+        res.set(kind, { cold, warm });
+        log(`  ${kind}: cold ${cold.toFixed(2)} s, warm ${warm.toFixed(2)} s`);
+        up.clearRequests();
+        await stopTracked(s);
+      }
+      rows.push({ workload: '7', metric: 'skopeo pull of the image set, cold, s', better: 'lower', mirror: res.get('mirror')!.cold, peer: 'distribution proxy', peerValue: res.get('proxy')!.cold, digits: 2 });
+      rows.push({ workload: '7', metric: 'skopeo pull of the image set, warm, s', better: 'lower', mirror: res.get('mirror')!.warm, peer: 'distribution proxy', peerValue: res.get('proxy')!.warm, digits: 2 });
+    }
+
+  }
   await cleanupAll();
 
   // ------------------------------------------------------------------ report
@@ -479,10 +527,11 @@ async function main(): Promise<void> {
     '',
     '## Set-up (all on 127.0.0.1, one run)',
     '',
-    `- **upstream**: Debian's docker-registry (distribution 2.8) filled by \`skopeo copy\` from a generated OCI layout: \`bench/multi:v1\` (index of linux/amd64 + linux/arm64), \`bench/shared-{a,b,c}:v1\` (one ${fmt(fx.base.size / MiB, 0)} MiB base layer shared by the three, plus a 256 KiB layer each), \`bench/big:v1\` (one ${fmt(bigMiB, 0)} MiB layer). Large layers are uncompressed tars of AES-CTR pseudo-random bytes.`,
+    `- **upstream**: ${upstreamSetup}`,
     '- **regmirror**: `node dist/main.js --config <tmp>.yaml`, upstream docker.io → the upstream registry, fresh temp data dir, log level warn.',
     '- **distribution proxy**: the same docker-registry with `proxy.remoteurl` = the upstream (the reference pull-through cache).',
     '- **nginx sendfile**: nginx serving the blob file from the layout, `sendfile on`, `access_log off`, `worker_processes auto`.',
+    `- **workload 8 (eviction at scale, regmirror alone, no upstream)**: ${EVICTION_SETUP}`,
     '- Workloads 1–4 use one warm instance of each (blob and manifests fetched once and stored); 5–7 use fresh instances (empty storage).',
     '- Blob clients are `curl -o /dev/null` (one process per client; MiB/s from curl’s own timing); small requests use `wrk -t2 -c32 --latency` with an Accept header for OCI and Docker manifests; pulls use `skopeo copy docker://… dir:`.',
     '- Upstream traffic is read from the upstream registry’s access log (GET blob requests with status 200/206 and their response sizes).',

@@ -43,13 +43,29 @@ export interface MirrorServer extends Server {
   dataDir: string;
   /** the instance's dir (config + data) */
   dir: string;
+  /** The process's combined stdout and stderr (its JSON log lines). */
+  logs(): string;
+}
+
+export interface StartMirrorOptions {
+  root: string;
+  upstreamUrl: string;
+  label: string;
+  profileDir?: string;
+  dir?: string;
+  /** Top-level config keys set over the bench's (e.g. `cache`, `admin`). */
+  config?: Record<string, unknown>;
+  /** Default warn. */
+  logLevel?: string;
+  /** Give up waiting for `/v2/` after this long (default 20 s). */
+  readyTimeoutMs?: number;
 }
 
 /**
  * Starts `node dist/main.js --config <tmp>.yaml` with a fresh data dir, or in `dir` (kept on stop:
  * the caller owns it) to restart on a data dir another instance filled.
  */
-export async function startMirror(opts: { root: string; upstreamUrl: string; label: string; profileDir?: string; dir?: string }): Promise<MirrorServer> {
+export async function startMirror(opts: StartMirrorOptions): Promise<MirrorServer> {
   const ownDir = opts.dir === undefined;
   const dir = opts.dir ?? makeTempDir('rmb-mirror');
   const dataDir = join(dir, 'data');
@@ -66,15 +82,18 @@ export async function startMirror(opts: { root: string; upstreamUrl: string; lab
       JSON.stringify({
         listen: `127.0.0.1:${port}`,
         dataDir,
-        log: { level: 'warn' },
+        log: { level: opts.logLevel ?? 'warn' },
         upstreams: { 'docker.io': { url: opts.upstreamUrl, libraryPrefix: true } },
+        // Every instance would otherwise try the default admin port (127.0.0.1:5001).
+        admin: { listen: '' },
+        ...opts.config,
       }),
     );
     const nodeArgs = opts.profileDir ? ['--cpu-prof', `--cpu-prof-dir=${opts.profileDir}`, `--cpu-prof-name=mirror-${opts.label}.cpuprofile`] : [];
     const d = spawnDaemon(process.execPath, [...nodeArgs, main, '--config', configPath], { env, watch: ownDir ? { dir, graceMs: 3000 } : { graceMs: 3000 } });
     const url = `http://127.0.0.1:${port}`;
     try {
-      await waitForDaemon(d, async () => (await httpStatus(`${url}/v2/`)) === 200, 20_000, `regmirror at ${url}`);
+      await waitForDaemon(d, async () => (await httpStatus(`${url}/v2/`)) === 200, opts.readyTimeoutMs ?? 20_000, `regmirror at ${url}`);
     } catch (e) {
       await d.stop(2000);
       d.dismissWatchdog();
@@ -89,6 +108,7 @@ export async function startMirror(opts: { root: string; upstreamUrl: string; lab
       pid: d.pid,
       dataDir,
       dir,
+      logs: () => d.logs(),
       stop: stopper(d, ownDir ? dir : undefined, opts.profileDir ? 40_000 : 10_000),
     };
   }

@@ -107,8 +107,10 @@ export class Evictor {
     for (const d of inv.sizes.keys()) if (!inv.refs.has(d)) candidates.push({ at: blobLastUse(this.deps.usage, d) ?? 0, blob: d });
     candidates.sort((a, b) => a.at - b.at);
     const removed = emptyRemoved();
-    for (const c of candidates) {
+    for (const [i, c] of candidates.entries()) {
       if (removed.bytes >= need.bytes) break;
+      // A long pass lets requests in between removals (serving never waits for eviction).
+      if (i % 16 === 15) await new Promise<void>((r) => setImmediate(r));
       if (c.image && this.deps.remover.inUse(c.image)) continue;
       const unreferenced = c.image ? await this.deps.remover.removeImage(inv, c.image, removed) : [c.blob!];
       await this.deps.remover.deleteBlobs(inv, unreferenced, removed);

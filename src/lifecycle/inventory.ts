@@ -32,6 +32,8 @@ export interface Inventory {
   sizes: Map<string, number>;
   /** How many images reference each digest. */
   refs: Map<string, number>;
+  /** The retained images of each repository (`<upstream>/<repo>`), kept current by the remover. */
+  byRepo: Map<string, Set<ImageUnit>>;
   repos: RepoKey[];
 }
 
@@ -64,8 +66,15 @@ export async function takeInventory(deps: InventoryDeps, only?: RepoKey): Promis
   };
   for (const ref of repos) images.push(...(await imagesOf(deps, ref, read)));
   const refs = new Map<string, number>();
-  for (const img of images) for (const d of img.digests) refs.set(d, (refs.get(d) ?? 0) + 1);
-  return { takenAt, images, sizes, refs, repos };
+  const byRepo = new Map<string, Set<ImageUnit>>();
+  for (const img of images) {
+    for (const d of img.digests) refs.set(d, (refs.get(d) ?? 0) + 1);
+    const k = `${img.upstream}/${img.repo}`;
+    const set = byRepo.get(k) ?? new Set<ImageUnit>();
+    set.add(img);
+    byRepo.set(k, set);
+  }
+  return { takenAt, images, sizes, refs, repos, byRepo };
 }
 
 async function imagesOf(deps: InventoryDeps, ref: RepoKey, read: (d: string) => Promise<ReturnType<typeof parseManifest>>): Promise<ImageUnit[]> {

@@ -63,10 +63,12 @@ export class Remover {
     img.tags = img.tags.filter((t) => !tags.includes(t));
     // Named by another tag, or pulled by digest only when a tag is removed: the image stays.
     if (onlyTag !== undefined && img.tags.length > 0) return [];
-    inv.images = inv.images.filter((i) => i !== img);
+    const inRepo = inv.byRepo.get(repoName(img));
+    inRepo?.delete(img);
     removed.images++;
+    // Only this repository's other images can share its records (links and manifest records are per repository).
     const sameRepo = new Set<string>();
-    for (const other of inv.images) if (other.upstream === img.upstream && other.repo === img.repo) for (const d of other.digests) sameRepo.add(d);
+    for (const other of inRepo ?? []) for (const d of other.digests) sameRepo.add(d);
     await meta.forget(ref, [...img.digests].filter((d) => !sameRepo.has(d)));
     this.deps.usage.drop([...img.digests].map((d) => manifestKey(img.upstream, img.repo, d)));
     const unreferenced: string[] = [];

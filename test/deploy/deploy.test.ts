@@ -359,6 +359,16 @@ describe('deploy/grafana/dashboards/regmirror.json', () => {
     some(/mirror_upstream_ratelimit_remaining/, 'Docker Hub rate limit remaining');
     some(/process_resident_memory_bytes/, 'process memory');
   });
+
+  it('has the cache-lifecycle panels: bytes vs limit, evictions by reason (blobs and bytes), oldest entry, refetched', () => {
+    const all = dashTargets.map((t) => t.expr.replace(/\s+/g, ' '));
+    const some = (re: RegExp, what: string) => expect(all.some((e) => re.test(e)), what).toBe(true);
+    some(/mirror_cache_limit_bytes/, 'cache limit');
+    some(/sum by \(reason\) \(rate\(mirror_cache_evictions_total/, 'evicted blobs by reason');
+    some(/sum by \(reason\) \(rate\(mirror_cache_evicted_bytes_total/, 'evicted bytes by reason');
+    some(/mirror_cache_oldest_entry_age_seconds/, 'oldest entry age');
+    some(/increase\(mirror_cache_refetched_after_eviction_total/, 'refetched after eviction');
+  });
 });
 
 // ---------------------------------------------------------------------------------------------------
@@ -391,6 +401,12 @@ describe('deploy/prometheus/alerts.yml', () => {
     expect(expr('MirrorDataDiskNearlyFull')).toMatch(/node_filesystem_avail_bytes\{mountpoint="\/var\/lib\/regmirror"/);
     expect(expr('MirrorUpstreamRateLimitNearlyExhausted')).toMatch(/mirror_upstream_ratelimit_remaining\) < 10/);
     expect(expr('MirrorHigh5xxRate')).toMatch(/mirror_http_requests_total\{status=~"5\.\."\}/);
+  });
+
+  it('covers the cache lifecycle: near its limit, eviction thrashing', () => {
+    const expr = (name: string) => String(alertRules.find((x) => x.alert === name)?.expr ?? '').replace(/\s+/g, ' ');
+    expect(expr('MirrorCacheNearLimit')).toMatch(/mirror_cache_size_bytes.*\/.*mirror_cache_limit_bytes > 0\) \) > 0\.95/);
+    expect(expr('MirrorCacheEvictionThrashing')).toMatch(/increase\(mirror_cache_refetched_after_eviction_total\[1h\]\)\) > \d+/);
   });
 });
 

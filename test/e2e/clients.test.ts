@@ -7,8 +7,9 @@ import { readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { digestOf as digestOfBytes } from '../helpers/digest.js';
-import { allBlobs, busyboxImage, makeImage, makeIndex, makeLayer, MT, writeDirLayout, writeOciLayout, type Blob, type Image } from '../helpers/images.js';
+import { allBlobs, busyboxImage, hostArchitecture, makeImage, makeIndex, makeLayer, makeRandomLayer, MT, writeDirLayout, writeOciLayout, type Blob, type Image } from '../helpers/images.js';
 import { DOCKER_ACCEPT, startMirror, type TestMirror } from '../helpers/mirror.js';
+import { waitFor } from '../helpers/wait.js';
 import { startContainerd } from './harness/containerd.js';
 import { startDistribution, type Distribution } from './harness/distribution.js';
 import { startDockerd } from './harness/dockerd.js';
@@ -247,6 +248,80 @@ describe.skipIf(REG_SKIP !== undefined)('real clients through the mirror', () =>
       const again = await run('skopeo', ['--insecure-policy', 'copy', '--src-tls-verify=false', `docker://${host}/library/busy:2`, `dir:${join(work, 'again')}`], { timeoutMs: 60_000 });
       expect(again.code, again.stderr).toBe(0);
       expect((await upstreamBlobFetches()).size).toBe(0);
+    } finally {
+      await dkd.stop();
+      await mirror.stop();
+    }
+  }, 300_000);
+
+  it.skipIf(DKD_SKIP !== undefined)('dockerd pulls through a mirror capped a bit above one image: every pull succeeds while eviction runs; an evicted image pulls again, its blobs crossing upstream once more', async () => {
+    // Three images of ~200 KiB each over a shared 16 KiB base; the cap holds one image (plus the base), not two.
+    const arch = hostArchitecture() ?? { architecture: 'amd64' };
+    const base = makeRandomLayer(16 * 1024, 'evict-base');
+    const imgs = Object.fromEntries(
+      (['eva', 'evb', 'evc'] as const).map((name) => [name, makeImage({ layers: [base, makeRandomLayer(200 * 1024, `evict-${name}`)], ...arch })]),
+    ) as Record<'eva' | 'evb' | 'evc', Image>;
+    const layout = join(work, 'evict-layout');
+    await writeOciLayout(layout, { eva: imgs.eva.manifest, evb: imgs.evb.manifest, evc: imgs.evc.manifest }, allBlobs(imgs.eva, imgs.evb, imgs.evc));
+    for (const name of ['eva', 'evb', 'evc'] as const) expect((await pushOciLayout(layout, name, upstream.url, `library/${name}`, '1')).code).toBe(0);
+    const unique = (i: Image) => [i.config.digest, i.layers[1]!.digest];
+    const maxBytes = 300 * 1024;
+    const bytesOf = (blobs: Blob[]) => blobs.reduce((n, b) => n + b.size, 0);
+    // One image fits; two (sharing the base) do not.
+    expect(bytesOf(allBlobs(imgs.eva))).toBeLessThan(maxBytes);
+    expect(bytesOf(allBlobs(imgs.eva, imgs.evb))).toBeGreaterThan(maxBytes);
+
+    await upstream.settle();
+    upstream.clearRequests();
+    const mirror = await startMirror({
+      upstreams: { 'docker.io': { url: upstream.url, libraryPrefix: true } },
+      listen: true,
+      raw: { cache: { tagTtl: 300, maxBytes: '300KiB', evictionInterval: 1 } },
+    });
+    const host = mirror.url.replace('http://', '');
+    const dkd = await startDockerd({ mirrors: [mirror.url], insecureRegistries: [host] });
+    const fetchesOf = async () => {
+      await upstream.settle();
+      const out = new Map<string, number>();
+      for (const e of upstream.requests()) {
+        const m = /^\/v2\/library\/ev[abc]\/blobs\/(sha256:[0-9a-f]{64})$/.exec(e.path);
+        if (e.method === 'GET' && m && e.status < 300) out.set(m[1]!, (out.get(m[1]!) ?? 0) + 1);
+      }
+      return out;
+    };
+    const cached = async () => (await mirror.admin.images()).map((i) => i.repo).sort();
+    const settled = async () => {
+      const s = await mirror.admin.summary();
+      return s.bytes <= maxBytes ? s : undefined;
+    };
+    const pull = async (ref: string) => {
+      const r = await dkd.docker(['pull', ref], { timeoutMs: 120_000 });
+      expect(r.code, `${ref}: ${r.stderr}${dkd.logs().slice(-2000)}`).toBe(0);
+    };
+    try {
+      // Back to back: eviction runs in the background while the next pull is under way.
+      for (const name of ['eva', 'evb', 'evc']) await pull(`${name}:1`);
+      await waitFor(async () => !(await cached()).includes('library/eva') && (await settled()), 20_000, `eva evicted and the cache within ${maxBytes} bytes`);
+      expect(await mirror.metric('mirror_cache_evictions_total', { reason: 'size' })).toBeGreaterThan(0);
+      expect(await mirror.metric('mirror_cache_evicted_bytes_total', { reason: 'size' })).toBeGreaterThanOrEqual(200 * 1024);
+      // The most recently pulled image stays whole; the base it shares with eva stays with it.
+      expect(await cached()).toContain('library/evc');
+      const first = await fetchesOf();
+      for (const b of [base.digest, ...unique(imgs.eva), ...unique(imgs.evb), ...unique(imgs.evc)]) expect(first.get(b), `first upstream GETs of ${b}`).toBe(1);
+
+      // eva again, gone from dockerd too: it comes through the mirror, its blobs from upstream once more.
+      upstream.clearRequests();
+      const rmi = await dkd.docker(['rmi', 'eva:1'], { timeoutMs: 60_000 });
+      expect(rmi.code, rmi.stderr).toBe(0);
+      await pull('eva:1');
+      await waitFor(async () => (await cached()).includes('library/eva') && (await settled()), 20_000, `eva cached again and the cache within ${maxBytes} bytes`);
+      const again = await fetchesOf();
+      for (const b of unique(imgs.eva)) expect(again.get(b), `upstream GETs of eva's ${b} after its eviction`).toBe(1);
+      // The shared base was never evicted (evc, retained, references it): not fetched again.
+      expect(again.get(base.digest)).toBeUndefined();
+      expect([...again.keys()].sort()).toEqual(unique(imgs.eva).sort());
+      expect(await mirror.metric('mirror_cache_refetched_after_eviction_total')).toBe(unique(imgs.eva).length);
+      expect((await mirror.admin.summary()).bytes).toBeLessThanOrEqual(maxBytes);
     } finally {
       await dkd.stop();
       await mirror.stop();
