@@ -1,7 +1,7 @@
 /** Filesystem MetaStore: small JSON files written atomically (temp + rename) under repos/. */
 import { mkdir, open, readdir, readFile, rename, rm, stat, unlink, writeFile } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
-import { isNotFound } from './fs-store.js';
+import { isNotFound, readdirOrEmpty } from './fs-store.js';
 import { StorePaths, type RepoKey } from './paths.js';
 import type { MetaStore, StateName, StoredDoc, TagRecord } from './meta-store.js';
 
@@ -157,15 +157,6 @@ export class FsMetaStore implements MetaStore {
     const tmp = this.paths.tmp('meta');
     await writeFile(tmp, JSON.stringify(value));
     await rename(tmp, path);
-  }
-}
-
-async function readdirOrEmpty(dir: string): Promise<string[]> {
-  try {
-    return await readdir(dir);
-  } catch (e) {
-    if (isNotFound(e)) return [];
-    throw e;
   }
 }
 

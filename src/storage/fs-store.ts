@@ -268,7 +268,8 @@ export function isNotFound(e: unknown): boolean {
   return code === 'ENOENT' || code === 'ENOTDIR';
 }
 
-async function readdirOrEmpty(dir: string): Promise<string[]> {
+/** A directory's entries; none when it does not exist. */
+export async function readdirOrEmpty(dir: string): Promise<string[]> {
   try {
     return await readdir(dir);
   } catch (e) {
