@@ -5,6 +5,8 @@
 import { randomUUID } from 'node:crypto';
 import { Hono } from 'hono';
 import type { Registry as PromRegistry } from 'prom-client';
+import type { AccessControl } from './access/service.js';
+import { mountAccess } from './http/access.js';
 import { DEFAULT_RETRY_AFTER, errorResponse } from './http/errors.js';
 import { mountRoutes, type Env } from './http/routes.js';
 import type { Metrics } from './metrics.js';
@@ -27,6 +29,8 @@ export interface AppDeps {
   promRegistry: PromRegistry;
   logger: Logger;
   readiness: Readiness;
+  /** Access control (auth on): who may pull what; `realm` is the token endpoint's URL in challenges (empty: derived). */
+  access?: { control: AccessControl; realm: string };
 }
 
 export function createApp(deps: AppDeps): Hono<Env> {
@@ -57,7 +61,11 @@ export function createApp(deps: AppDeps): Hono<Env> {
           reqId: id,
           method: c.req.method,
           route,
+          // Audit (access control on): who pulled, from where, what they asked for. Never credentials.
+          user: c.get('user'),
+          client: c.get('client'),
           repo: c.get('repo'),
+          reference: c.get('reference'),
           digest: c.get('digest'),
           status,
           cache: c.get('cache'),
@@ -104,7 +112,20 @@ export function createApp(deps: AppDeps): Hono<Env> {
     return c.body(await deps.promRegistry.metrics(), 200, { 'content-type': deps.promRegistry.contentType });
   });
 
-  mountRoutes(app, deps.registry, (source, n) => metrics.servedBytes.inc({ source }, n));
+  const gate = deps.access
+    ? mountAccess(app, deps.access.control, {
+        realm: deps.access.realm,
+        resolve: (name) => {
+          try {
+            const ref = deps.registry.route(name, undefined);
+            return `${ref.upstream}/${ref.repo}`;
+          } catch {
+            return undefined;
+          }
+        },
+      })
+    : undefined;
+  mountRoutes(app, deps.registry, (source, n) => metrics.servedBytes.inc({ source }, n), gate);
   return app;
 }
 

@@ -43,6 +43,31 @@ export interface CacheConfig {
   evictionInterval: number;
 }
 
+/** Client authentication and access policy (src/access/); off: anyone who can connect pulls anything. */
+export interface AuthConfig {
+  enabled: boolean;
+  /** htpasswd file of users with bcrypt hashes (`htpasswd -B`); required when enabled. */
+  htpasswd: string | undefined;
+  /** The access policy file (groups, anonymous networks, trusted proxies, rules); required when enabled. */
+  policy: string | undefined;
+  /** The service name in challenges and tokens (issuer and audience). */
+  service: string;
+  /** The token endpoint URL sent in challenges; empty: the listener's own origin + /token. */
+  realm: string;
+  /** Seconds a token is valid. */
+  tokenTtl: number;
+  /** File holding the token signing key (at least 32 bytes); empty: a random key per process. */
+  tokenKeyFile: string | undefined;
+  /** Policy group whose members may use the admin API. */
+  adminGroup: string;
+  /** Seconds a checked Basic login is remembered (bcrypt is slow on purpose); 0: check every request. */
+  basicCacheSeconds: number;
+  /** Failed logins per user and per address before each attempt waits 2^n s, up to maxDelaySeconds. */
+  failedLogins: { free: number; maxDelaySeconds: number };
+  /** Upstream fetches (cache misses) per client per minute; 0: no limit. */
+  missesPerMinute: number;
+}
+
 export type LogLevel = 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent';
 
 /**
@@ -73,6 +98,7 @@ export interface Config {
   tls?: { cert: string; key: string };
   /** The registries mirrored, by key (`docker.io`). */
   upstreams: Record<string, UpstreamConfig>;
+  auth: AuthConfig;
 }
 
 export class ConfigError extends Error {
@@ -175,7 +201,7 @@ export function validateConfig(raw: Raw): Config {
     for (const k of Object.keys(o)) if (!keys.includes(k)) throw new ConfigError(key ? `${key}.${k}` : k, 'unknown key');
   };
 
-  known('', raw, ['listen', 'dataDir', 'offline', 'defaultRegistry', 'log', 'cache', 'admin', 'limits', 'timeouts', 'upstreamHealth', 'tls', 'upstreams']);
+  known('', raw, ['listen', 'dataDir', 'offline', 'defaultRegistry', 'log', 'cache', 'admin', 'limits', 'timeouts', 'upstreamHealth', 'tls', 'upstreams', 'auth']);
   // YAML reads a bare port (`listen: 8080`) as a number.
   const listen = parseListen(typeof raw.listen === 'number' ? String(raw.listen) : str('listen', raw.listen));
   const log = obj('log', raw.log);
@@ -241,6 +267,32 @@ export function validateConfig(raw: Raw): Config {
   const defaultRegistry = str('defaultRegistry', req('defaultRegistry', raw.defaultRegistry));
   if (!upstreams[defaultRegistry]) throw new ConfigError('defaultRegistry', `names ${defaultRegistry}, which is not among the upstreams`);
 
+  const authRaw = obj('auth', raw.auth);
+  known('auth', authRaw, ['enabled', 'htpasswd', 'policy', 'service', 'realm', 'tokenTtl', 'tokenKeyFile', 'adminGroup', 'basicCacheSeconds', 'failedLogins', 'missesPerMinute']);
+  const optStr = (key: string, v: unknown): string | undefined => (v === undefined || v === null || v === '' ? undefined : str(key, v));
+  const authEnabled = bool('auth.enabled', req('auth.enabled', authRaw.enabled));
+  const failedLogins = obj('auth.failedLogins', req('auth.failedLogins', authRaw.failedLogins));
+  known('auth.failedLogins', failedLogins, ['free', 'maxDelaySeconds']);
+  const auth: AuthConfig = {
+    enabled: authEnabled,
+    htpasswd: optStr('auth.htpasswd', authRaw.htpasswd),
+    policy: optStr('auth.policy', authRaw.policy),
+    service: str('auth.service', req('auth.service', authRaw.service)),
+    realm: typeof req('auth.realm', authRaw.realm) === 'string' ? (authRaw.realm as string) : str('auth.realm', authRaw.realm),
+    tokenTtl: num('auth.tokenTtl', req('auth.tokenTtl', authRaw.tokenTtl), 10, 86400),
+    tokenKeyFile: optStr('auth.tokenKeyFile', authRaw.tokenKeyFile),
+    adminGroup: str('auth.adminGroup', req('auth.adminGroup', authRaw.adminGroup)),
+    basicCacheSeconds: num('auth.basicCacheSeconds', req('auth.basicCacheSeconds', authRaw.basicCacheSeconds), 0, 3600),
+    failedLogins: {
+      free: num('auth.failedLogins.free', req('auth.failedLogins.free', failedLogins.free), 0, 1000),
+      maxDelaySeconds: num('auth.failedLogins.maxDelaySeconds', req('auth.failedLogins.maxDelaySeconds', failedLogins.maxDelaySeconds), 1, 86400),
+    },
+    missesPerMinute: num('auth.missesPerMinute', req('auth.missesPerMinute', authRaw.missesPerMinute), 0),
+  };
+  if (auth.enabled && auth.htpasswd === undefined) throw new ConfigError('auth.htpasswd', 'an htpasswd file is required when auth.enabled is true');
+  if (auth.enabled && auth.policy === undefined) throw new ConfigError('auth.policy', 'a policy file is required when auth.enabled is true');
+  if (auth.realm !== '' && !/^https?:\/\/[^\s"]+$/.test(auth.realm)) throw new ConfigError('auth.realm', 'must be an http(s) URL of the token endpoint, or empty');
+
   return {
     listen,
     dataDir: str('dataDir', raw.dataDir),
@@ -272,6 +324,7 @@ export function validateConfig(raw: Raw): Config {
     upstreamHealth: { offlineMinMs, offlineMaxMs },
     ...(tlsRaw ? { tls: { cert: str('tls.cert', tlsRaw.cert), key: str('tls.key', tlsRaw.key) } } : {}),
     upstreams,
+    auth,
   };
 }
 

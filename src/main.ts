@@ -7,17 +7,24 @@
  *   regmirror --print-config           print the effective configuration (credentials hidden) and exit
  *   regmirror cache <command> …        the cache lifecycle CLI (src/cli/cache.ts), on a running
  *                                      mirror's admin API or a stopped mirror's data directory
+ *   regmirror import|export|prefetch …  air-gapped and CI sites (src/cli/import.ts, export.ts, prefetch.ts)
  */
 import { existsSync, readFileSync } from 'node:fs';
 import type { AddressInfo } from 'node:net';
 import { createInterface } from 'node:readline/promises';
 import { runCacheCli, type CacheCliDeps } from './cli/cache.js';
+import type { AirgapCliDeps } from './cli/airgap-common.js';
+import { runExportCli } from './cli/export.js';
+import { runImportCli } from './cli/import.js';
+import { runPrefetchCli } from './cli/prefetch.js';
 import { ConfigError, loadConfig, type Config } from './config.js';
 import { createServer } from 'node:http';
 import { getRequestListener } from '@hono/node-server';
 import { createMirrorServer } from './http/server.js';
+import { HtpasswdError } from './access/htpasswd.js';
+import { PolicyError } from './access/policy.js';
 import { createLogger } from './logger.js';
-import { buildMirror, openCacheAdmin } from './mirror.js';
+import { buildMirror, openAirgap, openCacheAdmin, openPrefetch } from './mirror.js';
 
 const SHUTDOWN_DEADLINE_MS = 25_000;
 const DEFAULT_CONFIG_URL = new URL('../config/default.yaml', import.meta.url);
@@ -28,6 +35,32 @@ async function main(argv: string[], env: NodeJS.ProcessEnv): Promise<void> {
     process.stdout.on('error', (e: NodeJS.ErrnoException) => process.exit(e.code === 'EPIPE' ? 0 : 1));
     const code = await runCacheCli(argv.slice(1), cacheCliDeps(env));
     // Exit once what was written has been handed to the OS (nothing the cache opened keeps us here).
+    process.stdout.write('', () => process.exit(code));
+    return;
+  }
+  if (argv[0] === 'prefetch') {
+    process.stdout.on('error', (e: NodeJS.ErrnoException) => process.exit(e.code === 'EPIPE' ? 0 : 1));
+    const common = airgapCliDeps(env);
+    const code = await runPrefetchCli(argv.slice(1), {
+      stdout: common.stdout,
+      stderr: common.stderr,
+      env,
+      fetch: common.fetch,
+      loadConfig: (file) => common.loadConfig(file),
+      openPrefetch: (config) => openPrefetch(config),
+      // Ctrl-C cancels the job (a second one exits at once); what was fetched stays cached.
+      onInterrupt: (cancel) => process.once('SIGINT', () => {
+        process.once('SIGINT', () => process.exit(130));
+        cancel();
+      }),
+    });
+    process.stdout.write('', () => process.exit(code));
+    return;
+  }
+  if (argv[0] === 'import' || argv[0] === 'export') {
+    process.stdout.on('error', (e: NodeJS.ErrnoException) => process.exit(e.code === 'EPIPE' ? 0 : 1));
+    const run = argv[0] === 'import' ? runImportCli : runExportCli;
+    const code = await run(argv.slice(1), airgapCliDeps(env));
     process.stdout.write('', () => process.exit(code));
     return;
   }
@@ -47,7 +80,17 @@ async function main(argv: string[], env: NodeJS.ProcessEnv): Promise<void> {
     return;
   }
   const logger = createLogger(config);
-  const mirror = await buildMirror(config, { logger, processMetrics: true });
+  let mirror: Awaited<ReturnType<typeof buildMirror>>;
+  try {
+    mirror = await buildMirror(config, { logger, processMetrics: true });
+  } catch (e) {
+    // An unreadable or invalid htpasswd, policy or token key file (auth): say which, and stop.
+    if (e instanceof ConfigError || e instanceof HtpasswdError || e instanceof PolicyError) {
+      process.stderr.write(`regmirror: cannot start: ${e.message}\n`);
+      process.exit(2);
+    }
+    throw e;
+  }
   const tls = config.tls ? { cert: readFileSync(config.tls.cert), key: readFileSync(config.tls.key) } : undefined;
   const server = createMirrorServer({ fetch: mirror.app.fetch, ...(tls ? { tls } : {}) });
   server.listen(config.listen.port, config.listen.host, () => {
@@ -102,6 +145,13 @@ async function main(argv: string[], env: NodeJS.ProcessEnv): Promise<void> {
       process.exit(0);
     }, SHUTDOWN_DEADLINE_MS).unref();
   };
+  // SIGHUP: reread the htpasswd and policy files (auth); open connections are untouched, a bad file keeps the old ones.
+  process.on('SIGHUP', () => {
+    if (!mirror.access) return logger.info({}, 'SIGHUP: access control is off; nothing to reload');
+    const err = mirror.access.reload();
+    if (err) logger.error({ err: err.message }, 'SIGHUP: access files not reloaded; the previous ones stay in force');
+    else logger.info({}, 'SIGHUP: htpasswd and policy reloaded');
+  });
   process.on('SIGTERM', () => stop('SIGTERM'));
   process.on('SIGINT', () => stop('SIGINT'));
 }
@@ -118,6 +168,9 @@ function parseArgs(argv: string[]): { config?: string; printConfig: boolean } {
         [
           'usage: regmirror [serve] [--config FILE] [--print-config]',
           '       regmirror cache <command> [options]   inspect and manage the cache (regmirror cache --help)',
+          '       regmirror import BUNDLE.tar|DIR|-     add an OCI layout bundle to the cache (regmirror import --help)',
+          '       regmirror export -o BUNDLE.tar IMAGE… write cached images as an OCI layout tar (regmirror export --help)',
+          '       regmirror prefetch IMAGE…             fill the cache ahead of pulls (regmirror prefetch --help)',
           '',
         ].join('\n'),
       );
@@ -146,13 +199,41 @@ function cacheCliDeps(env: NodeJS.ProcessEnv): CacheCliDeps {
       }
     },
     env,
-    fetch: (input, init) => fetch(input, init),
+    // With auth on, the admin API wants a member of auth.adminGroup: MIRROR_ADMIN_USER / MIRROR_ADMIN_PASSWORD.
+    fetch: (input, init) => fetch(input, adminCredentials(init, env)),
     loadConfig: (file) => loadConfig({ defaults: readFileSync(DEFAULT_CONFIG_URL, 'utf8'), ...(file ? { file } : {}), env }),
     openCacheAdmin: async (config) => {
       if (!existsSync(config.dataDir)) throw new Error(`data directory ${config.dataDir} does not exist`);
       return openCacheAdmin(config);
     },
   };
+}
+
+/** What `regmirror import|export` get from the process. */
+function airgapCliDeps(env: NodeJS.ProcessEnv): AirgapCliDeps {
+  return {
+    stdout: process.stdout,
+    stderr: process.stderr,
+    stdin: process.stdin,
+    env,
+    fetch: (input, init) => fetch(input, init),
+    loadConfig: (file) => loadConfig({ defaults: readFileSync(DEFAULT_CONFIG_URL, 'utf8'), ...(file ? { file } : {}), env }),
+    openAirgap: async (config, opts) => {
+      // An import may fill a new site's empty data directory; an export needs a cache.
+      if (!opts.forImport && !existsSync(config.dataDir)) throw new Error(`data directory ${config.dataDir} does not exist`);
+      return openAirgap(config, opts);
+    },
+  };
+}
+
+/** Adds HTTP Basic from MIRROR_ADMIN_USER / MIRROR_ADMIN_PASSWORD (when both are set) to an admin API request. */
+function adminCredentials(init: RequestInit | undefined, env: NodeJS.ProcessEnv): RequestInit | undefined {
+  const user = env.MIRROR_ADMIN_USER;
+  const password = env.MIRROR_ADMIN_PASSWORD;
+  if (!user || password === undefined) return init;
+  const headers = new Headers(init?.headers);
+  headers.set('authorization', `Basic ${Buffer.from(`${user}:${password}`).toString('base64')}`);
+  return { ...init, headers };
 }
 
 function redact(config: Config): unknown {

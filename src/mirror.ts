@@ -3,17 +3,22 @@
  * metrics) into an app from a Config. main.ts calls it; so do the tests, with their own dispatcher,
  * clock, logger and metrics registry.
  */
+import { randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { mkdir, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Registry as PromRegistry } from 'prom-client';
 import { Agent, type Dispatcher } from 'undici';
 import { createApp } from './app.js';
-import { createAdminApp } from './admin/app.js';
+import { AccessControl } from './access/service.js';
+import { limitUpstream } from './access/upstream-limit.js';
+import { createAdminApp, requireAdmin } from './admin/app.js';
+import { Airgap } from './airgap/service.js';
+import { PrefetchJobs, type PrefetchDeps } from './airgap/prefetch.js';
 import { CachingBlobStore } from './cache/caching-blob-store.js';
 import { CachingMetaStore } from './cache/caching-meta-store.js';
 import { CacheStats } from './cache/stats.js';
-import type { Config } from './config.js';
+import { ConfigError, type Config } from './config.js';
 import { AdminError, CacheAdminService } from './lifecycle/admin.js';
 import { Evictor } from './lifecycle/evictor.js';
 import { takeInventory } from './lifecycle/inventory.js';
@@ -27,6 +32,7 @@ import type { Logger } from './observability/types.js';
 import { InflightDownloads } from './transfer/inflight.js';
 import { NegativeCache } from './registry/negative-cache.js';
 import { Registry } from './registry/service.js';
+import { routeName, type RoutingTable } from './registry/reference.js';
 import { FsMetaStore } from './storage/fs-meta-store.js';
 import { FsBlobStore } from './storage/fs-store.js';
 import { AvailabilityGuard } from './upstream/availability.js';
@@ -49,6 +55,14 @@ export interface Mirror {
   /** The admin API (its own listener). */
   adminApp: ReturnType<typeof createAdminApp>;
   admin: CacheAdmin;
+  /** Access control, when `auth.enabled` (reload() on SIGHUP). */
+  access: AccessControl | undefined;
+  /** Bundles in and out of this cache (import/export; the admin API's POST /admin/import). */
+  airgap: Airgap;
+  /** Prefetch jobs (the admin API's /admin/prefetch). */
+  prefetch: PrefetchJobs;
+  /** What prefetch runs on: this mirror's Registry service and blob store. */
+  prefetchDeps: PrefetchDeps;
   registry: Registry;
   metrics: Metrics;
   promRegistry: PromRegistry;
@@ -78,7 +92,7 @@ interface Stores {
   cachedMeta: CachingMetaStore;
 }
 
-async function openStores(config: Config, onAdded: (digest: string) => void): Promise<Stores> {
+async function openStores(config: Config, onAdded: (digest: string) => void, opts: { sweep?: boolean } = {}): Promise<Stores> {
   const stats = new CacheStats();
   const blobs = new FsBlobStore(config.dataDir, {
     added: (d, n) => {
@@ -87,7 +101,8 @@ async function openStores(config: Config, onAdded: (digest: string) => void): Pr
     },
     removed: (d, n) => stats.removed(d, n),
   });
-  await blobs.init();
+  // init() sweeps tmp/: never beside a running mirror (a read-only export opens the stores with sweep: false).
+  if (opts.sweep !== false) await blobs.init();
   const meta = new FsMetaStore(config.dataDir);
   return { stats, blobs, meta, cachedBlobs: new CachingBlobStore(blobs, { memoryBytes: config.cache.memoryBytes }), cachedMeta: new CachingMetaStore(meta) };
 }
@@ -181,9 +196,83 @@ export async function openCacheAdmin(config: Config, opts: { logger?: Logger; no
   return { admin: lifecycle.admin, close: () => lifecycle.usage.stop() };
 }
 
+/** How client-visible names map to upstreams, from the config (as the Registry routes them). */
+function routingOf(config: Config): RoutingTable {
+  const aliases = new Map<string, string>();
+  for (const u of Object.values(config.upstreams)) {
+    aliases.set(u.name, u.name);
+    for (const a of u.aliases) aliases.set(a, u.name);
+  }
+  return { defaultUpstream: config.defaultRegistry, resolve: (h) => aliases.get(h), addsLibraryPrefix: (n) => config.upstreams[n]?.libraryPrefix ?? false };
+}
+
+/**
+ * Bundle import/export over a data directory, in-process, without a server or upstream (for
+ * `regmirror import|export`). `forImport`: the mirror must be stopped (its memory caches would not
+ * see the new tags); export only reads and works beside a running mirror.
+ */
+export async function openAirgap(config: Config, opts: { now?: () => number; forImport: boolean }): Promise<{ airgap: Airgap; close(): Promise<void> }> {
+  const serving = servingPid(config.dataDir);
+  if (opts.forImport && serving !== undefined) {
+    throw new Error(`a mirror (pid ${serving}) is serving ${config.dataDir}: use its admin API (--admin URL) instead of the data directory`);
+  }
+  const stores = await openStores(config, () => undefined, { sweep: opts.forImport });
+  const table = routingOf(config);
+  const airgap = new Airgap({
+    blobs: stores.blobs,
+    meta: stores.meta,
+    now: opts.now ?? Date.now,
+    route: (name) => routeName(name, undefined, table),
+    maxManifestBytes: config.limits.maxManifestBytes,
+  });
+  return { airgap, close: async () => {} };
+}
+
+/** Access control from `auth` (undefined when off); an unreadable or invalid htpasswd, policy or key file throws, naming it. */
+function buildAccess(config: Config, now: () => number): AccessControl | undefined {
+  const a = config.auth;
+  if (!a.enabled) return undefined;
+  let tokenKey: Uint8Array = randomBytes(32);
+  if (a.tokenKeyFile) {
+    try {
+      tokenKey = readFileSync(a.tokenKeyFile);
+    } catch (e) {
+      throw new ConfigError('auth.tokenKeyFile', `cannot read ${a.tokenKeyFile}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
+    }
+    if (tokenKey.length < 32) throw new ConfigError('auth.tokenKeyFile', `${a.tokenKeyFile} holds fewer than 32 bytes`);
+  }
+  return new AccessControl({
+    htpasswdFile: a.htpasswd!,
+    policyFile: a.policy!,
+    service: a.service,
+    tokenTtlSeconds: a.tokenTtl,
+    tokenKey,
+    adminGroup: a.adminGroup,
+    basicCacheSeconds: a.basicCacheSeconds,
+    failedLogins: a.failedLogins,
+    missesPerMinute: a.missesPerMinute,
+    now,
+  });
+}
+
+/**
+ * A mirror without a listener for `regmirror prefetch --data-dir/--config`: the data directory must
+ * not be served by another process (its pid file and memory caches belong to that one).
+ */
+export async function openPrefetch(config: Config, opts: MirrorOptions = {}): Promise<{ deps: PrefetchDeps; close(): Promise<void> }> {
+  const serving = servingPid(config.dataDir);
+  if (serving !== undefined) {
+    throw new Error(`a mirror (pid ${serving}) is serving ${config.dataDir}: use its admin API (--admin URL) instead of the data directory`);
+  }
+  const mirror = await buildMirror(config, { lifecycleTimers: false, ...opts });
+  return { deps: mirror.prefetchDeps, close: () => mirror.close() };
+}
+
 export async function buildMirror(config: Config, opts: MirrorOptions = {}): Promise<Mirror> {
   const now = opts.now ?? Date.now;
   const logger = opts.logger ?? silentLogger;
+  // First: a bad htpasswd or policy file stops start-up before anything is opened.
+  const access = buildAccess(config, now);
   const ownDispatcher = opts.dispatcher === undefined;
   const dispatcher =
     opts.dispatcher ??
@@ -277,6 +366,8 @@ export async function buildMirror(config: Config, opts: MirrorOptions = {}): Pro
       })),
     );
   }
+  // The per-client limit on upstream fetches (access control): outermost, so refused calls reach no upstream.
+  if (access) for (const [k, u] of upstreams) upstreams.set(k, limitUpstream(u, access.callers, access.limiter));
   const aliases = new Map<string, string>();
   for (const u of Object.values(config.upstreams)) {
     aliases.set(u.name, u.name);
@@ -311,6 +402,7 @@ export async function buildMirror(config: Config, opts: MirrorOptions = {}): Pro
     metrics,
     promRegistry,
     logger,
+    ...(access ? { access: { control: access, realm: config.auth.realm } } : {}),
     readiness: {
       storage: async () => {
         const probe = join(config.dataDir, 'tmp', `.ready-${process.pid}`);
@@ -324,6 +416,20 @@ export async function buildMirror(config: Config, opts: MirrorOptions = {}): Pro
     },
   });
 
+  const airgap = new Airgap({
+    blobs: stores.cachedBlobs,
+    meta: stores.cachedMeta,
+    now,
+    route: (name) => registry.route(name, undefined),
+    maxManifestBytes: config.limits.maxManifestBytes,
+  });
+  const prefetchDeps: PrefetchDeps = {
+    getManifest: (ref, reference, accept) => registry.getManifest(ref, reference, accept),
+    openBlob: (ref, digest) => registry.openBlob(ref, digest, undefined),
+    route: (name) => registry.route(name, undefined),
+    has: async (digest) => (await stores.cachedBlobs.stat(digest)) !== undefined,
+  };
+  const prefetch = new PrefetchJobs(prefetchDeps, now);
   const adminApp = createAdminApp(
     lifecycle.admin,
     (name) => {
@@ -334,7 +440,11 @@ export async function buildMirror(config: Config, opts: MirrorOptions = {}): Pro
       }
     },
     logger,
+    airgap,
+    prefetch,
   );
+  // The admin API asks for a member of auth.adminGroup when access control is on.
+  const guardedAdmin = access ? requireAdmin(adminApp, (authorization, address) => access.mayAdminister(authorization, access.clientAddress(address, undefined))) : adminApp;
   if (opts.lifecycleTimers !== false) {
     lifecycle.usage.start(5000);
     lifecycle.evictor.start(config.cache.evictionInterval * 1000);
@@ -344,8 +454,12 @@ export async function buildMirror(config: Config, opts: MirrorOptions = {}): Pro
 
   return {
     app,
-    adminApp,
+    adminApp: guardedAdmin,
     admin: lifecycle.admin,
+    access,
+    airgap,
+    prefetch,
+    prefetchDeps,
     registry,
     metrics,
     promRegistry,

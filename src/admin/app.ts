@@ -4,6 +4,9 @@
  * listener on loopback or a management network.
  */
 import { Hono, type Context } from 'hono';
+import { mountAirgapRoutes } from '../airgap/admin-routes.js';
+import type { Airgap } from '../airgap/service.js';
+import type { PrefetchJobs } from '../airgap/prefetch.js';
 import { AdminError } from '../lifecycle/admin.js';
 import type { CacheAdmin, PurgeTarget } from '../lifecycle/types.js';
 import type { Logger } from '../observability/types.js';
@@ -11,7 +14,7 @@ import type { Logger } from '../observability/types.js';
 /** `docker.io/library/alpine` → its upstream and repository; the upstream must be configured. */
 export type RepositoryParser = (name: string) => { upstream: string; repo: string };
 
-export function createAdminApp(admin: CacheAdmin, parseRepository: RepositoryParser, logger: Logger): Hono {
+export function createAdminApp(admin: CacheAdmin, parseRepository: RepositoryParser, logger: Logger, airgap?: Airgap, prefetch?: PrefetchJobs): Hono {
   const app = new Hono();
 
   app.onError((err, c) => {
@@ -50,6 +53,8 @@ export function createAdminApp(admin: CacheAdmin, parseRepository: RepositoryPar
   app.delete('/admin/pins', async (c) => c.json({ pins: await admin.unpin(requiredString(await jsonBody(c), 'pattern')) }));
   app.post('/admin/evict', async (c) => c.json((await admin.evict()) ?? { evicted: null }));
   app.post('/admin/gc', async (c) => c.json(await admin.gc()));
+  // Bundles and prefetch jobs (src/airgap/admin-routes.ts): POST /admin/import, /admin/prefetch.
+  if (airgap) mountAirgapRoutes(app, airgap, prefetch);
   return app;
 }
 
@@ -72,4 +77,23 @@ function optionalString(body: Record<string, unknown>, key: string): string | un
   if (v === undefined) return undefined;
   if (typeof v !== 'string' || v === '') throw new AdminError('invalid', `"${key}" must be a non-empty string`);
   return v;
+}
+
+/** Checks a request's Authorization header (HTTP Basic) for the admin role; the address is the socket's. */
+export type AdminCheck = (authorization: string | undefined, address: string | undefined) => Promise<'ok' | 'unauthorized' | 'forbidden' | { retryAfter: number }>;
+
+/**
+ * The admin API behind a check (access control on): 401 with a Basic challenge without valid
+ * credentials, 403 for a user outside the admin group, 429 after too many failed logins.
+ */
+export function requireAdmin(inner: Hono, check: AdminCheck): Hono {
+  const app = new Hono<{ Bindings: { incoming?: { socket?: { remoteAddress?: string } } } }>();
+  app.all('*', async (c) => {
+    const r = await check(c.req.header('authorization'), c.env?.incoming?.socket?.remoteAddress);
+    if (r === 'ok') return inner.fetch(c.req.raw, c.env);
+    if (r === 'forbidden') return c.json({ errors: [{ code: 'DENIED', message: 'the admin API needs the admin role' }] }, 403);
+    if (r === 'unauthorized') return c.json({ errors: [{ code: 'UNAUTHORIZED', message: 'authentication required' }] }, 401, { 'www-authenticate': 'Basic realm="regmirror-admin"' });
+    return c.json({ errors: [{ code: 'TOOMANYREQUESTS', message: 'too many failed logins: try again later' }] }, 429, { 'retry-after': String(r.retryAfter) });
+  });
+  return app as unknown as Hono;
 }

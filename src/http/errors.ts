@@ -41,6 +41,13 @@ export const ERROR_TABLE: Record<ErrorCode, Entry> = {
   HEADERS_TOO_LARGE: { status: 431, oci: 'UNSUPPORTED' },
 };
 
+/** A 401 with the `WWW-Authenticate` challenge the client should answer (http/access.ts). */
+export class ChallengeError extends RegistryError {
+  constructor(readonly challenge: string, message: string) {
+    super('UNAUTHORIZED', message);
+  }
+}
+
 /** Seconds a client is told to wait after a 503 or 429 that carries no figure of its own. */
 export const DEFAULT_RETRY_AFTER = 5;
 
@@ -57,6 +64,7 @@ export function errorResponse(e: unknown): ErrorResponse {
   const headers: Record<string, string> = { 'content-type': 'application/json; charset=utf-8' };
   if (err.retryAfter !== undefined) headers['retry-after'] = String(err.retryAfter);
   else if (status === 503 || status === 429) headers['retry-after'] = String(DEFAULT_RETRY_AFTER);
+  if (err instanceof ChallengeError) headers['www-authenticate'] = err.challenge;
   if (status === 416 && err.size !== undefined) headers['content-range'] = `bytes */${err.size}`;
   const body: { code: string; message: string; detail?: unknown } = { code: entry.oci ?? err.code, message: err.message };
   if (err.detail !== undefined) body.detail = err.detail;

@@ -3,28 +3,52 @@
  * headers, stream bodies. Errors are thrown as RegistryErrors and answered once, in app.ts.
  */
 import type { Context, Hono } from 'hono';
+import type { Identity } from '../access/service.js';
 import { RegistryError } from '../registry/errors.js';
 import { parseAccept } from '../registry/media-types.js';
 import { parseRange } from '../registry/range.js';
 import type { Page, Registry } from '../registry/service.js';
+import { paginate } from '../registry/listings.js';
+import type { AccessGate } from './access.js';
 import { multipartByteranges } from './multipart.js';
 import { sendStream, type StreamSink } from './send.js';
 
 /** RFC 9111 Warning for an answer served from the cache because upstream could not be asked. */
 const STALE_WARNING = '110 - "Response is Stale"';
 
-export type Env = { Bindings: StreamSink; Variables: { route: string; repo?: string; digest?: string; cache?: string; bytes?: number } };
+export type Env = {
+  Bindings: StreamSink;
+  Variables: { route: string; repo?: string; digest?: string; cache?: string; bytes?: number; reference?: string; identity?: Identity; user?: string; client?: string };
+};
 
 const API_PATH = /^\/v2\/(.+)\/(manifests|blobs|tags|referrers)\/([^/]+(?:\/[^/]+)?)$/;
 
-export function mountRoutes(app: Hono<Env>, registry: Registry, onServed: (source: 'cache' | 'upstream', n: number) => void): void {
-  app.on(['GET', 'HEAD'], '/v2', (c) => base(c));
-  app.on(['GET', 'HEAD'], '/v2/', (c) => base(c));
+/** `gate` (access control on): asked before anything is looked up; the catalog lists only what the caller may see. */
+export function mountRoutes(app: Hono<Env>, registry: Registry, onServed: (source: 'cache' | 'upstream', n: number) => void, gate?: AccessGate): void {
+  app.on(['GET', 'HEAD'], '/v2', (c) => (gate?.enter(c), base(c)));
+  app.on(['GET', 'HEAD'], '/v2/', (c) => (gate?.enter(c), base(c)));
 
   app.on(['GET', 'HEAD'], '/v2/_catalog', async (c) => {
     c.set('route', 'catalog');
     const { n, last } = pageParams(c);
-    const page = await registry.catalog(n, last);
+    let page: Page<string>;
+    if (gate) {
+      gate.enter(c);
+      // Filtered before paging, so pages are full and `last` never names a hidden repository.
+      await registry.catalog(n, undefined); // `n` checked as without access control
+      const all = (await registry.catalog(undefined, undefined)).items;
+      // A cached name that no longer routes (its upstream left the config) is shown to nobody.
+      const canonical = (name: string) => {
+        try {
+          const ref = registry.route(name, undefined);
+          return `${ref.upstream}/${ref.repo}`;
+        } catch {
+          return '';
+        }
+      };
+      const visible = gate.visible(c, all.map(canonical).filter((r) => r !== ''));
+      page = { ...paginate(all.filter((name) => visible.has(canonical(name))), n, last), cache: 'hit' };
+    } else page = await registry.catalog(n, last);
     return listResponse(c, { repositories: page.items }, page, '/v2/_catalog', n);
   });
 
@@ -41,6 +65,8 @@ export function mountRoutes(app: Hono<Env>, registry: Registry, onServed: (sourc
     const [, name, kind, rest] = m as unknown as [string, string, string, string];
     const ref = registry.route(name, c.req.query('ns'));
     c.set('repo', `${ref.upstream}/${ref.repo}`);
+    c.set('reference', rest);
+    gate?.repository(c, ref);
     const head = c.req.method === 'HEAD';
     switch (kind) {
       case 'manifests':

@@ -1,0 +1,46 @@
+/**
+ * The per-client limit on upstream fetches, as a decorator of an Upstream: the request's caller
+ * travels in an AsyncLocalStorage (set by the HTTP edge), and each upstream call made on its behalf
+ * takes from its bucket. Over the limit, the call fails as a 429 from upstream would: the registry then
+ * serves a cached copy if it has one (stale), and the client gets 429 TOOMANYREQUESTS with
+ * Retry-After otherwise. Calls made outside any request (background work) are not limited. Cache
+ * hits make no upstream call and so are never limited.
+ */
+import { AsyncLocalStorage } from 'node:async_hooks';
+import { UpstreamError } from '../upstream/errors.js';
+import type { Upstream } from '../upstream/types.js';
+import type { RateLimiter } from './limits.js';
+
+export class CallerContext {
+  private readonly als = new AsyncLocalStorage<string>();
+
+  /** Runs `fn` on behalf of the client named `key` (a user or an address). */
+  run<T>(key: string, fn: () => T): T {
+    return this.als.run(key, fn);
+  }
+
+  current(): string | undefined {
+    return this.als.getStore();
+  }
+}
+
+export function limitUpstream(inner: Upstream, ctx: CallerContext, limiter: RateLimiter): Upstream {
+  const take = () => {
+    const key = ctx.current();
+    if (key === undefined) return;
+    const wait = limiter.take(key);
+    if (wait > 0) throw new UpstreamError('status', inner.name, 'too many upstream fetches from this client: try again later', { status: 429, code: 'TOOMANYREQUESTS', retryAfter: wait });
+  };
+  return {
+    name: inner.name,
+    get revalidateBudgetMs() {
+      return inner.revalidateBudgetMs;
+    },
+    getManifest: async (repo, reference, accept) => (take(), inner.getManifest(repo, reference, accept)),
+    headManifest: async (repo, reference, accept) => (take(), inner.headManifest(repo, reference, accept)),
+    headBlob: async (repo, digest) => (take(), inner.headBlob(repo, digest)),
+    getBlob: async (repo, digest, offset) => (take(), inner.getBlob(repo, digest, offset)),
+    getTags: async (repo, n, last) => (take(), inner.getTags(repo, n, last)),
+    getReferrers: async (repo, digest) => (take(), inner.getReferrers(repo, digest)),
+  };
+}
