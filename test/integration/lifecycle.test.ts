@@ -8,6 +8,7 @@ import { Readable } from 'node:stream';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { FakeUpstream } from '../helpers/fake-upstream.js';
 import { digestOf } from '../helpers/digest.js';
+import { waitFor } from '../helpers/wait.js';
 import { makeImage, makeRandomLayer, type Image } from '../helpers/images.js';
 import { DOCKER_ACCEPT, startMirror, type TestMirror } from '../helpers/mirror.js';
 
@@ -152,6 +153,38 @@ describe('a cache that stays within its limits', () => {
     expect(await mirror!.admin.evict()).toMatchObject({ images: 1 });
     expect(await cachedRepos()).toEqual(['library/c']);
     expect(await mirror!.blobs.stat(big.digest)).toBeUndefined();
+  });
+
+  it('eviction racing a new download of the same digest: the download completes and stays', async () => {
+    await start({ maxBytes: Math.floor((LAYER + 3000) * 2.5) });
+    await pull('a');
+    await pull('b');
+    // A is evicted and purged while a client downloads A's layer again, slowly.
+    const layerA = images.a!.layers[0]!;
+    await mirror!.admin.purge({ upstream: 'docker.io', repo: 'library/a' });
+    expect(await mirror!.blobs.stat(layerA.digest)).toBeUndefined();
+    hub.faults.trickle = { bytesPerTick: 16 * 1024, tickMs: 5 };
+    try {
+      const manifest = await mirror!.request('/v2/a/manifests/latest', { headers: { accept: DOCKER_ACCEPT } });
+      expect(manifest.status).toBe(200);
+      const res = mirror!.request(`/v2/a/blobs/${layerA.digest}`);
+      await waitFor(() => hub.count({ kind: 'cdn' }) > 0, 5000, 'the download to start');
+      // Passes while it runs: the blob is not on disk yet, then it arrives after the pass began.
+      await mirror!.admin.evict();
+      await mirror!.admin.gc();
+      const body = Buffer.from(await (await res).arrayBuffer());
+      expect(digestOf(body)).toBe(layerA.digest);
+      expect(await mirror!.registry.drain(5000)).toBe(true);
+      await mirror!.admin.gc();
+      expect(await mirror!.blobs.stat(layerA.digest)).toBeDefined();
+    } finally {
+      delete hub.faults.trickle;
+    }
+    // The layer is served from the cache now (only A's config, purged and not asked for since, is fetched).
+    hub.resetCounters();
+    await pull('a');
+    expect(hub.count({ kind: 'cdn', path: new RegExp(layerA.digest.slice('sha256:'.length)) })).toBe(0);
+    expect(hub.count({ kind: 'cdn' })).toBe(1);
   });
 
   it('the order survives a restart', async () => {
