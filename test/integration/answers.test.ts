@@ -97,6 +97,7 @@ describe('answers as the registry gives them', () => {
     const one = await m.request(`/v2/app/blobs/${big.digest}`, { headers: { range: `bytes=0-1,${size + 10}-` } });
     expect(one.status).toBe(206);
     expect(one.headers.get('content-range')).toBe(`bytes 0-1/${size}`);
+    expect(Buffer.from(await one.arrayBuffer()).equals(big.bytes.subarray(0, 2))).toBe(true);
     const none = await m.request(`/v2/app/blobs/${big.digest}`, { headers: { range: `bytes=${size}-,${size + 1}-` } });
     expect(none.status).toBe(416);
     expect(none.headers.get('content-range')).toBe(`bytes */${size}`);
