@@ -8,6 +8,10 @@
  * written beside an earlier bundle); those blobs are left out, the manifests naming them are not
  * (import finds the rest in its cache). Such a bundle is complete only for a mirror that imported the
  * earlier ones; `tar -xOf bundle.tar index.json` still lists what it holds.
+ *
+ * `since` (ms since the epoch) leaves out the blobs stored in the cache before that time (the blob
+ * file's mtime: when it was pulled, prefetched or imported), for a site that imported every bundle
+ * made up to then. A store that cannot tell when a blob arrived keeps it in the bundle.
  */
 import type { Readable, Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
@@ -34,6 +38,8 @@ export interface ExportOptions {
   platforms?: string[];
   /** Digests the other side already has: left out. */
   base?: ReadonlySet<string>;
+  /** Leave out blobs stored before this time (ms since the epoch). */
+  since?: number;
 }
 
 export interface ExportPlan {
@@ -45,7 +51,7 @@ export interface ExportPlan {
   digests: string[];
   /** Bytes of the blobs written. */
   bytes: number;
-  /** Blobs left out because the other side has them. */
+  /** Blobs left out because the other side has them (in `base`, or stored before `since`). */
   skipped: number;
 }
 
@@ -61,12 +67,14 @@ export async function planExport(refs: ExportRef[], deps: ExportDeps, opts: Expo
   const images: ExportPlan['images'] = [];
   const order: string[] = [];
   const sizes = new Map<string, number>();
+  const old = new Set<string>(); // stored before `since`
   const need = async (digest: string, what: string, expected?: number) => {
     if (sizes.has(digest)) return;
-    const st = await deps.blobs.stat(digest);
+    const st = await deps.blobs.stat(digest, opts.since !== undefined ? { mtime: true } : undefined);
     if (!st) throw new BundleError(`${what} ${digest} is not in the cache (pull or prefetch it first)`);
     if (expected !== undefined && st.size !== expected) throw new BundleError(`${what} ${digest}: cached size ${st.size}, descriptor says ${expected}`);
     sizes.set(digest, st.size);
+    if (opts.since !== undefined && st.mtimeMs !== undefined && st.mtimeMs < opts.since) old.add(digest);
     order.push(digest);
   };
   for (const ref of refs) {
@@ -118,7 +126,7 @@ export async function planExport(refs: ExportRef[], deps: ExportDeps, opts: Expo
     images.push({ reference, descriptor: { mediaType: root.mediaType, digest: root.digest, size: rootBytes.length, annotations: { [REF_NAME]: reference } } });
   }
   const base = opts.base ?? new Set<string>();
-  const blobs = order.filter((d) => !base.has(d)).map((digest) => ({ digest, size: sizes.get(digest)! }));
+  const blobs = order.filter((d) => !base.has(d) && !old.has(d)).map((digest) => ({ digest, size: sizes.get(digest)! }));
   const digests = [...new Set([...base, ...order])].sort();
   return { images, blobs, digests, bytes: blobs.reduce((n, b) => n + b.size, 0), skipped: order.length - blobs.length };
 }

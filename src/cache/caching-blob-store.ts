@@ -6,7 +6,7 @@
  */
 import type { Readable } from 'node:stream';
 import { LRUCache } from 'lru-cache';
-import type { BlobInfo, BlobStore, BlobWriter, ByteRange } from '../storage/store.js';
+import type { BlobInfo, BlobStore, BlobWriter, ByteRange, StatOptions } from '../storage/store.js';
 
 export interface CachingBlobStoreOptions {
   /** Bytes of small blobs (manifests) kept in memory; 0 keeps none. */
@@ -32,10 +32,11 @@ export class CachingBlobStore implements BlobStore {
     return this.store.init();
   }
 
-  async stat(digest: string): Promise<BlobInfo | undefined> {
-    const size = this.sizes.get(digest);
+  async stat(digest: string, opts?: StatOptions): Promise<BlobInfo | undefined> {
+    const size = opts?.mtime ? undefined : this.sizes.get(digest);
     if (size !== undefined) return { digest, size };
-    const info = await this.store.stat(digest);
+    // Asked for the time it was stored: only the store knows (passed through).
+    const info = await this.store.stat(digest, opts);
     if (info) this.sizes.set(digest, info.size);
     return info;
   }

@@ -1,5 +1,5 @@
 /**
- * `regmirror export -o BUNDLE.tar|- IMAGE...|--all [--platform P,...] [--base FILE]`: writes cached
+ * `regmirror export -o BUNDLE.tar|- IMAGE...|--all [--platform P,...] [--base FILE] [--since DATE]`: writes cached
  * images as an OCI image layout tar (src/airgap/export.ts), streamed from a data directory (read
  * only, so beside a running mirror too). Beside a file bundle it writes BUNDLE.tar.digests: every
  * digest the other side holds once it imported this bundle, the `--base` of the next (delta) export.
@@ -21,16 +21,19 @@ const FLAGS: FlagSpec[] = [
   { name: 'all', help: 'every tagged image in the cache' },
   { name: 'platform', value: 'LIST', help: 'platforms of multi-arch images to include: linux/amd64,linux/arm64 or all (default: all cached)' },
   { name: 'base', value: 'FILE', help: 'leave out the blobs listed there (the .digests file of an earlier export): a delta bundle' },
+  { name: 'since', value: 'DATE', help: 'leave out the blobs stored in the cache before DATE (2026-11-01, 2026-11-01T08:00:00Z, ISO 8601): a delta bundle' },
   { name: 'digests', value: 'FILE', help: 'where to write the digest list (default BUNDLE.digests; none for -o -)' },
   ...TARGET_FLAGS.filter((f) => f.name !== 'admin'),
 ];
 
-const USAGE = `usage: regmirror export -o BUNDLE.tar|- IMAGE... | --all [--platform LIST] [--base FILE] [--data-dir DIR | --config FILE]
+const USAGE = `usage: regmirror export -o BUNDLE.tar|- IMAGE... | --all [--platform LIST] [--base FILE] [--since DATE] [--data-dir DIR | --config FILE]
 
 Writes an OCI image layout tar (skopeo/crane/podman read it as oci-archive:BUNDLE.tar:REF), each blob
 once, index.json naming each image by its full reference (docker.io/library/postgres:14.5). IMAGE is
 a cached tag or digest (postgres:14.5, ghcr.io/acme/app@sha256:…). With --base the bundle leaves out
-what an earlier bundle carried and is importable only where that one was imported.
+what an earlier bundle carried and is importable only where that one was imported. With --since DATE
+it leaves out every blob that came into the cache (pulled, prefetched or imported) before DATE, for a
+site that imported the bundles made up to then (take DATE from the previous export's start).
 
 ${flagsHelp(FLAGS)}`;
 
@@ -39,6 +42,7 @@ export async function runExportCli(argv: readonly string[], deps: AirgapCliDeps)
   let args: ParsedArgs;
   let refs: ExportRef[] | 'all';
   let platforms: string[] | undefined;
+  let since: number | undefined;
   try {
     args = parseArgs(['export', ...argv], FLAGS);
     if (args.flags.has('help')) {
@@ -54,6 +58,11 @@ export async function runExportCli(argv: readonly string[], deps: AirgapCliDeps)
     if (typeof p === 'string' && p !== 'all') {
       platforms = p.split(',').map((s) => s.trim()).filter((s) => s !== '');
       for (const x of platforms) if (!/^[a-z0-9]+\/[a-z0-9_-]+(\/[a-z0-9]+)?$/.test(x)) throw new UsageError(`--platform ${x}: expected OS/ARCH[/VARIANT]`);
+    }
+    const s = args.flags.get('since');
+    if (s !== undefined) {
+      since = typeof s === 'string' ? parseSince(s) : NaN;
+      if (Number.isNaN(since)) throw new UsageError(`--since ${typeof s === 'string' ? s : ''}: expected a date such as 2026-11-01 or 2026-11-01T08:00:00Z`);
     }
     checkFlags(args, 'export');
   } catch (e) {
@@ -76,7 +85,7 @@ export async function runExportCli(argv: readonly string[], deps: AirgapCliDeps)
       const { airgap } = opened;
       const list = refs === 'all' ? await airgap.all() : refs;
       if (list.length === 0) throw new Error('the cache holds no tagged images');
-      const plan = await airgap.planExport(list, { ...(platforms ? { platforms } : {}), ...(base ? { base } : {}) });
+      const plan = await airgap.planExport(list, { ...(platforms ? { platforms } : {}), ...(base ? { base } : {}), ...(since !== undefined ? { since } : {}) });
       const progress = progressLine(deps, plan.bytes);
       const out: Writable = toStdout ? deps.stdout : createWriteStream(tmp);
       try {
@@ -107,7 +116,7 @@ export async function runExportCli(argv: readonly string[], deps: AirgapCliDeps)
       if (args.flags.has('json')) report(`${JSON.stringify(summary, null, 2)}\n`);
       else {
         for (const i of summary.images) report(`exported ${i}\n`);
-        report(`${summary.images.length} ${summary.images.length === 1 ? 'image' : 'images'}, ${summary.blobs} blobs, ${formatBytes(summary.bytes)}${base ? ` (${summary.skipped} blobs left out: in --base)` : ''} to ${toStdout ? 'stdout' : output}${digestsFile ? `; digests in ${digestsFile}` : ''}\n`);
+        report(`${summary.images.length} ${summary.images.length === 1 ? 'image' : 'images'}, ${summary.blobs} blobs, ${formatBytes(summary.bytes)}${base || since !== undefined ? ` (${summary.skipped} blobs left out: ${[base ? 'in --base' : '', since !== undefined ? `stored before --since` : ''].filter(Boolean).join(' or ')})` : ''} to ${toStdout ? 'stdout' : output}${digestsFile ? `; digests in ${digestsFile}` : ''}\n`);
       }
       return 0;
     } finally {
@@ -121,6 +130,12 @@ export async function runExportCli(argv: readonly string[], deps: AirgapCliDeps)
     err(`regmirror export: ${e instanceof Error ? e.message : String(e)}\n`);
     return 1;
   }
+}
+
+/** An ISO 8601 date or date-time (a bare date is midnight UTC) → ms since the epoch; NaN when not one. */
+export function parseSince(s: string): number {
+  if (!/^\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?(Z|[+-]\d{2}:?\d{2})?)?$/.test(s.trim())) return NaN;
+  return Date.parse(s.trim());
 }
 
 function imageArg(s: string): ExportRef {

@@ -7,7 +7,7 @@ import { mkdir, open, readdir, readFile, rename, rm, stat, statfs, unlink, type 
 import { dirname, join } from 'node:path';
 import type { Readable } from 'node:stream';
 import { StorePaths, splitDigest } from './paths.js';
-import { DigestMismatchError, StoreFullError, type BlobInfo, type BlobStore, type BlobWriter, type ByteRange } from './store.js';
+import { DigestMismatchError, StoreFullError, type BlobInfo, type BlobStore, type BlobWriter, type ByteRange, type StatOptions } from './store.js';
 
 /**
  * Read sizes for served blobs. Big reads mean fewer syscalls and event-loop turns per byte (one
@@ -44,10 +44,10 @@ export class FsBlobStore implements BlobStore {
     await mkdir(this.paths.tmpDir, { recursive: true });
   }
 
-  async stat(digest: string): Promise<BlobInfo | undefined> {
+  async stat(digest: string, opts?: StatOptions): Promise<BlobInfo | undefined> {
     try {
       const s = await stat(this.paths.blob(digest));
-      return { digest, size: s.size };
+      return opts?.mtime ? { digest, size: s.size, mtimeMs: s.mtimeMs } : { digest, size: s.size };
     } catch (e) {
       if (isNotFound(e)) return undefined;
       throw e;

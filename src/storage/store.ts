@@ -7,6 +7,16 @@ import type { Readable } from 'node:stream';
 export interface BlobInfo {
   digest: string;
   size: number;
+  /**
+   * When the blob was stored (ms since the epoch), only when asked for with `stat(d, { mtime: true })`
+   * and the store knows it (the filesystem store: the file's mtime, set when the blob was committed).
+   */
+  mtimeMs?: number;
+}
+
+export interface StatOptions {
+  /** Also report `mtimeMs`, the time the blob was stored (where the store keeps it). */
+  mtime?: boolean;
 }
 
 /** Inclusive byte range, as in HTTP. */
@@ -34,7 +44,7 @@ export interface BlobStore {
   /** Creates the layout and sweeps temp files a crash left behind. Call once before anything else. */
   init(): Promise<void>;
   /** Size of a complete, verified blob; undefined when absent. */
-  stat(digest: string): Promise<BlobInfo | undefined>;
+  stat(digest: string, opts?: StatOptions): Promise<BlobInfo | undefined>;
   /**
    * A stream of the blob (or of the inclusive range), or undefined when absent. The caller owns the
    * stream and must consume or destroy it. The range must lie within the blob.
