@@ -216,7 +216,8 @@ function airgapCliDeps(env: NodeJS.ProcessEnv): AirgapCliDeps {
     stderr: process.stderr,
     stdin: process.stdin,
     env,
-    fetch: (input, init) => fetch(input, init),
+    // Admin API uploads (import --admin) carry the admin credentials, as `regmirror cache` does.
+    fetch: (input, init) => fetch(input, adminCredentials(init, env)),
     loadConfig: (file) => loadConfig({ defaults: readFileSync(DEFAULT_CONFIG_URL, 'utf8'), ...(file ? { file } : {}), env }),
     openAirgap: async (config, opts) => {
       // An import may fill a new site's empty data directory; an export needs a cache.
