@@ -29,7 +29,7 @@ function figures(live: LiveSnapshot, summary: CacheSummary): Html {
       <p class="big"><span data-f="cacheBytes">${formatBytes(f.cacheBytes)}</span> <span class="muted">of <span data-f="limitBytes">${limit === undefined ? 'no limit' : formatBytes(limit)}</span></span></p>
       <progress id="cache-use" max="${limit ?? 1}" value="${limit === undefined ? 0 : Math.min(f.cacheBytes, limit)}" aria-label="cache use against its limit"${limit === undefined ? html` hidden` : ''}></progress>
       ${chartSvg('cacheBytes', 'cache use over time', live.charts.cacheBytes)}
-      <p class="muted small">Free disk ${formatBytes(summary.freeBytes)}, floor ${formatBytes(summary.minFreeBytes)}</p>
+      <p class="muted small">Free disk ${formatBytes(summary.freeBytes)}, ${summary.minFreeBytes === undefined ? 'no floor kept' : `floor ${formatBytes(summary.minFreeBytes)}`}</p>
     </div>
     <div class="card">
       <h3>Hit ratio</h3>
@@ -148,6 +148,7 @@ export function page(d: PageData): Html {
 <meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>regmirror console</title>
+<link rel="icon" href="data:,">
 <link rel="stylesheet" href="/ui/console.css">
 <script type="module" src="/ui/console.js"></script>
 </head>

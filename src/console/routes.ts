@@ -70,8 +70,13 @@ export function mountConsole(app: Hono, deps: ConsoleDeps, parseRepository: Repo
     streamSSE(c, async (stream) => {
       let id = 0;
       // `retry`: how soon the browser reconnects after a dropped stream (a restart, a proxy's timeout).
+      // The loop ends when the browser goes away (the stream is aborted, or a write fails).
       while (!stream.aborted && !stream.closed) {
-        await stream.writeSSE({ event: 'live', data: JSON.stringify(await liveSnapshot(deps)), id: String(++id), retry: 3000 });
+        try {
+          await stream.writeSSE({ event: 'live', data: JSON.stringify(await liveSnapshot(deps)), id: String(++id), retry: 3000 });
+        } catch {
+          return;
+        }
         await stream.sleep(deps.liveIntervalMs);
       }
     }),

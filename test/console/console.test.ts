@@ -133,7 +133,7 @@ describe('the console on the admin API, after real pulls', () => {
     ]);
     expect(live.charts.bytesSaved.d).toMatch(/^M/);
     expect(live.downloads).toEqual([]);
-    expect((await (await admin('/admin/upstreams')).json())[0].rateLimitRemaining).toBe(100 - gets);
+    expect(((await (await admin('/admin/upstreams')).json()) as any)[0].rateLimitRemaining).toBe(100 - gets);
   });
 
   it('GET /admin/live/events: server-sent events carrying the same snapshot', async () => {
