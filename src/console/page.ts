@@ -175,6 +175,7 @@ ${figures(live, d.summary)}
   <ul class="progress-list" id="prefetch-list">${prefetchItems(live.prefetch)}</ul>
   <p class="empty" id="prefetch-empty"${live.prefetch.length > 0 ? html` hidden` : ''}>No prefetch jobs (start one with <code>regmirror prefetch IMAGE…</code>).</p>
 </section>
+<p class="filter" id="filter-box" hidden><label for="filter">Filter repositories and images</label> <input type="search" id="filter" placeholder="name, tag, digest or platform" autocomplete="off"></p>
 <div id="cache-lists">
 ${cacheLists(d.summary, d.repos, d.images, d.repository, live.at)}
 </div>

@@ -45,6 +45,8 @@ button:hover { border-color: var(--accent); }
 button.danger { color: var(--bad); border-color: var(--bad); }
 button:disabled { opacity: 0.5; cursor: default; }
 .actions { white-space: nowrap; }
+.filter { margin: 1.4em 0 0; display: flex; flex-wrap: wrap; gap: 6px 10px; align-items: center; }
+.filter input { font: inherit; padding: 6px 10px; min-height: 36px; border-radius: 6px; border: 1px solid var(--line); background: var(--card); color: var(--fg); flex: 1 1 220px; max-width: 420px; }
 a:focus-visible, button:focus-visible, input:focus-visible, summary:focus-visible { outline: 3px solid var(--focus); outline-offset: 2px; }
 .skip { position: absolute; left: -9999px; }
 .skip:focus { left: 16px; top: 8px; background: var(--card); padding: 6px 10px; z-index: 10; }

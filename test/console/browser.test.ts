@@ -29,7 +29,7 @@ const alpine = makeImage({ layers: [makeRandomLayer(300_000, 'browser alpine')] 
 const nginxAmd = makeImage({ layers: [makeRandomLayer(400_000, 'browser nginx amd64'), makeLayer([{ path: 'etc/nginx.conf', content: 'amd64' }])], architecture: 'amd64' });
 const nginxArm = makeImage({ layers: [makeRandomLayer(400_000, 'browser nginx arm64'), makeLayer([{ path: 'etc/nginx.conf', content: 'arm64' }])], architecture: 'arm64' });
 const nginx = makeIndex([nginxAmd, nginxArm]);
-const big = makeImage({ layers: [makeRandomLayer(2_000_000, 'browser big')] });
+const big = makeImage({ layers: [makeRandomLayer(1_300_000, 'browser big')] });
 
 describe('the console in chromium', () => {
   let hub: FakeUpstream;
@@ -119,11 +119,22 @@ describe('the console in chromium', () => {
     const left = 200 - hub.count({ kind: 'manifest', method: 'GET', status: 200 });
     expect(await page.locator('#upstream-rows').textContent()).toContain(`${left} of 200 pulls left`);
     expect(await page.locator('#repositories').textContent()).toContain('2 images in 2 repositories');
+    // Browsing: the filter narrows both tables; a repository's link lists its images alone.
+    await page.getByLabel('Filter repositories and images').fill('arm64');
+    await expect.poll(() => row('alpine').isVisible()).toBe(false);
+    expect(await row('nginx').isVisible()).toBe(true);
+    await page.getByLabel('Filter repositories and images').fill('');
+    await expect.poll(() => row('alpine').isVisible()).toBe(true);
+    await page.getByRole('link', { name: 'docker.io/library/nginx' }).click();
+    await expect.poll(() => page.locator('#h-images').textContent()).toContain('Images of docker.io/library/nginx');
+    expect(await row('alpine').count()).toBe(0);
+    expect(await row('nginx').count()).toBe(1);
+    await page.goto(`${adminUrl}/ui`);
   });
 
   it('shows a download in flight with its bytes growing, then drops it when it is stored', async () => {
     const layer = big.layers[0]!;
-    // About 3 s: 2 MB at 64 KiB every 100 ms.
+    // About 2 s: 1.3 MB at 64 KiB every 100 ms.
     hub.faults.trickle = { bytesPerTick: 64 * 1024, tickMs: 100 };
     try {
       const pulling = pull('big', 'latest', big);

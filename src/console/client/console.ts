@@ -188,7 +188,7 @@ function connect(): void {
   es.addEventListener('error', () => {
     failures++;
     // A stream that never delivered, or keeps dropping (a proxy that buffers or cuts it): poll instead.
-    if (es.readyState === EventSource.CLOSED || (!received && failures >= 2) || failures >= 5) {
+    if (es.readyState === EventSource.CLOSED || !received || failures >= 5) {
       es.close();
       startPolling();
     } else setState('reconnecting…');
@@ -214,12 +214,30 @@ async function call(method: string, path: string, body: unknown): Promise<Record
   return json;
 }
 
+// ---- Filter: rows of the repositories and images tables whose text (or digest) holds the query ----
+
+function applyFilter(): void {
+  const q = ((byId('filter') as HTMLInputElement | null)?.value ?? '').trim().toLowerCase();
+  for (const tr of document.querySelectorAll<HTMLTableRowElement>('#cache-lists tbody tr')) {
+    tr.hidden = q !== '' && !`${tr.textContent ?? ''} ${tr.dataset.ref ?? ''}`.toLowerCase().includes(q);
+  }
+}
+
+function setUpFilter(): void {
+  const input = byId('filter');
+  if (!input) return;
+  byId('filter-box')!.hidden = false;
+  input.addEventListener('input', applyFilter);
+  applyFilter();
+}
+
 async function refreshLists(): Promise<void> {
   const r = await fetch(`/ui/fragments/cache${location.search}`, { headers: { accept: 'text/html' } });
   if (!r.ok) throw new Error(`HTTP ${r.status}`);
   const lists = byId('cache-lists');
   // The server escaped every value in this fragment (as in the page itself).
   if (lists) lists.innerHTML = await r.text();
+  applyFilter();
   if (polling !== undefined) await pollOnce();
 }
 
@@ -274,4 +292,5 @@ document.addEventListener('click', (e) => {
     });
 });
 
+setUpFilter();
 connect();
