@@ -172,7 +172,7 @@ describe('the console in chromium', () => {
     await expect.poll(() => row('alpine').locator('.pinned').textContent()).toBe('pinned');
   });
 
-  it('asks before purging; Escape keeps the image, confirming removes it, its blobs and its bytes', async () => {
+  it('asks before purging; Escape keeps the image, confirming (by keyboard) removes it, its blobs and its bytes', async () => {
     const before = (await m.admin.summary()).bytes;
     const purge = row('nginx').getByRole('button', { name: 'Purge', exact: true });
     await purge.click();
@@ -186,8 +186,13 @@ describe('the console in chromium', () => {
     expect(await row('nginx').count()).toBe(1);
     expect((await m.admin.summary()).bytes).toBe(before);
 
-    await purge.click();
-    await dialog.getByRole('button', { name: 'Purge', exact: true }).click();
+    // All by keyboard this time: Enter on the row's button, Tab from Cancel to Purge, Enter.
+    await purge.focus();
+    await page.keyboard.press('Enter');
+    await expect.poll(() => dialog.isVisible()).toBe(true);
+    await page.keyboard.press('Tab');
+    expect(await page.evaluate('document.activeElement?.id')).toBe('confirm-ok');
+    await page.keyboard.press('Enter');
     await expect.poll(() => row('nginx').count(), { timeout: 10_000 }).toBe(0);
     await expect.poll(() => page.locator('#message').textContent()).toMatch(/^Purged docker\.io\/library\/nginx:1\.27: \d+ blobs/);
     const after = (await m.admin.summary()).bytes;
