@@ -5,7 +5,7 @@
  */
 import { randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
-import { mkdir, rm, writeFile } from 'node:fs/promises';
+import { mkdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Registry as PromRegistry } from 'prom-client';
 import { Agent, type Dispatcher } from 'undici';
@@ -19,6 +19,9 @@ import { CachingBlobStore } from './cache/caching-blob-store.js';
 import { CachingMetaStore } from './cache/caching-meta-store.js';
 import { CacheStats } from './cache/stats.js';
 import { ConfigError, type Config } from './config.js';
+import { FiguresHistory } from './console/history.js';
+import { mountConsole } from './console/routes.js';
+import type { ConsoleDeps, UpstreamInfo } from './console/types.js';
 import { AdminError, CacheAdminService } from './lifecycle/admin.js';
 import { Evictor } from './lifecycle/evictor.js';
 import { takeInventory } from './lifecycle/inventory.js';
@@ -430,23 +433,35 @@ export async function buildMirror(config: Config, opts: MirrorOptions = {}): Pro
     has: async (digest) => (await stores.cachedBlobs.stat(digest)) !== undefined,
   };
   const prefetch = new PrefetchJobs(prefetchDeps, now);
-  const adminApp = createAdminApp(
-    lifecycle.admin,
-    (name) => {
-      try {
-        return registry.route(name, undefined);
-      } catch (e) {
-        throw new AdminError('invalid', (e as Error).message);
-      }
-    },
-    logger,
-    airgap,
-    prefetch,
-  );
+  const parseRepository = (name: string) => {
+    try {
+      return registry.route(name, undefined);
+    } catch (e) {
+      throw new AdminError('invalid', (e as Error).message);
+    }
+  };
+  const adminApp = createAdminApp(lifecycle.admin, parseRepository, logger, airgap, prefetch);
+  // The operator console (/ui) and the JSON it reads, on the admin listener.
+  const liveFigures = async () => ({ cacheBytes: stats.bytes, blobs: stats.blobs, limitBytes: config.cache.maxBytes, ...(await metrics.figures()) });
+  const history = new FiguresHistory({ read: liveFigures, now, capacity: 8640, intervalMs: 10_000 }); // 24 h of 10 s samples
+  const consoleDeps: ConsoleDeps = {
+    admin: lifecycle.admin,
+    figures: liveFigures,
+    downloads: () => inflight.list(),
+    prefetch: () => prefetch.list().map((j) => j.snapshot()),
+    upstreams: () => upstreamInfo(config, health, guards, metrics),
+    history,
+    now,
+    version: mirrorVersion(),
+    clientScript: consoleClient(),
+    liveIntervalMs: 1000,
+  };
+  mountConsole(adminApp, consoleDeps, parseRepository);
   // The admin API asks for a member of auth.adminGroup when access control is on.
   const guardedAdmin = access ? requireAdmin(adminApp, (authorization, address) => access.mayAdminister(authorization, access.clientAddress(address, undefined))) : adminApp;
   if (opts.lifecycleTimers !== false) {
     lifecycle.usage.start(5000);
+    history.start();
     lifecycle.evictor.start(config.cache.evictionInterval * 1000);
     // Leftovers of a crash (an eviction cut short, temp files): swept once, in the background.
     void scanned.then(() => lifecycle.admin.gc()).catch((e: unknown) => logger.warn({ err: (e as Error).message }, 'start-up GC failed'));
@@ -468,11 +483,54 @@ export async function buildMirror(config: Config, opts: MirrorOptions = {}): Pro
       // A client may have all its bytes before the blob is renamed into place: let that finish.
       await registry.drain(5000);
       await scanned;
+      history.stop();
       await lifecycle.evictor.stop();
       await lifecycle.usage.stop().catch((e: unknown) => logger.warn({ err: (e as Error).message }, 'saving the use figures failed'));
       await rm(pidFile, { force: true });
       for (const g of guards) g.close();
       if (ownDispatcher) await dispatcher.close();
     },
+  };
+}
+
+/** The console's view of each upstream: its state and Docker Hub style pull limit (URLs without credentials). */
+async function upstreamInfo(config: Config, health: UpstreamHealth, guards: AvailabilityGuard[], metrics: Metrics): Promise<UpstreamInfo[]> {
+  const states = config.offline ? undefined : health.snapshot();
+  const gauge = async (g: Metrics['rateLimitRemaining']) => new Map((await g.get()).values.map((v) => [String(v.labels.upstream), v.value]));
+  const [remaining, limit] = await Promise.all([gauge(metrics.rateLimitRemaining), gauge(metrics.rateLimitLimit)]);
+  return Object.values(config.upstreams).map((u) => {
+    const a = guards.find((g) => g.name === u.name)?.snapshot();
+    let url = u.url;
+    try {
+      const parsed = new URL(u.url);
+      parsed.username = '';
+      parsed.password = '';
+      url = parsed.toString().replace(/\/$/, '');
+    } catch {
+      url = '';
+    }
+    return {
+      name: u.name,
+      url,
+      health: states?.[u.name] ?? 'unknown',
+      availability: a?.state ?? 'online',
+      retryAfter: a?.retryAfter,
+      rateLimitRemaining: remaining.get(u.name),
+      rateLimitLimit: limit.get(u.name),
+    };
+  });
+}
+
+/** Reads the console's compiled client (dist/console/client/console.js, beside dist/ from src/ or dist/) once it exists. */
+function consoleClient(): () => Promise<string | undefined> {
+  let js: string | undefined;
+  return async () => {
+    if (js !== undefined) return js;
+    try {
+      js = await readFile(new URL('../dist/console/client/console.js', import.meta.url), 'utf8');
+    } catch {
+      return undefined;
+    }
+    return js;
   };
 }

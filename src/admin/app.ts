@@ -23,6 +23,24 @@ export function createAdminApp(admin: CacheAdmin, parseRepository: RepositoryPar
     const code = status === 404 ? 'NOT_FOUND' : status === 400 ? 'INVALID' : 'UNKNOWN';
     return c.json({ errors: [{ code, message: status === 500 ? 'internal error' : err.message }] }, status);
   });
+  // A browser holding the admin's Basic credentials (the console) must not be made to purge by
+  // another site's form or script: changes are taken only from this origin or from non-browser
+  // clients (no Origin, no Sec-Fetch-Site). Reads stay open to both (they change nothing).
+  app.use('*', async (c, next) => {
+    if (c.req.method === 'GET' || c.req.method === 'HEAD') return next();
+    const site = c.req.header('sec-fetch-site');
+    const origin = c.req.header('origin');
+    let foreign = site !== undefined && site !== 'same-origin' && site !== 'none';
+    if (origin !== undefined) {
+      try {
+        foreign ||= new URL(origin).host !== c.req.header('host');
+      } catch {
+        foreign = true;
+      }
+    }
+    if (foreign) return c.json({ errors: [{ code: 'DENIED', message: 'changes to the cache are accepted from the console\'s own origin only' }] }, 403);
+    return next();
+  });
   app.notFound((c) => c.json({ errors: [{ code: 'NOT_FOUND', message: `no admin endpoint ${c.req.method} ${c.req.path.slice(0, 200)}` }] }, 404));
 
   app.get('/admin/cache', async (c) => c.json(await admin.summary()));

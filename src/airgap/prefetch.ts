@@ -190,4 +190,9 @@ export class PrefetchJobs {
   get(id: string): PrefetchJob | undefined {
     return this.jobs.get(id);
   }
+
+  /** The jobs kept (the running ones and the last finished), oldest first. */
+  list(): PrefetchJob[] {
+    return [...this.jobs.values()];
+  }
 }

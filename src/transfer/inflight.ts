@@ -62,6 +62,13 @@ export class InflightDownloads {
     return n;
   }
 
+  /** The downloads under way (starting or running) with their figures so far: a read-only view for the admin console. */
+  list(): Array<{ digest: string; origin: string; received: number; size: number | undefined }> {
+    const out: Array<{ digest: string; origin: string; received: number; size: number | undefined }> = [];
+    for (const d of this.downloads.values()) if (d.state === 'starting' || d.state === 'running') out.push({ digest: d.digest, origin: d.origin, received: d.received, size: d.size });
+    return out;
+  }
+
   /**
    * Resolves when every download under way has finished (stored, or failed and discarded), or after
    * `timeoutMs`, whichever comes first; false if some were still running. For graceful shutdown.
