@@ -42,6 +42,7 @@ import { FsMetaStore } from './storage/fs-meta-store.js';
 import { FsBlobStore } from './storage/fs-store.js';
 import type { MetaStore } from './storage/meta-store.js';
 import { RedisMetaStore } from './storage/redis-meta-store.js';
+import { addOutageBreaker } from './storage/s3-breaker.js';
 import { S3BlobStore } from './storage/s3-store.js';
 import type { BlobStore } from './storage/store.js';
 import { AvailabilityGuard } from './upstream/availability.js';
@@ -107,7 +108,7 @@ interface Stores {
 /** The S3 client of `storage.s3`: static credentials when given, else the SDK's default chain. */
 function s3Client(config: Config): S3Client {
   const s3 = config.storage.s3;
-  return new S3Client({
+  const client = new S3Client({
     region: s3.region,
     ...(s3.endpoint ? { endpoint: s3.endpoint } : {}),
     forcePathStyle: s3.forcePathStyle,
@@ -123,6 +124,9 @@ function s3Client(config: Config): S3Client {
       httpsAgent: new HttpsAgent({ keepAlive: true, maxSockets: 1024 }),
     },
   });
+  // An endpoint that does not answer costs one client one timeout per 5 s, not every client each.
+  addOutageBreaker(client, 5000);
+  return client;
 }
 
 async function openStores(config: Config, onAdded: (digest: string) => void, opts: { sweep?: boolean } = {}): Promise<Stores> {

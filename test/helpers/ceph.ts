@@ -11,6 +11,7 @@
  * worker that creates `<dir>/ceph.lock` first starts Ceph under `<dir>/ceph`; the others wait for its
  * `env` file (or for `ceph.failed`, which holds why it did not start). The daemons record pid files
  * there; a watchdog stops them if the vitest process dies without its teardown.
+ * REGMIRROR_TEST_S3_ENV=<env file of a running test/servers/ceph-up.sh> uses that Ceph instead.
  */
 import { spawn, spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
@@ -81,12 +82,13 @@ async function connect(): Promise<S3Server> {
   const runDir = inject('testRunDir');
   if (!runDir) throw new Error('s3Server(): no test run directory; vitest.config.ts must keep test/helpers/global-setup.ts');
   const lab = join(runDir, 'ceph');
-  const envFile = join(lab, 'env');
+  // A developer running suites again and again may point them at a Ceph already running (its env file).
+  const envFile = process.env.REGMIRROR_TEST_S3_ENV ?? join(lab, 'env');
   const failedFile = join(runDir, 'ceph.failed');
   let owner = false;
   try {
-    await mkdir(join(runDir, 'ceph.lock'));
-    owner = true;
+    if (!process.env.REGMIRROR_TEST_S3_ENV) await mkdir(join(runDir, 'ceph.lock'));
+    owner = !process.env.REGMIRROR_TEST_S3_ENV;
   } catch {
     // another worker is starting it
   }

@@ -8,12 +8,14 @@ import { mkdtemp, readdir, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { CreateMultipartUploadCommand, ListMultipartUploadsCommand, ListObjectsV2Command, S3Client, UploadPartCommand } from '@aws-sdk/client-s3';
+import { createServer, type Socket } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { CachingBlobStore } from '../../src/cache/caching-blob-store.js';
+import { addOutageBreaker } from '../../src/storage/s3-breaker.js';
 import { S3BlobStore } from '../../src/storage/s3-store.js';
 import { DigestMismatchError, StoreFullError, StoreUnavailableError, type BlobStore } from '../../src/storage/store.js';
 import { cephSkipReason, s3Server, type S3Server } from '../helpers/ceph.js';
-import { freePort } from '../helpers/ports.js';
+import { freePort, listenOn } from '../helpers/ports.js';
 import { blobStoreContract, digestOf, expectBytes, readStream } from './store.contract.js';
 
 const SKIP = cephSkipReason('S3 blob store');
@@ -164,6 +166,34 @@ describe.skipIf(SKIP !== undefined)('S3BlobStore on Ceph RGW', () => {
         for await (const b of dead.list()) void b;
       })()).rejects.toBeInstanceOf(StoreUnavailableError);
       expect(await readdir(spoolDir)).toEqual([]);
+    });
+
+    it('with the outage breaker, an endpoint that drops connections is tried once per period, not by every call', async () => {
+      const sockets: Socket[] = [];
+      const black = createServer((sock) => {
+        sockets.push(sock);
+        sock.destroy(); // accepts and hangs up: no HTTP answer
+      });
+      const port = await listenOn(black);
+      const c = new S3Client({ endpoint: `http://127.0.0.1:${port}`, region: 'us-east-1', forcePathStyle: true, credentials: { accessKeyId: 'x', secretAccessKey: 'y' }, maxAttempts: 1 });
+      const clock = { now: 1_000_000 };
+      addOutageBreaker(c, 5000, () => clock.now);
+      const store = new S3BlobStore({ client: c, bucket: 'b', prefix: '', spoolDir });
+      const d = digestOf(Buffer.from('x'));
+      try {
+        await expect(store.stat(d)).rejects.toBeInstanceOf(StoreUnavailableError);
+        expect(sockets).toHaveLength(1);
+        // Open: every call fails at once, typed, without a connection.
+        for (const op of [() => store.stat(d), () => store.read(d), () => store.createWriter(d), () => store.put(d, Buffer.from('x'))]) await expect(op()).rejects.toBeInstanceOf(StoreUnavailableError);
+        expect(sockets).toHaveLength(1);
+        // After the period one call tries again.
+        clock.now += 5001;
+        await expect(store.stat(d)).rejects.toBeInstanceOf(StoreUnavailableError);
+        expect(sockets).toHaveLength(2);
+      } finally {
+        c.destroy();
+        await new Promise<void>((r) => black.close(() => r()));
+      }
     });
 
     it('a wrong secret or a missing bucket is unavailable too, not a crash', async () => {
