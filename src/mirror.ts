@@ -101,6 +101,8 @@ interface Stores {
   /** The stores as the services see them: memory caches in front. */
   cachedBlobs: CachingBlobStore;
   cachedMeta: CachingMetaStore;
+  /** The Redis connection of the metadata (storage.redis.url), for coordination to share; undefined on fs. */
+  redis: Redis | undefined;
   /** Releases the backends' connections (S3 sockets, the Redis connection). */
   close(): Promise<void>;
 }
@@ -129,7 +131,7 @@ function s3Client(config: Config): S3Client {
   return client;
 }
 
-async function openStores(config: Config, onAdded: (digest: string) => void, opts: { sweep?: boolean } = {}): Promise<Stores> {
+async function openStores(config: Config, onAdded: (digest: string) => void, opts: { sweep?: boolean; logger?: Logger } = {}): Promise<Stores> {
   const stats = new CacheStats();
   const events = {
     added: (d: string, n: number) => {
@@ -157,11 +159,20 @@ async function openStores(config: Config, onAdded: (digest: string) => void, opt
   // init() sweeps tmp/ (or this replica's spool): never beside a running mirror (a read-only export opens the stores with sweep: false).
   if (opts.sweep !== false) await blobs.init();
   let meta: MetaStore;
+  let redis: Redis | undefined;
   if (config.storage.redis.url) {
     // Fail a command after a few reconnect attempts (about 0.3 s) rather than queue it while Redis is away.
-    const redis = new Redis(config.storage.redis.url, { maxRetriesPerRequest: 2, connectTimeout: config.timeouts.connect });
-    closers.push(() => redis.disconnect());
-    meta = new RedisMetaStore(redis, config.storage.redis.keyPrefix);
+    const client = new Redis(config.storage.redis.url, { maxRetriesPerRequest: 2, connectTimeout: config.timeouts.connect });
+    closers.push(() => client.disconnect());
+    // ioredis reconnects by itself and reports each failed attempt: one line per 10 s says Redis is away.
+    let lastWarning = -Infinity;
+    client.on('error', (e: Error) => {
+      if (Date.now() - lastWarning < 10_000) return;
+      lastWarning = Date.now();
+      (opts.logger ?? silentLogger).warn({ err: e.message }, 'redis connection failed; reconnecting');
+    });
+    redis = client;
+    meta = new RedisMetaStore(client, config.storage.redis.keyPrefix);
   } else {
     meta = new FsMetaStore(config.dataDir);
   }
@@ -171,6 +182,7 @@ async function openStores(config: Config, onAdded: (digest: string) => void, opt
     meta,
     cachedBlobs: new CachingBlobStore(blobs, { memoryBytes: config.cache.memoryBytes }),
     cachedMeta: new CachingMetaStore(meta),
+    redis,
     close: async () => {
       for (const c of closers) await c();
     },
@@ -260,7 +272,7 @@ export async function openCacheAdmin(config: Config, opts: { logger?: Logger; no
   if (serving !== undefined) {
     throw new Error(`a mirror (pid ${serving}) is serving ${config.dataDir}: use its admin API (--admin URL) instead of the data directory`);
   }
-  const stores = await openStores(config, () => undefined);
+  const stores = await openStores(config, () => undefined, { logger: opts.logger });
   await stores.stats.scan(stores.blobs.list());
   const lifecycle = await buildLifecycle(config, stores, { now: opts.now ?? Date.now, logger: opts.logger ?? silentLogger });
   return {
@@ -360,10 +372,14 @@ export async function buildMirror(config: Config, opts: MirrorOptions = {}): Pro
       connections: 64,
     });
   const promRegistry = opts.promRegistry ?? new PromRegistry();
-  const stores = await openStores(config, (digest) => {
-    lifecycle.remover.added(digest);
-    lifecycle.evictor.poke();
-  });
+  const stores = await openStores(
+    config,
+    (digest) => {
+      lifecycle.remover.added(digest);
+      lifecycle.evictor.poke();
+    },
+    { logger },
+  );
   // Says to `regmirror cache --data-dir` that this directory is being served (removed at close).
   const pidFile = join(config.dataDir, 'state', 'serving.pid');
   await mkdir(join(config.dataDir, 'state'), { recursive: true });
