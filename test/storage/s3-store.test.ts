@@ -7,7 +7,7 @@ import { randomBytes } from 'node:crypto';
 import { mkdtemp, readdir, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { CreateMultipartUploadCommand, ListMultipartUploadsCommand, ListObjectsV2Command, S3Client, UploadPartCommand } from '@aws-sdk/client-s3';
+import { CreateBucketCommand, CreateMultipartUploadCommand, DeleteBucketCommand, DeleteObjectsCommand, ListMultipartUploadsCommand, ListObjectsV2Command, S3Client, UploadPartCommand } from '@aws-sdk/client-s3';
 import { createServer, type Socket } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { CachingBlobStore } from '../../src/cache/caching-blob-store.js';
@@ -136,6 +136,64 @@ describe.skipIf(SKIP !== undefined)('S3BlobStore on Ceph RGW', () => {
       // Ceph's clock and ours: anything initiated before "now + 1 s" counts as older than -1 s.
       expect(await store.sweepTemp(-1000)).toBe(1);
       expect(await uploads()).toEqual([]);
+    });
+  });
+
+  describe('when the object store is full (a quota radosgw enforces)', () => {
+    let full: S3BlobStore;
+    let fullClient: S3Client;
+    let spoolDir: string;
+    let bucket: string;
+    beforeAll(async () => {
+      spoolDir = await mkdtemp(join(tmpdir(), 's3-spool-'));
+      fullClient = s3.client(await s3.quotaUser(1024 * 1024));
+      bucket = `full-${process.pid}-${Date.now()}`;
+      await fullClient.send(new CreateBucketCommand({ Bucket: bucket }));
+      full = new S3BlobStore({ client: fullClient, bucket, prefix: '', spoolDir, partSize: 5 * MiB });
+      await full.init();
+    });
+    afterAll(async () => {
+      const keys = (await inBucket()).map((Key) => ({ Key: Key! }));
+      if (keys.length > 0) await fullClient.send(new DeleteObjectsCommand({ Bucket: bucket, Delete: { Objects: keys, Quiet: true } }));
+      await fullClient.send(new DeleteBucketCommand({ Bucket: bucket }));
+      fullClient.destroy();
+      await rm(spoolDir, { recursive: true, force: true });
+    });
+    const inBucket = async () => ((await fullClient.send(new ListObjectsV2Command({ Bucket: bucket }))).Contents ?? []).map((o) => o.Key);
+    const openUploads = async () => (await fullClient.send(new ListMultipartUploadsCommand({ Bucket: bucket }))).Uploads ?? [];
+
+    it('put and a small writer throw StoreFullError (not unavailable) and keep nothing; a blob within the quota still fits', async () => {
+      const big = randomBytes(2 * MiB);
+      const err = await full.put(digestOf(big), big).catch((e: unknown) => e);
+      expect(err).toBeInstanceOf(StoreFullError);
+      expect(err).not.toBeInstanceOf(StoreUnavailableError);
+      const w = await full.createWriter(digestOf(big));
+      await w.write(big);
+      await expect(w.commit(big.length)).rejects.toBeInstanceOf(StoreFullError);
+      await w.close();
+      expect(await inBucket()).toEqual([]);
+      const small = randomBytes(1000);
+      await full.put(digestOf(small), small);
+      expectBytes(await full.read(digestOf(small)), small);
+    });
+
+    it('a large writer: write() throws StoreFullError once a part is refused (the download passes through), and abort leaves no upload', async () => {
+      const bytes = randomBytes(16 * MiB);
+      const w = await full.createWriter(digestOf(bytes));
+      let thrown: unknown;
+      try {
+        for (let off = 0; off < bytes.length; off += MiB) await w.write(bytes.subarray(off, off + MiB));
+      } catch (e) {
+        thrown = e;
+      }
+      expect(thrown).toBeInstanceOf(StoreFullError);
+      // What was written stays readable for the readers of the pass-through.
+      expectBytes(await w.readAt(0, w.written), bytes.subarray(0, w.written));
+      await w.abort();
+      await w.close();
+      expect(await openUploads()).toEqual([]);
+      expect(await full.stat(digestOf(bytes))).toBeUndefined();
+      expect(await readdir(spoolDir)).toEqual([]);
     });
   });
 
