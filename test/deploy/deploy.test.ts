@@ -202,7 +202,9 @@ describe('deploy/Dockerfile (build context: the repository root)', () => {
     expect(hc).toHaveLength(1);
     const cmd = JSON.parse(hc[0]!.slice(hc[0]!.indexOf('CMD') + 3).trim()) as string[];
     expect(cmd[0]).toBe('node');
-    expect(cmd.join(' ')).toContain("fetch('http://127.0.0.1:5000/healthz')");
+    // Asks /healthz on the port MIRROR_LISTEN names (test/deploy/image.test.ts runs it on another one).
+    expect(cmd.join(' ')).toMatch(/process\.env\.MIRROR_LISTEN/);
+    expect(cmd.join(' ')).toContain("+'/healthz')");
     expect(hc[0]).not.toMatch(/curl|wget/);
     const ep = ops(runtime, 'ENTRYPOINT');
     expect(ep.map((e) => JSON.parse(e))).toEqual([['node', 'dist/main.js']]);
