@@ -14,6 +14,7 @@ import { describe, expect, it } from 'vitest';
 import { parseAllDocuments } from 'yaml';
 import { loadConfig } from '../../src/config.js';
 import { Metrics } from '../../src/metrics.js';
+import { parseUnit } from './unit-file.js';
 
 // Parsed YAML/JSON documents are untyped trees; the assertions below are their schema.
  
@@ -597,29 +598,9 @@ describe('deploy/kubernetes', () => {
 // ---------------------------------------------------------------------------------------------------
 // systemd
 
-/** A unit file as section -> key -> values (repeated keys accumulate). */
-function unit(text: string): Record<string, Record<string, string[]>> {
-  const out: Record<string, Record<string, string[]>> = {};
-  let section = '';
-  for (const raw of text.split('\n')) {
-    const line = raw.trim();
-    if (!line || line.startsWith('#') || line.startsWith(';')) continue;
-    const s = /^\[(.+)\]$/.exec(line);
-    if (s) {
-      section = s[1]!;
-      out[section] ??= {};
-      continue;
-    }
-    const eq = line.indexOf('=');
-    const k = line.slice(0, eq).trim();
-    ((out[section] ??= {})[k] ??= []).push(line.slice(eq + 1).trim());
-  }
-  return out;
-}
-
 describe('deploy/systemd/regmirror.service', () => {
   const file = at('systemd/regmirror.service');
-  const svc = unit(read(file)).Service!;
+  const svc = parseUnit(read(file)).Service!;
   const last = (k: string) => svc[k]?.[svc[k].length - 1];
 
   it('starts the built mirror with its config and data directory', () => {
