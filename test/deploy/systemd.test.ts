@@ -40,6 +40,13 @@ const SKIP = !isRoot() ? 'needs root (mount namespaces)' : ['unshare', 'setpriv'
 if (SKIP) console.warn(`[deploy] skipping the systemd sandbox test: missing ${SKIP}`);
 
 const UNIT = join(ROOT, 'deploy/systemd/regmirror.service');
+const killGroup = (pgid: number) => {
+  try {
+    process.kill(-pgid, 'SIGKILL');
+  } catch {
+    // already gone
+  }
+};
 const DYNAMIC_UID = 61184; // the first uid of systemd's DynamicUser range (61184-65519)
 
 describe.skipIf(SKIP !== undefined)('deploy/systemd/regmirror.service under its sandbox (util-linux, no systemd)', () => {
@@ -133,7 +140,11 @@ exec setpriv --reuid="$SVC_UID" --regid="$SVC_UID" --clear-groups --no-new-privs
     child = spawn('unshare', ['--mount', '--propagation', 'private', '--fork', 'sh', '-c', script, 'sandbox', ...env, ...exec], {
       env: { ...process.env, STATE: state, ETC_UPPER: upper, ETC_WORK: join(work, 'etc-work'), CODE: ROOT, WORKDIR: last('WorkingDirectory')!, UMASK: last('UMask')!, SVC_UID: String(DYNAMIC_UID) },
       stdio: ['ignore', 'pipe', 'pipe'],
+      // Its own process group: unshare and the mirror it forked go together if the test dies.
+      detached: true,
     });
+    const group = child.pid!;
+    process.once('exit', () => killGroup(group));
     child.stdout!.on('data', (b: Buffer) => (output += b.toString()));
     child.stderr!.on('data', (b: Buffer) => (output += b.toString()));
     exited = new Promise((resolve) => child.once('exit', (code) => resolve(code)));
@@ -142,7 +153,7 @@ exec setpriv --reuid="$SVC_UID" --regid="$SVC_UID" --clear-groups --no-new-privs
 
   afterAll(async () => {
     if (child && child.exitCode === null) {
-      child.kill('SIGKILL');
+      killGroup(child.pid!);
       await exited;
     }
     await hub?.close();
