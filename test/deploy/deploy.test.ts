@@ -14,6 +14,7 @@ import { describe, expect, it } from 'vitest';
 import { parseAllDocuments } from 'yaml';
 import { loadConfig } from '../../src/config.js';
 import { Metrics } from '../../src/metrics.js';
+import { parseUnit } from './unit-file.js';
 
 // Parsed YAML/JSON documents are untyped trees; the assertions below are their schema.
  
@@ -202,7 +203,9 @@ describe('deploy/Dockerfile (build context: the repository root)', () => {
     expect(hc).toHaveLength(1);
     const cmd = JSON.parse(hc[0]!.slice(hc[0]!.indexOf('CMD') + 3).trim()) as string[];
     expect(cmd[0]).toBe('node');
-    expect(cmd.join(' ')).toContain("fetch('http://127.0.0.1:5000/healthz')");
+    // Asks /healthz on the port MIRROR_LISTEN names (test/deploy/image.test.ts runs it on another one).
+    expect(cmd.join(' ')).toMatch(/process\.env\.MIRROR_LISTEN/);
+    expect(cmd.join(' ')).toContain("+'/healthz')");
     expect(hc[0]).not.toMatch(/curl|wget/);
     const ep = ops(runtime, 'ENTRYPOINT');
     expect(ep.map((e) => JSON.parse(e))).toEqual([['node', 'dist/main.js']]);
@@ -595,29 +598,9 @@ describe('deploy/kubernetes', () => {
 // ---------------------------------------------------------------------------------------------------
 // systemd
 
-/** A unit file as section -> key -> values (repeated keys accumulate). */
-function unit(text: string): Record<string, Record<string, string[]>> {
-  const out: Record<string, Record<string, string[]>> = {};
-  let section = '';
-  for (const raw of text.split('\n')) {
-    const line = raw.trim();
-    if (!line || line.startsWith('#') || line.startsWith(';')) continue;
-    const s = /^\[(.+)\]$/.exec(line);
-    if (s) {
-      section = s[1]!;
-      out[section] ??= {};
-      continue;
-    }
-    const eq = line.indexOf('=');
-    const k = line.slice(0, eq).trim();
-    ((out[section] ??= {})[k] ??= []).push(line.slice(eq + 1).trim());
-  }
-  return out;
-}
-
 describe('deploy/systemd/regmirror.service', () => {
   const file = at('systemd/regmirror.service');
-  const svc = unit(read(file)).Service!;
+  const svc = parseUnit(read(file)).Service!;
   const last = (k: string) => svc[k]?.[svc[k].length - 1];
 
   it('starts the built mirror with its config and data directory', () => {
