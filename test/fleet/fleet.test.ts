@@ -1,0 +1,157 @@
+/**
+ * Several replicas, one cache (issue 14): three real replica processes over one shared store and one
+ * real Redis, in front of one fake upstream that records every request. One upstream fetch per blob
+ * per fleet, a dead owner taken over, Redis going away and coming back.
+ */
+import { readFile, readdir } from 'node:fs/promises';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { digestOf } from '../helpers/digest.js';
+import { FakeUpstream } from '../helpers/fake-upstream.js';
+import { blobOf, makeImage, makeRandomLayer, MT, pseudoRandomBytes, type Image } from '../helpers/images.js';
+import { startRedis, type RedisServer } from '../helpers/redis-server.js';
+import { waitFor } from '../helpers/wait.js';
+import { fetchBlob, pull, startFleet, type ImageRef, type Replica } from './harness.js';
+
+const ACCEPT = MT.ociManifest;
+const LEASE_TTL_MS = 1500;
+
+let fake: FakeUpstream;
+let redis: RedisServer;
+let dataDir: string;
+let replicas: Replica[];
+
+const ref = (repo: string, tag: string, img: Image): ImageRef => ({ repo, tag, blobs: [img.config.digest, ...img.layers.map((l) => l.digest)] });
+const blobGets = (digest: string) => fake.requests.filter((r) => r.kind === 'blob' && r.method === 'GET' && r.path.endsWith(digest));
+const fleetMetric = async (r: Replica, name: string, labels: Record<string, string>) => r.mirror.metric(name, labels);
+
+beforeAll(async () => {
+  fake = await FakeUpstream.start({ auth: 'none', cdn: false });
+  redis = await startRedis();
+  dataDir = await mkdtemp(join(tmpdir(), 'regmirror-fleet-'));
+  replicas = await startFleet({ n: 3, upstreams: { 'docker.io': { url: fake.url, libraryPrefix: true } }, redisUrl: redis.url, dataDir, leaseTtlMs: LEASE_TTL_MS });
+  await Promise.all(replicas.map((r) => waitFor(async () => (await fleetMetric(r, 'mirror_fleet_coordination', { mode: 'fleet' })) === 1, 10_000, `${r.id} to reach Redis`)));
+}, 120_000);
+
+afterAll(async () => {
+  await Promise.all((replicas ?? []).map((r) => r.mirror.stop()));
+  await redis?.close();
+  await fake?.close();
+  if (dataDir) await rm(dataDir, { recursive: true, force: true });
+});
+
+/** Every file in the shared store's blobs/ holds the bytes its name says (nothing partial is visible). */
+async function storedBlobsAreWhole(): Promise<string[]> {
+  const root = join(dataDir, 'blobs', 'sha256');
+  const seen: string[] = [];
+  for (const dir of await readdir(root).catch(() => [] as string[])) {
+    for (const hex of await readdir(join(root, dir))) {
+      const d = `sha256:${hex}`;
+      expect(digestOf(await readFile(join(root, dir, hex)))).toBe(d);
+      seen.push(d);
+    }
+  }
+  return seen;
+}
+
+describe('three replicas over one store and one Redis', () => {
+  it('30 concurrent clients spread over the replicas: upstream sees each blob once, every body is right, non-owners stream before the download ends', async () => {
+    const shared = [makeRandomLayer(2 * 1024 * 1024, 'fleet-shared-1'), makeRandomLayer(1024 * 1024, 'fleet-shared-2')];
+    const a = makeImage({ layers: [shared[0]!, shared[1]!, makeRandomLayer(512 * 1024, 'fleet-a')] });
+    const b = makeImage({ layers: [shared[0]!, shared[1]!, makeRandomLayer(512 * 1024, 'fleet-b')] });
+    const big = makeImage({ layers: [blobOf(pseudoRandomBytes(256 * 1024 * 1024, 'fleet-big'), MT.ociLayer)] });
+    fake.putImage('library/alpha', a, 'v1');
+    fake.putImage('library/beta', b, 'v1');
+    fake.putImage('library/big', big, 'v1');
+    const images = [ref('alpha', 'v1', a), ref('beta', 'v1', b), ref('big', 'v1', big)];
+    // At least 0.64 s for the big layer (at most 400 MiB/s): every client joins while it runs.
+    fake.faults.trickle = { bytesPerTick: 4 * 1024 * 1024, tickMs: 10 };
+    try {
+      const clients = Array.from({ length: 30 }, (_, i) => ({ replica: replicas[i % 3]!, image: images[Math.floor(i / 3) % 3]! }));
+      const results = await Promise.all(clients.map((c) => pull(c.replica.mirror.url, c.image, ACCEPT)));
+
+      // Every body was checked against its digest by pull(); every blob crossed from upstream once.
+      const all = new Set([a, b, big].flatMap((img) => [img.config.digest, ...img.layers.map((l) => l.digest)]));
+      for (const d of all) expect(blobGets(d), d).toHaveLength(1);
+
+      // The big layer: every client had its first byte before any had its last (which comes only
+      // once the one upstream download is complete and verified).
+      const bigFetches = results.flatMap((r) => r.filter((f) => f.digest === big.layers[0]!.digest));
+      expect(bigFetches).toHaveLength(10);
+      const firstEnd = Math.min(...bigFetches.map((f) => f.endAt));
+      for (const f of bigFetches) expect(f.firstByteAt).toBeLessThan(firstEnd);
+
+      // Each blob had one owner in the fleet; the other replicas streamed from it.
+      const owners = await Promise.all(replicas.map((r) => fleetMetric(r, 'mirror_fleet_downloads_total', { role: 'owner' })));
+      const peers = await Promise.all(replicas.map((r) => fleetMetric(r, 'mirror_fleet_downloads_total', { role: 'peer' })));
+      expect(owners.reduce((x, y) => x + y, 0)).toBe(all.size);
+      expect(peers.reduce((x, y) => x + y, 0)).toBeGreaterThan(0);
+      const peerReads = await Promise.all(replicas.map((r) => fleetMetric(r, 'mirror_fleet_peer_reads_total', {})));
+      expect(peerReads.reduce((x, y) => x + y, 0)).toBeGreaterThan(0);
+      for (const d of all) expect(await storedBlobsAreWhole()).toContain(d);
+    } finally {
+      fake.faults.trickle = undefined;
+    }
+  }, 150_000);
+
+  it('the owner killed with SIGKILL mid-download: the other replicas take over and their clients complete; nothing partial is stored', async () => {
+    const layer = blobOf(pseudoRandomBytes(48 * 1024 * 1024, 'fleet-kill'), MT.ociLayer);
+    const img = makeImage({ layers: [layer] });
+    fake.putImage('library/kill', img, 'v1');
+    const [owner, r1, r2] = replicas as [Replica, Replica, Replica];
+    // The manifest first everywhere (membership), then the owner starts the slow download alone.
+    for (const r of replicas) expect((await fetch(`${r.mirror.url}/v2/kill/manifests/v1`, { headers: { accept: ACCEPT } })).status).toBe(200);
+    fake.faults.trickle = { bytesPerTick: 256 * 1024, tickMs: 10 }; // ~25 MiB/s: about 2 s
+    try {
+      const url = (r: Replica) => `${r.mirror.url}/v2/kill/blobs/${layer.digest}`;
+      const ownerClient = fetchBlob(url(owner), layer.digest).catch((e: Error) => e);
+      await waitFor(() => blobGets(layer.digest).length === 1, 10_000, 'the owner to start the upstream download');
+      const started = performance.now();
+      const received = [0, 0, 0];
+      const others = [r1, r2, r1].map((r, i) => fetchBlob(url(r), layer.digest, { progress: (n) => (received[i] = n) }));
+      await waitFor(() => received.every((n) => n > 1024 * 1024), 20_000, () => `every client of the other replicas to have bytes (${received.join(', ')})`);
+      await owner.mirror.kill('SIGKILL');
+      const done = await Promise.all(others);
+      const elapsed = performance.now() - started;
+      for (const f of done) expect(f.size).toBe(layer.size);
+      expect(await ownerClient).toBeInstanceOf(Error); // its own client lost its connection with it
+      // One replica took over, resuming with Range where the owner's stream stopped.
+      const gets = blobGets(layer.digest);
+      expect(gets, gets.map((g) => `${g.method} ${g.path} ${String(g.headers.range)}`).join('; ')).toHaveLength(2);
+      expect(String(gets[1]!.headers.range ?? '')).toMatch(/^bytes=[1-9]\d*-$/);
+      const takeovers = (await fleetMetric(r1, 'mirror_fleet_downloads_total', { role: 'takeover' })) + (await fleetMetric(r2, 'mirror_fleet_downloads_total', { role: 'takeover' }));
+      expect(takeovers).toBe(1);
+      // Within the lease expiry plus the transfer time (48 MiB at ~25 MiB/s, with slack for 2 busy cores).
+      expect(elapsed).toBeLessThan(LEASE_TTL_MS + 15_000);
+      // The replica that took over stores the blob once verified (its clients may finish first).
+      await waitFor(async () => (await storedBlobsAreWhole()).includes(layer.digest), 10_000, 'the blob in the shared store');
+    } finally {
+      fake.faults.trickle = undefined;
+      await owner.mirror.restart();
+    }
+  }, 60_000);
+
+  it('Redis stopped mid-run: serving never stops, each replica says it coordinates locally; back with Redis, one fetch per blob again', async () => {
+    const mk = (seed: string) => makeImage({ layers: [makeRandomLayer(256 * 1024, seed)] });
+    const during = mk('fleet-redis-down');
+    const after = mk('fleet-redis-back');
+    fake.putImage('library/during', during, 'v1');
+    fake.putImage('library/after', after, 'v1');
+    await redis.stop();
+    await Promise.all(replicas.map((r) => waitFor(async () => (await fleetMetric(r, 'mirror_fleet_coordination', { mode: 'local' })) === 1, 10_000, `${r.id} to switch to local coordination`)));
+    for (const r of replicas) await pull(r.mirror.url, ref('during', 'v1', during), ACCEPT);
+    for (const r of replicas) {
+      expect(r.mirror.lines.some((l) => typeof l.msg === 'string' && l.msg.startsWith('fleet coordination lost'))).toBe(true);
+      expect(await fleetMetric(r, 'mirror_fleet_coordination_transitions_total', { to: 'local' })).toBeGreaterThanOrEqual(1);
+    }
+    expect(await Promise.all(replicas.map((r) => fleetMetric(r, 'mirror_fleet_downloads_total', { role: 'local' })))).not.toContain(undefined);
+
+    await redis.start();
+    await Promise.all(replicas.map((r) => waitFor(async () => (await fleetMetric(r, 'mirror_fleet_coordination', { mode: 'fleet' })) === 1, 10_000, `${r.id} to reach Redis again`)));
+    for (const r of replicas) expect(r.mirror.lines.some((l) => l.msg === 'fleet coordination through Redis restored')).toBe(true);
+    await Promise.all(replicas.flatMap((r) => [pull(r.mirror.url, ref('after', 'v1', after), ACCEPT), pull(r.mirror.url, ref('after', 'v1', after), ACCEPT)]));
+    for (const d of [after.config.digest, after.layers[0]!.digest]) expect(blobGets(d)).toHaveLength(1);
+  }, 60_000);
+});
