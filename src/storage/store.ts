@@ -40,6 +40,19 @@ export class StoreFullError extends Error {
   }
 }
 
+/**
+ * The store cannot be reached or refuses service (network, credentials, a 5xx of an object store).
+ * A StoreFullError for its callers: a download passes the bytes through uncached, verified as ever;
+ * the registry treats reads that fail this way as misses (upstream still has the bytes).
+ */
+export class StoreUnavailableError extends StoreFullError {
+  constructor(cause: unknown) {
+    super(cause);
+    this.message = `blob store is unavailable: ${(cause as Error)?.message ?? cause}`;
+    this.name = 'StoreUnavailableError';
+  }
+}
+
 export interface BlobStore {
   /** Creates the layout and sweeps temp files a crash left behind. Call once before anything else. */
   init(): Promise<void>;

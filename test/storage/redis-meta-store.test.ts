@@ -1,0 +1,132 @@
+/**
+ * The MetaStore contract on a real redis-server (test/helpers/redis-server.ts), plus what only a
+ * shared backend must do: key prefixes keep fleets apart, a corrupt value is a miss, and a second
+ * client (another replica) sees every write at once.
+ */
+import { Redis } from 'ioredis';
+import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import { CachingMetaStore } from '../../src/cache/caching-meta-store.js';
+import type { MetaStore, RepoKey, TagRecord } from '../../src/storage/meta-store.js';
+import { RedisMetaStore } from '../../src/storage/redis-meta-store.js';
+import { digestOf } from '../helpers/digest.js';
+import { redisServerAvailable, startRedis, type RedisServer } from '../helpers/redis-server.js';
+import { requireTools } from '../helpers/tools.js';
+import { metaStoreContract } from './meta-store.contract.js';
+
+const SKIP = requireTools('Redis meta store', { 'redis-server': redisServerAvailable() });
+
+describe.skipIf(SKIP !== undefined)('RedisMetaStore on a real redis-server', () => {
+  let server: RedisServer;
+  const clients: Redis[] = [];
+  let n = 0;
+  const client = () => {
+    const c = new Redis(server.url, { maxRetriesPerRequest: 1 });
+    clients.push(c);
+    return c;
+  };
+
+  beforeAll(async () => {
+    server = await startRedis();
+  });
+  afterAll(async () => {
+    for (const c of clients) c.disconnect();
+    await server?.close();
+  });
+
+  /** A fresh prefix per store: the same Redis, nothing shared. */
+  const fixture = (wrap: (s: RedisMetaStore) => MetaStore) => async () => {
+    const prefix = `contract-${++n}:`;
+    const c = client();
+    return {
+      store: wrap(new RedisMetaStore(c, prefix)),
+      reopen: async () => wrap(new RedisMetaStore(client(), prefix)),
+      cleanup: async () => {
+        const keys = await c.keys(`${prefix}*`);
+        if (keys.length > 0) await c.del(...keys);
+      },
+    };
+  };
+  metaStoreContract('RedisMetaStore', fixture((s) => s));
+  metaStoreContract('CachingMetaStore over RedisMetaStore', fixture((s) => new CachingMetaStore(s, { maxEntries: 4 })));
+
+  describe('shared by a fleet', () => {
+    const alpine: RepoKey = { upstream: 'docker.io', repo: 'library/alpine' };
+    const record = (d: string): TagRecord => ({ version: 2, variants: [{ digest: d, mediaType: 'application/vnd.oci.image.index.v1+json', size: 1, fetchedAt: 1 }] });
+    let a: RedisMetaStore;
+    let b: RedisMetaStore;
+    let raw: Redis;
+    beforeEach(async () => {
+      raw = client();
+      await raw.flushall();
+      a = new RedisMetaStore(client(), 'fleet-a:');
+      b = new RedisMetaStore(client(), 'fleet-b:');
+    });
+
+    it('two key prefixes on one Redis are two separate caches, and every key starts with its prefix', async () => {
+      await a.putTag(alpine, 'latest', record(digestOf('a')));
+      await a.addLinks(alpine, [digestOf('l')]);
+      await a.addManifests(alpine, [{ digest: digestOf('m'), mediaType: 'x/y' }]);
+      await a.putDoc(alpine, 'tags', { fetchedAt: 1, body: [] });
+      await a.putState('pins', ['x']);
+      expect(await b.getTag(alpine, 'latest')).toBeUndefined();
+      expect(await b.hasLink(alpine, digestOf('l'))).toBe(false);
+      expect(await b.listRepos()).toEqual([]);
+      expect(await b.getState('pins')).toBeUndefined();
+      const keys = await raw.keys('*');
+      expect(keys.length).toBeGreaterThan(0);
+      for (const k of keys) expect(k.startsWith('fleet-a:')).toBe(true);
+    });
+
+    it('another replica (its own connection) reads what one wrote at once; deletes too', async () => {
+      const other = new RedisMetaStore(client(), 'fleet-a:');
+      await a.putTag(alpine, 'latest', record(digestOf('1')));
+      expect(await other.getTag(alpine, 'latest')).toEqual(record(digestOf('1')));
+      await other.deleteRepo(alpine);
+      expect(await a.getTag(alpine, 'latest')).toBeUndefined();
+      expect(await a.listRepos()).toEqual([]);
+    });
+
+    it('a corrupt value is a miss, and a good write mends it', async () => {
+      await raw.hset('fleet-a:tags|docker.io/library/alpine', 'torn', '{"variants":[{"dig');
+      await raw.hset('fleet-a:tags|docker.io/library/alpine', 'shape', '{"digest":"x"}');
+      await raw.hset('fleet-a:docs|docker.io/library/alpine', 'tags', '{"body":[]}');
+      await raw.set('fleet-a:state|usage', 'not json');
+      expect(await a.getTag(alpine, 'torn')).toBeUndefined();
+      expect(await a.getTag(alpine, 'shape')).toBeUndefined();
+      expect(await a.getDoc(alpine, 'tags')).toBeUndefined();
+      expect(await a.getState('usage')).toBeUndefined();
+      await a.putTag(alpine, 'torn', record(digestOf('ok')));
+      expect(await a.getTag(alpine, 'torn')).toEqual(record(digestOf('ok')));
+    });
+
+    it('concurrent writers and readers of one tag: every read is a whole record', async () => {
+      const records = Array.from({ length: 20 }, (_, i) => ({
+        version: 2,
+        variants: Array.from({ length: 50 }, (_, j) => ({ digest: digestOf(`${i}-${j}`), mediaType: 'x/y', size: j, fetchedAt: i })),
+      }));
+      const other = new RedisMetaStore(client(), 'fleet-a:');
+      const seen: Array<TagRecord | undefined> = [];
+      await Promise.all([...records.map((r, i) => (i % 2 ? a : other).putTag(alpine, 'latest', r)), ...records.map(async () => seen.push(await other.getTag(alpine, 'latest')))]);
+      const valid = new Set(records.map((r) => JSON.stringify(r)));
+      for (const s of seen) if (s !== undefined) expect(valid.has(JSON.stringify(s))).toBe(true);
+    });
+
+    it('the repository list follows tag and manifest records as they come and go, also under concurrent writes', async () => {
+      await Promise.all([a.putTag(alpine, 't1', record(digestOf('1'))), a.addManifests(alpine, [{ digest: digestOf('m'), mediaType: 'x/y' }])]);
+      expect(await a.listRepos()).toEqual([alpine]);
+      await a.deleteTag(alpine, 't1');
+      expect(await a.listRepos()).toEqual([alpine]); // the manifest record keeps it listed
+      await a.forget(alpine, [digestOf('m')]);
+      expect(await a.listRepos()).toEqual([]);
+      // Links and documents alone do not list a repository.
+      await a.addLinks(alpine, [digestOf('l')]);
+      await a.putDoc(alpine, 'tags', { fetchedAt: 1, body: [] });
+      expect(await a.listRepos()).toEqual([]);
+    });
+
+    it('refuses keys built from something that is not a repository', async () => {
+      await expect(a.getTag({ upstream: 'docker.io', repo: 'a|b' }, 'x')).rejects.toThrow(/not a repository/);
+      await expect(a.addLinks({ upstream: 'a/b', repo: 'x' }, [digestOf('x')])).rejects.toThrow(/not a repository/);
+    });
+  });
+});
