@@ -10,13 +10,16 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { digestOf } from '../helpers/digest.js';
 import { FakeUpstream } from '../helpers/fake-upstream.js';
-import { blobOf, makeImage, makeRandomLayer, MT, pseudoRandomBytes, type Image } from '../helpers/images.js';
+import { blobOf, busyboxImage, makeImage, makeRandomLayer, MT, pseudoRandomBytes, type Image } from '../helpers/images.js';
 import { startRedis, type RedisServer } from '../helpers/redis-server.js';
 import { waitFor } from '../helpers/wait.js';
+import { startDockerd } from '../e2e/harness/dockerd.js';
+import { cleanupDir, hasTool, isRoot, makeTempDir, run } from '../e2e/harness/tools.js';
 import { fetchBlob, pull, startFleet, type ImageRef, type Replica } from './harness.js';
+import { startNginx } from './nginx.js';
 
 const ACCEPT = MT.ociManifest;
-const LEASE_TTL_MS = 1500;
+const LEASE_TTL_MS = 3000;
 
 let fake: FakeUpstream;
 let redis: RedisServer;
@@ -69,12 +72,14 @@ describe('three replicas over one store and one Redis', () => {
     // At least 0.64 s for the big layer (at most 400 MiB/s): every client joins while it runs.
     fake.faults.trickle = { bytesPerTick: 4 * 1024 * 1024, tickMs: 10 };
     try {
-      const clients = Array.from({ length: 30 }, (_, i) => ({ replica: replicas[i % 3]!, image: images[Math.floor(i / 3) % 3]! }));
+      // Client i pulls image i % 3 through replica floor(i / 3) % 3: ten clients per image, spread over all three replicas.
+      const clients = Array.from({ length: 30 }, (_, i) => ({ replica: replicas[Math.floor(i / 3) % 3]!, image: images[i % 3]! }));
       const results = await Promise.all(clients.map((c) => pull(c.replica.mirror.url, c.image, ACCEPT)));
 
       // Every body was checked against its digest by pull(); every blob crossed from upstream once.
       const all = new Set([a, b, big].flatMap((img) => [img.config.digest, ...img.layers.map((l) => l.digest)]));
-      for (const d of all) expect(blobGets(d), d).toHaveLength(1);
+      const takeovers = await Promise.all(replicas.map((r) => fleetMetric(r, 'mirror_fleet_downloads_total', { role: 'takeover' })));
+      for (const d of all) expect(blobGets(d), `${d}: ${blobGets(d).map((g) => `${g.path} range=${String(g.headers.range)}`).join('; ')}; takeovers ${takeovers.join(',')}; big ${big.layers[0]!.digest}`).toHaveLength(1);
 
       // The big layer: every client had its first byte before any had its last (which comes only
       // once the one upstream download is complete and verified).
@@ -154,4 +159,33 @@ describe('three replicas over one store and one Redis', () => {
     await Promise.all(replicas.flatMap((r) => [pull(r.mirror.url, ref('after', 'v1', after), ACCEPT), pull(r.mirror.url, ref('after', 'v1', after), ACCEPT)]));
     for (const d of [after.config.digest, after.layers[0]!.digest]) expect(blobGets(d)).toHaveLength(1);
   }, 60_000);
+
+  const CLIENTS_SKIP = ['nginx', 'skopeo', 'dockerd', 'docker', 'containerd', 'runc'].filter((t) => !hasTool(t)).join(', ') || (isRoot() ? undefined : 'needs root (dockerd)');
+  const busy = busyboxImage({ cmd: ['/bin/sh', '-c', 'echo fleet-e2e'] });
+  it.skipIf(CLIENTS_SKIP !== undefined || !busy)('real clients through nginx round robin over the replicas: skopeo copy and a dockerd pull succeed, each blob fetched once', async () => {
+    fake.putImage('library/fleetbusy', busy!, '1');
+    const lb = await startNginx(replicas.map((r) => r.mirror.url));
+    const work = makeTempDir('regmirror-fleet-clients-');
+    const host = lb.url.replace('http://', '');
+    const dkd = await startDockerd({ mirrors: [lb.url], insecureRegistries: [host] });
+    try {
+      const dest = join(work, 'skopeo');
+      const copy = await run('skopeo', ['--insecure-policy', 'copy', '--src-tls-verify=false', `docker://${host}/library/fleetbusy:1`, `dir:${dest}`], { timeoutMs: 60_000 });
+      expect(copy.code, copy.stderr).toBe(0);
+      for (const l of busy!.layers) expect(digestOf(await readFile(join(dest, l.digest.slice(7))))).toBe(l.digest);
+      const pulled = await dkd.docker(['pull', 'fleetbusy:1'], { timeoutMs: 120_000 });
+      expect(pulled.code, `${pulled.stderr}${dkd.logs().slice(-2000)}`).toBe(0);
+      const ran = await dkd.docker(['run', '--rm', '--network', 'none', 'fleetbusy:1'], { timeoutMs: 60_000 });
+      expect(ran.code, ran.stderr).toBe(0);
+      expect(ran.stdout).toContain('fleet-e2e');
+      // Round robin really spread the requests, and upstream saw each blob once for the whole fleet.
+      const backends = new Set((await lb.accessLog()).map((l) => l.split(' ')[0]));
+      expect(backends.size).toBe(3);
+      for (const d of [busy!.config.digest, ...busy!.layers.map((l) => l.digest)]) expect(blobGets(d), d).toHaveLength(1);
+    } finally {
+      await dkd.stop();
+      await lb.stop();
+      await cleanupDir(work);
+    }
+  }, 180_000);
 });
