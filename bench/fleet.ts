@@ -91,7 +91,7 @@ async function main(): Promise<void> {
           const gets = blobs.map((b) => fake.requests.filter((q) => q.kind === 'blob' && q.method === 'GET' && q.path.endsWith(b.digest)).length);
           const others = results.slice(2).map((r) => r.ttfb);
           rows.push(
-            `| ${n} | ${mode === 'fleet' ? 'fleet (Redis)' : 'independent'} | ${(gets.reduce((a, b) => a + b, 0) / blobs.length).toFixed(2)} | ${Math.max(...gets)} | ${results[0]!.ttfb.toFixed(0)} | ${others.length ? (others.reduce((a, b) => a + b, 0) / others.length).toFixed(0) : '–'} | ${(wall / 1000).toFixed(2)} |`,
+            `| ${n} | ${mode === 'fleet' ? 'fleet (Redis)' : 'independent'} | ${(gets.reduce((a, b) => a + b, 0) / blobs.length).toFixed(2)} | ${Math.max(...gets)} | ${results[0].ttfb.toFixed(0)} | ${others.length ? (others.reduce((a, b) => a + b, 0) / others.length).toFixed(0) : '–'} | ${(wall / 1000).toFixed(2)} |`,
           );
           process.stderr.write(`${rows[rows.length - 1]}\n`);
         } finally {

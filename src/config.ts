@@ -87,6 +87,32 @@ export interface FleetConfig {
   keyPrefix: string;
 }
 
+/** An S3-compatible object store holding the blobs (`storage.type: s3`). */
+export interface S3StorageConfig {
+  /** Endpoint URL (Ceph RGW, MinIO, R2); undefined: AWS's endpoint for the region. */
+  endpoint: string | undefined;
+  region: string;
+  bucket: string;
+  /** Prefix of every key (several mirrors can share a bucket); may be empty. */
+  prefix: string;
+  /** Bucket in the path instead of the host name (Ceph RGW, MinIO). */
+  forcePathStyle: boolean;
+  /** Static credentials; undefined: the SDK's default chain (AWS_* variables, profile, web identity, instance role). */
+  accessKeyId: string | undefined;
+  secretAccessKey: string | undefined;
+  /** Bytes per multipart part (at least 5 MiB); blobs smaller than one part are one PUT. */
+  partSize: number;
+}
+
+/** Where the cache is kept. */
+export interface StorageConfig {
+  /** fs: blobs under dataDir; s3: blobs in an S3 bucket (in-progress bytes still spool under dataDir). */
+  type: 'fs' | 's3';
+  s3: S3StorageConfig;
+  /** Redis for tag records, membership and lifecycle state; url undefined: they stay under dataDir. */
+  redis: { url: string | undefined; keyPrefix: string };
+}
+
 export type LogLevel = 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent';
 
 /**
@@ -119,6 +145,8 @@ export interface Config {
   upstreams: Record<string, UpstreamConfig>;
   auth: AuthConfig;
   fleet: FleetConfig;
+  /** Blob store and metadata backends (filesystem by default; S3 and Redis for a fleet). */
+  storage: StorageConfig;
 }
 
 export class ConfigError extends Error {
@@ -179,6 +207,13 @@ export function applyEnv(raw: Raw, env: Record<string, string | undefined>): Raw
     const v = env[`MIRROR_FLEET_${suffix}`];
     if (v !== undefined && v !== '') set(['fleet', field], v);
   }
+  if (env.MIRROR_STORAGE_TYPE !== undefined) set(['storage', 'type'], env.MIRROR_STORAGE_TYPE);
+  for (const [name, key] of [['ENDPOINT', 'endpoint'], ['REGION', 'region'], ['BUCKET', 'bucket'], ['PREFIX', 'prefix'], ['FORCE_PATH_STYLE', 'forcePathStyle'], ['ACCESS_KEY_ID', 'accessKeyId'], ['SECRET_ACCESS_KEY', 'secretAccessKey']] as const) {
+    const v = env[`MIRROR_S3_${name}`];
+    if (v !== undefined) set(['storage', 's3', key], v);
+  }
+  if (env.MIRROR_REDIS_URL !== undefined) set(['storage', 'redis', 'url'], env.MIRROR_REDIS_URL);
+  if (env.MIRROR_REDIS_KEY_PREFIX !== undefined) set(['storage', 'redis', 'keyPrefix'], env.MIRROR_REDIS_KEY_PREFIX);
   const upstreams = isObject(out.upstreams) ? out.upstreams : {};
   for (const name of Object.keys(upstreams)) {
     const key = envKey(name);
@@ -226,7 +261,7 @@ export function validateConfig(raw: Raw): Config {
     for (const k of Object.keys(o)) if (!keys.includes(k)) throw new ConfigError(key ? `${key}.${k}` : k, 'unknown key');
   };
 
-  known('', raw, ['listen', 'dataDir', 'offline', 'defaultRegistry', 'log', 'cache', 'admin', 'limits', 'timeouts', 'upstreamHealth', 'tls', 'upstreams', 'auth', 'fleet']);
+  known('', raw, ['listen', 'dataDir', 'offline', 'defaultRegistry', 'log', 'cache', 'admin', 'limits', 'timeouts', 'upstreamHealth', 'tls', 'upstreams', 'auth', 'storage', 'fleet']);
   // YAML reads a bare port (`listen: 8080`) as a number.
   const listen = parseListen(typeof raw.listen === 'number' ? String(raw.listen) : str('listen', raw.listen));
   const log = obj('log', raw.log);
@@ -319,6 +354,42 @@ export function validateConfig(raw: Raw): Config {
   if (auth.realm !== '' && !/^https?:\/\/[^\s"]+$/.test(auth.realm)) throw new ConfigError('auth.realm', 'must be an http(s) URL of the token endpoint, or empty');
 
   const fleet = validateFleet(obj('fleet', raw.fleet), { str, num, bool, req, known });
+  const storageRaw = obj('storage', raw.storage);
+  known('storage', storageRaw, ['type', 's3', 'redis']);
+  const storageType = str('storage.type', req('storage.type', storageRaw.type));
+  if (storageType !== 'fs' && storageType !== 's3') throw new ConfigError('storage.type', 'must be fs or s3');
+  const s3Raw = obj('storage.s3', req('storage.s3', storageRaw.s3));
+  known('storage.s3', s3Raw, ['endpoint', 'region', 'bucket', 'prefix', 'forcePathStyle', 'accessKeyId', 'secretAccessKey', 'partSize']);
+  const s3Endpoint = optStr('storage.s3.endpoint', s3Raw.endpoint);
+  if (s3Endpoint !== undefined && !/^https?:\/\/[^\s/]+\/?$/.test(s3Endpoint)) throw new ConfigError('storage.s3.endpoint', 'must be an http(s) URL of the S3 endpoint (scheme, host and port only)');
+  const s3Bucket = optStr('storage.s3.bucket', s3Raw.bucket);
+  if (storageType === 's3' && s3Bucket === undefined) throw new ConfigError('storage.s3.bucket', 'a bucket is required when storage.type is s3');
+  const s3Prefix = req('storage.s3.prefix', s3Raw.prefix);
+  if (typeof s3Prefix !== 'string' || !/^[A-Za-z0-9!_.*'()/-]*$/.test(s3Prefix) || s3Prefix.startsWith('/')) throw new ConfigError('storage.s3.prefix', 'must be a key prefix of S3\'s safe characters such as "regmirror/" (may be empty)');
+  const accessKeyId = optStr('storage.s3.accessKeyId', s3Raw.accessKeyId);
+  const secretAccessKey = optStr('storage.s3.secretAccessKey', s3Raw.secretAccessKey);
+  if ((accessKeyId === undefined) !== (secretAccessKey === undefined)) throw new ConfigError('storage.s3.secretAccessKey', 'accessKeyId and secretAccessKey go together (both empty: the SDK default credential chain)');
+  const partSizeRaw = req('storage.s3.partSize', s3Raw.partSize);
+  const redisRaw = obj('storage.redis', req('storage.redis', storageRaw.redis));
+  known('storage.redis', redisRaw, ['url', 'keyPrefix']);
+  const redisUrl = optStr('storage.redis.url', redisRaw.url);
+  if (redisUrl !== undefined && !/^rediss?:\/\/\S+$/.test(redisUrl)) throw new ConfigError('storage.redis.url', 'must be a redis:// or rediss:// URL');
+  const keyPrefix = req('storage.redis.keyPrefix', redisRaw.keyPrefix);
+  if (typeof keyPrefix !== 'string' || /\s/.test(keyPrefix)) throw new ConfigError('storage.redis.keyPrefix', 'must be a string without spaces (may be empty)');
+  const storage: StorageConfig = {
+    type: storageType,
+    s3: {
+      endpoint: s3Endpoint?.replace(/\/$/, ''),
+      region: str('storage.s3.region', req('storage.s3.region', s3Raw.region)),
+      bucket: s3Bucket ?? '',
+      prefix: s3Prefix,
+      forcePathStyle: bool('storage.s3.forcePathStyle', req('storage.s3.forcePathStyle', s3Raw.forcePathStyle)),
+      accessKeyId,
+      secretAccessKey,
+      partSize: num('storage.s3.partSize', typeof partSizeRaw === 'string' ? parseSize('storage.s3.partSize', partSizeRaw) : partSizeRaw, 5 * 1024 * 1024, 5 * 1024 ** 3),
+    },
+    redis: { url: redisUrl, keyPrefix },
+  };
 
   return {
     listen,
@@ -352,6 +423,7 @@ export function validateConfig(raw: Raw): Config {
     ...(tlsRaw ? { tls: { cert: str('tls.cert', tlsRaw.cert), key: str('tls.key', tlsRaw.key) } } : {}),
     upstreams,
     auth,
+    storage,
     fleet,
   };
 }

@@ -253,7 +253,14 @@ function adminCredentials(init: RequestInit | undefined, env: NodeJS.ProcessEnv)
 
 function redact(config: Config): unknown {
   const upstreams = Object.fromEntries(Object.entries(config.upstreams).map(([k, u]) => [k, { ...u, ...(u.password ? { password: '[redacted]' } : {}) }]));
-  return { ...config, upstreams };
+  const { s3, redis } = config.storage;
+  const storage = {
+    ...config.storage,
+    s3: { ...s3, ...(s3.secretAccessKey ? { secretAccessKey: '[redacted]' } : {}) },
+    // A password in the Redis URL (redis://:secret@host) is a credential too.
+    redis: { ...redis, ...(redis.url ? { url: redis.url.replace(/\/\/([^@/]*)@/, '//[redacted]@') } : {}) },
+  };
+  return { ...config, upstreams, storage };
 }
 
 main(process.argv.slice(2), process.env).catch((e: unknown) => {

@@ -9,6 +9,9 @@ import { hostname } from 'node:os';
 import { readFileSync } from 'node:fs';
 import { mkdir, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
+import { Agent as HttpAgent } from 'node:http';
+import { Agent as HttpsAgent } from 'node:https';
+import { S3Client } from '@aws-sdk/client-s3';
 import { Redis } from 'ioredis';
 import { Registry as PromRegistry } from 'prom-client';
 import { Agent, type Dispatcher } from 'undici';
@@ -20,6 +23,7 @@ import { Airgap } from './airgap/service.js';
 import { PrefetchJobs, type PrefetchDeps } from './airgap/prefetch.js';
 import { CachingBlobStore } from './cache/caching-blob-store.js';
 import { CachingMetaStore } from './cache/caching-meta-store.js';
+import { OutageTolerantBlobStore } from './cache/outage-tolerant-blob-store.js';
 import { CacheStats } from './cache/stats.js';
 import { ConfigError, type Config } from './config.js';
 import { FleetCoordinator } from './fleet/coordinator.js';
@@ -46,6 +50,10 @@ import { Registry } from './registry/service.js';
 import { routeName, type RoutingTable } from './registry/reference.js';
 import { FsMetaStore } from './storage/fs-meta-store.js';
 import { FsBlobStore } from './storage/fs-store.js';
+import type { MetaStore } from './storage/meta-store.js';
+import { RedisMetaStore } from './storage/redis-meta-store.js';
+import { S3BlobStore } from './storage/s3-store.js';
+import type { BlobStore } from './storage/store.js';
 import { AvailabilityGuard } from './upstream/availability.js';
 import { UpstreamClient } from './upstream/client.js';
 import { UpstreamHealth } from './upstream/health.js';
@@ -77,7 +85,8 @@ export interface Mirror {
   registry: Registry;
   metrics: Metrics;
   promRegistry: PromRegistry;
-  blobs: FsBlobStore;
+  /** The blob store itself (filesystem or S3), without the memory cache. */
+  blobs: BlobStore;
   /** Fleet mode (fleet.enabled): the peer endpoint's handler, for main.ts to put on fleet.listen. */
   fleet: { peerHandler: (req: IncomingMessage, res: ServerResponse) => void; replicaId: string } | undefined;
   /** Waits (at most a few seconds) for downloads under way to be stored, then releases upstream connections. */
@@ -98,26 +107,82 @@ export function mirrorVersion(): string {
 
 interface Stores {
   stats: CacheStats;
-  blobs: FsBlobStore;
-  meta: FsMetaStore;
+  blobs: BlobStore;
+  meta: MetaStore;
   /** The stores as the services see them: memory caches in front. */
   cachedBlobs: CachingBlobStore;
   cachedMeta: CachingMetaStore;
+  /** Releases the backends' connections (S3 sockets, the Redis connection). */
+  close(): Promise<void>;
+}
+
+/** The S3 client of `storage.s3`: static credentials when given, else the SDK's default chain. */
+function s3Client(config: Config): S3Client {
+  const s3 = config.storage.s3;
+  return new S3Client({
+    region: s3.region,
+    ...(s3.endpoint ? { endpoint: s3.endpoint } : {}),
+    forcePathStyle: s3.forcePathStyle,
+    ...(s3.accessKeyId && s3.secretAccessKey ? { credentials: { accessKeyId: s3.accessKeyId, secretAccessKey: s3.secretAccessKey } } : {}),
+    // Checksums only where S3 requires them: Ceph RGW 16 and other compatibles refuse the newer
+    // aws-chunked trailers; every body is verified by its digest here, each PUT and part by Content-MD5.
+    requestChecksumCalculation: 'WHEN_REQUIRED',
+    responseChecksumValidation: 'WHEN_REQUIRED',
+    // Every open blob stream holds a socket: the SDK's default of 50 would queue readers.
+    requestHandler: {
+      connectionTimeout: config.timeouts.connect,
+      httpAgent: new HttpAgent({ keepAlive: true, maxSockets: 1024 }),
+      httpsAgent: new HttpsAgent({ keepAlive: true, maxSockets: 1024 }),
+    },
+  });
 }
 
 async function openStores(config: Config, onAdded: (digest: string) => void, opts: { sweep?: boolean } = {}): Promise<Stores> {
   const stats = new CacheStats();
-  const blobs = new FsBlobStore(config.dataDir, {
-    added: (d, n) => {
+  const events = {
+    added: (d: string, n: number) => {
       stats.added(d, n);
       onAdded(d);
     },
-    removed: (d, n) => stats.removed(d, n),
-  });
-  // init() sweeps tmp/: never beside a running mirror (a read-only export opens the stores with sweep: false).
+    removed: (d: string, n: number) => stats.removed(d, n),
+  };
+  const closers: Array<() => Promise<void> | void> = [];
+  let blobs: BlobStore;
+  if (config.storage.type === 's3') {
+    const client = s3Client(config);
+    closers.push(() => client.destroy());
+    blobs = new S3BlobStore({
+      client,
+      bucket: config.storage.s3.bucket,
+      prefix: config.storage.s3.prefix,
+      spoolDir: join(config.dataDir, 's3-spool'),
+      partSize: config.storage.s3.partSize,
+      events,
+    });
+  } else {
+    blobs = new FsBlobStore(config.dataDir, events);
+  }
+  // init() sweeps tmp/ (or this replica's spool): never beside a running mirror (a read-only export opens the stores with sweep: false).
   if (opts.sweep !== false) await blobs.init();
-  const meta = new FsMetaStore(config.dataDir);
-  return { stats, blobs, meta, cachedBlobs: new CachingBlobStore(blobs, { memoryBytes: config.cache.memoryBytes }), cachedMeta: new CachingMetaStore(meta) };
+  let meta: MetaStore;
+  if (config.storage.redis.url) {
+    // Fail a command after a few reconnect attempts (about 0.3 s) rather than queue it while Redis is away.
+    const redis = new Redis(config.storage.redis.url, { maxRetriesPerRequest: 2, connectTimeout: config.timeouts.connect });
+    closers.push(() => redis.disconnect());
+    meta = new RedisMetaStore(redis, config.storage.redis.keyPrefix);
+  } else {
+    meta = new FsMetaStore(config.dataDir);
+  }
+  return {
+    stats,
+    blobs,
+    meta,
+    cachedBlobs: new CachingBlobStore(blobs, { memoryBytes: config.cache.memoryBytes }),
+    cachedMeta: new CachingMetaStore(meta),
+    close: async () => {
+      for (const c of closers) await c();
+    },
+  };
 }
 
 interface Lifecycle {
@@ -217,7 +282,13 @@ export async function openCacheAdmin(config: Config, opts: { logger?: Logger; no
   const stores = await openStores(config, () => undefined);
   await stores.stats.scan(stores.blobs.list());
   const lifecycle = await buildLifecycle(config, stores, { now: opts.now ?? Date.now, logger: opts.logger ?? silentLogger });
-  return { admin: lifecycle.admin, close: () => lifecycle.usage.stop() };
+  return {
+    admin: lifecycle.admin,
+    close: async () => {
+      await lifecycle.usage.stop();
+      await stores.close();
+    },
+  };
 }
 
 /** How client-visible names map to upstreams, from the config (as the Registry routes them). */
@@ -249,7 +320,7 @@ export async function openAirgap(config: Config, opts: { now?: () => number; for
     route: (name) => routeName(name, undefined, table),
     maxManifestBytes: config.limits.maxManifestBytes,
   });
-  return { airgap, close: async () => {} };
+  return { airgap, close: () => stores.close() };
 }
 
 /** Access control from `auth` (undefined when off); an unreadable or invalid htpasswd, policy or key file throws, naming it. */
@@ -401,9 +472,16 @@ export async function buildMirror(config: Config, opts: MirrorOptions = {}): Pro
     for (const a of u.aliases) aliases.set(a, u.name);
   }
 
+  // Reads while the blob store is unreachable are misses (the bytes pass through from upstream); one warning per 10 s says so.
+  let lastOutageWarning = -Infinity;
+  const servingBlobs = new OutageTolerantBlobStore(stores.cachedBlobs, (op, e) => {
+    if (Date.now() - lastOutageWarning < 10_000) return;
+    lastOutageWarning = Date.now();
+    logger.warn({ op, err: e.message }, 'blob store unavailable or full: serving from upstream without caching');
+  });
   const registry = new Registry(
     {
-      blobs: fleetLink ? new TrackedBlobStore(stores.cachedBlobs, fleetLink.readers) : stores.cachedBlobs,
+      blobs: fleetLink ? new TrackedBlobStore(servingBlobs, fleetLink.readers) : servingBlobs,
       meta: stores.cachedMeta,
       usage: lifecycle.usage,
       inflight,
@@ -504,6 +582,7 @@ export async function buildMirror(config: Config, opts: MirrorOptions = {}): Pro
       await rm(pidFile, { force: true });
       for (const g of guards) g.close();
       if (ownDispatcher) await dispatcher.close();
+      await stores.close();
     },
   };
 }
@@ -553,7 +632,7 @@ function connectFleet(config: Config, deps: { logger: Logger; promRegistry: Prom
   };
   logger.info({ replicaId, advertiseUrl, leaseTtlMs: f.leaseTtlMs }, 'fleet mode: downloads coordinated through Redis');
 
-  const coordinate = async (d: { blobs: FsBlobStore; inflight: InflightDownloads; inflightObserver: InflightObserver }) => {
+  const coordinate = async (d: { blobs: BlobStore; inflight: InflightDownloads; inflightObserver: InflightObserver }) => {
     // Bytes streamed from an owner replica go to this replica's own scratch, not the shared store.
     const scratchRoot = join(config.dataDir, 'fleet-scratch', replicaId);
     const scratch = new FsBlobStore(scratchRoot);

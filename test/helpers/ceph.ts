@@ -107,7 +107,7 @@ async function connect(): Promise<S3Server> {
       .map((l) => [l.slice(0, l.indexOf('=')), l.slice(l.indexOf('=') + 1)]),
   );
   const startMs = Number(await readFile(join(runDir, 'ceph.start-ms'), 'utf8').catch(() => 'NaN'));
-  const server: Omit<S3Server, 'newBucket' | 'removeBucket' | 'client'> = {
+  const server: Omit<S3Server, 'newBucket' | 'removeBucket' | 'client' | 'clear'> = {
     endpoint: env.S3_ENDPOINT!,
     region: env.S3_REGION!,
     accessKeyId: env.S3_ACCESS_KEY!,
