@@ -603,7 +603,8 @@ function connectFleet(config: Config, deps: { logger: Logger; promRegistry: Prom
     enableOfflineQueue: false,
     maxRetriesPerRequest: 0,
     connectTimeout: 2000,
-    commandTimeout: Math.max(500, Math.floor(f.leaseTtlMs / 4)),
+    // A reply slower than this fails the call (the caller asks again or decides locally); a lost connection switches to local at once.
+    commandTimeout: Math.max(1000, Math.floor(f.leaseTtlMs / 3)),
     retryStrategy: (times) => Math.min(100 * times, 1000),
     lazyConnect: false,
   });

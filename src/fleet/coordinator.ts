@@ -87,10 +87,12 @@ export class FleetCoordinator implements BlobCoordinator {
     const { deps } = this;
     const running = this.running(digest, origin, source);
     if (running) return running;
-    let acquired: boolean;
-    try {
-      acquired = await deps.leases.acquire(lease(digest));
-    } catch {
+    let acquired: boolean | undefined;
+    // A slow reply on a live connection is tried again (a few times); an unreachable Redis means local.
+    for (let attempt = 0; acquired === undefined && attempt < 3 && deps.leases.up; attempt++) {
+      acquired = await deps.leases.acquire(lease(digest)).catch(() => undefined);
+    }
+    if (acquired === undefined) {
       deps.observer.download('local');
       return deps.main.join(digest, origin, source);
     }

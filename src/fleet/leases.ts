@@ -36,6 +36,11 @@ export class Leases {
     this.value = JSON.stringify(self);
   }
 
+  /** Whether Redis is reachable now (a failed call while it is: a slow reply, worth another try). */
+  get up(): boolean {
+    return this.link.up;
+  }
+
   private key(name: string): string {
     return `${this.prefix}${name}`;
   }

@@ -44,8 +44,9 @@ export class RedisLink {
     try {
       return await fn(this.redis);
     } catch (e) {
-      // A reply error (a script bug, WRONGTYPE) says nothing about reachability.
-      if ((e as Error).name !== 'ReplyError') this.set('local', (e as Error).message);
+      // A reply error (a script bug, WRONGTYPE) says nothing about reachability, nor does one slow
+      // reply on a connection that is still up (a busy host): only a lost connection switches.
+      if ((e as Error).name !== 'ReplyError' && this.redis.status !== 'ready') this.set('local', (e as Error).message);
       throw e;
     }
   }

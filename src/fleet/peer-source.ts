@@ -49,7 +49,9 @@ export class PeerSource {
       try {
         holder = await deps.leases.holder(key);
       } catch {
-        return this.takeOver(offset, 'Redis unreachable');
+        if (!deps.leases.up) return this.takeOver(offset, 'Redis unreachable');
+        await sleep(deps.pollMs); // a slow reply: ask again
+        continue;
       }
       if (!holder || holder.id === deps.leases.self.id) {
         const info = await deps.store.stat(digest);
@@ -59,7 +61,8 @@ export class PeerSource {
         try {
           taken = await deps.leases.acquire(key);
         } catch {
-          return this.takeOver(offset, 'Redis unreachable');
+          if (!deps.leases.up) return this.takeOver(offset, 'Redis unreachable');
+          continue;
         }
         if (taken || holder?.id === deps.leases.self.id) return this.takeOver(offset, 'the owner let go of the lease without storing the blob');
         continue;

@@ -20,8 +20,11 @@ export interface FleetOptions {
   n: number;
   upstreams: Record<string, SpawnUpstream>;
   redisUrl: string;
-  /** The shared data directory (filesystem store shared by every replica). */
-  dataDir: string;
+  /**
+   * One data directory shared by every replica (the filesystem store as the shared store, for
+   * development); unset: each replica its own (with a shared `storage` in extraConfig: S3 + Redis).
+   */
+  dataDir?: string;
   leaseTtlMs?: number;
   /** Extra raw config for every replica (e.g. a storage section). */
   extraConfig?: Record<string, unknown>;
@@ -40,7 +43,7 @@ export async function startReplica(opts: FleetOptions, id: string): Promise<Repl
   const peerUrl = `http://127.0.0.1:${peerPort}`;
   const mirror = await spawnMirror({
     upstreams: opts.upstreams,
-    dataDir: opts.dataDir,
+    ...(opts.dataDir !== undefined ? { dataDir: opts.dataDir } : {}),
     extraConfig: {
       fleet: {
         enabled: true,
