@@ -12,6 +12,9 @@ import { Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { configWithDefaults } from '../../src/config.js';
 import { Leases } from '../../src/fleet/leases.js';
+import { FleetReaders, TrackedBlobStore } from '../../src/fleet/readers.js';
+import { loadConfig } from '../../src/config.js';
+import { parse as parseYaml } from 'yaml';
 import { RedisLink } from '../../src/fleet/link.js';
 import { PeerClient } from '../../src/fleet/peer-client.js';
 import { peerHandler, sameSecret } from '../../src/fleet/peer-endpoint.js';
@@ -69,6 +72,42 @@ describe.skipIf(requireTools('fleet leases', { 'redis-server': redisServerAvaila
     expect(await a.leases.whileHeld('evict', async () => 'ran')).toBe('ran');
     expect(await b.leases.acquire('evict')).toBe(true);
     expect(await a.leases.whileHeld('evict', async () => 'ran')).toBeUndefined();
+  });
+
+  it('reads of a blob on any replica keep it from eviction until the stream closes; a lock lets one evictor run', async () => {
+    const a = await replica('ra');
+    const b = await replica('rb');
+    const dir = await mkdtemp(join(tmpdir(), 'fleet-readers-'));
+    try {
+      const store = new FsBlobStore(dir);
+      await store.init();
+      const bytes = pseudoRandomBytes(200_000, 'readers');
+      const d = digestOf(bytes);
+      await store.put(d, bytes);
+      const readersA = new FleetReaders(links.at(-2)!, 'ra', 'parts:', 30_000);
+      const readersB = new FleetReaders(links.at(-1)!, 'rb', 'parts:', 30_000);
+      const tracked = new TrackedBlobStore(store, readersA);
+      const stream = (await tracked.open(d))!;
+      // Replica b (the evictor) sees replica a's read.
+      await waitFor(() => readersB.reading(d), 5000, 'the read to be registered');
+      stream.destroy();
+      await waitFor(async () => !(await readersB.reading(d)), 5000, 'the read to end');
+      // One evictor at a time across replicas.
+      let inside = 0;
+      let most = 0;
+      const pass = async () => {
+        inside++;
+        most = Math.max(most, inside);
+        await new Promise((r) => setTimeout(r, 200));
+        inside--;
+        return 'done';
+      };
+      const results = await Promise.all([a.leases.whileHeld('evict2', pass), b.leases.whileHeld('evict2', pass)]);
+      expect(results.filter((r) => r === 'done')).toHaveLength(1);
+      expect(most).toBe(1);
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
   });
 
   it('Redis going away switches the link to local at once (calls fail fast), and back', async () => {
@@ -154,5 +193,27 @@ describe('fleet configuration', () => {
   it('takes the per-replica parts from the environment', () => {
     const c = configWithDefaults(DEFAULTS, base, { MIRROR_FLEET_ENABLED: 'true', MIRROR_FLEET_REDIS_URL: 'redis://r:6379/1', MIRROR_FLEET_SECRET: SECRET, MIRROR_FLEET_REPLICA_ID: 'pod-1', MIRROR_FLEET_ADVERTISE_URL: 'http://10.0.0.7:5002', MIRROR_FLEET_LISTEN: '0.0.0.0:6000' });
     expect(c.fleet).toMatchObject({ enabled: true, redisUrl: 'redis://r:6379/1', replicaId: 'pod-1', advertiseUrl: 'http://10.0.0.7:5002', listen: { host: '0.0.0.0', port: 6000 } });
+  });
+});
+
+describe('the fleet deploy files', () => {
+  const env = { MIRROR_FLEET_REDIS_URL: 'redis://redis:6379/0', MIRROR_FLEET_SECRET: SECRET, MIRROR_FLEET_REPLICA_ID: 'pod-1', MIRROR_FLEET_ADVERTISE_URL: 'http://10.0.0.7:5002' };
+  it('the compose config and the Kubernetes ConfigMap load as fleet replicas on S3 with Redis records', async () => {
+    const compose = loadConfig({ defaults: DEFAULTS, file: new URL('../../deploy/fleet/config.yaml', import.meta.url).pathname, env });
+    const dir = await mkdtemp(join(tmpdir(), 'fleet-cm-'));
+    try {
+      const cm = parseYaml(readFileSync(new URL('../../deploy/kubernetes/fleet/configmap.yaml', import.meta.url), 'utf8')) as { data: Record<string, string> };
+      const file = join(dir, 'config.yaml');
+      await (await import('node:fs/promises')).writeFile(file, cm.data['config.yaml']!);
+      const k8s = loadConfig({ defaults: DEFAULTS, file, env: { MIRROR_FLEET_SECRET: SECRET } });
+      for (const c of [compose, k8s]) {
+        expect(c.fleet.enabled).toBe(true);
+        expect(c.storage.type).toBe('s3');
+        expect(c.storage.redis.url).toMatch(/^redis:\/\//);
+        expect(c.fleet.redisUrl).toMatch(/^redis:\/\//);
+      }
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
   });
 });
