@@ -44,7 +44,7 @@ export interface FleetCoordinatorDeps {
   peer: PeerClient;
   logger: Logger;
   observer: FleetObserver;
-  /** How often a replica waiting for an owner that does not answer looks at the lease again. Default ttl/4. */
+  /** How often a replica waiting for an owner (not started yet, or not answering) looks again. Default 100 ms (ttl/4 if shorter). */
   pollMs?: number;
 }
 
@@ -107,7 +107,7 @@ export class FleetCoordinator implements BlobCoordinator {
       store: deps.store,
       upstream: source,
       logger: deps.logger,
-      pollMs: deps.pollMs ?? Math.max(50, Math.floor(deps.leases.ttlMs / 4)),
+      pollMs: deps.pollMs ?? Math.min(100, Math.floor(deps.leases.ttlMs / 4)),
       tookOver: () => {
         this.takenOver.add(digest);
         deps.observer.download('takeover');

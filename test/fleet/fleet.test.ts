@@ -10,7 +10,7 @@
  */
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { GetObjectCommand, ListObjectsV2Command, type S3Client } from '@aws-sdk/client-s3';
+import { GetObjectCommand, ListMultipartUploadsCommand, ListObjectsV2Command, type S3Client } from '@aws-sdk/client-s3';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { cephSkipReason, s3Server, type S3Server } from '../helpers/ceph.js';
 import { digestOf, digestOfStream } from '../helpers/digest.js';
@@ -163,9 +163,12 @@ describe.skipIf(SKIP !== undefined)('three replicas over one S3 bucket and one R
       const key = `${PREFIX}blobs/sha256/${layer.digest.slice(7, 9)}/${layer.digest.slice(7)}`;
       await waitFor(() => storedWhole(layer.digest), 20_000, 'the blob whole in the bucket');
       expect((await objectKeys()).filter((k) => k === key)).toHaveLength(1);
+      // The dead owner's multipart upload never became an object; restarted, it aborts it (its spool records it).
+      await owner.mirror.restart();
+      await waitFor(async () => ((await client.send(new ListMultipartUploadsCommand({ Bucket: bucket, Prefix: key }))).Uploads ?? []).length === 0, 20_000, 'the dead owner\'s multipart upload to be aborted');
     } finally {
       fake.faults.trickle = undefined;
-      await owner.mirror.restart();
+      if (owner.mirror.exited) await owner.mirror.restart();
     }
   }, 60_000);
 
