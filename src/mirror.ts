@@ -52,6 +52,7 @@ import { FsMetaStore } from './storage/fs-meta-store.js';
 import { FsBlobStore } from './storage/fs-store.js';
 import type { MetaStore } from './storage/meta-store.js';
 import { RedisMetaStore } from './storage/redis-meta-store.js';
+import { addOutageBreaker } from './storage/s3-breaker.js';
 import { S3BlobStore } from './storage/s3-store.js';
 import type { BlobStore } from './storage/store.js';
 import { AvailabilityGuard } from './upstream/availability.js';
@@ -112,6 +113,8 @@ interface Stores {
   /** The stores as the services see them: memory caches in front. */
   cachedBlobs: CachingBlobStore;
   cachedMeta: CachingMetaStore;
+  /** The Redis connection of the metadata (storage.redis.url), for coordination to share; undefined on fs. */
+  redis: Redis | undefined;
   /** Releases the backends' connections (S3 sockets, the Redis connection). */
   close(): Promise<void>;
 }
@@ -119,7 +122,7 @@ interface Stores {
 /** The S3 client of `storage.s3`: static credentials when given, else the SDK's default chain. */
 function s3Client(config: Config): S3Client {
   const s3 = config.storage.s3;
-  return new S3Client({
+  const client = new S3Client({
     region: s3.region,
     ...(s3.endpoint ? { endpoint: s3.endpoint } : {}),
     forcePathStyle: s3.forcePathStyle,
@@ -135,9 +138,12 @@ function s3Client(config: Config): S3Client {
       httpsAgent: new HttpsAgent({ keepAlive: true, maxSockets: 1024 }),
     },
   });
+  // An endpoint that does not answer costs one client one timeout per 5 s, not every client each.
+  addOutageBreaker(client, 5000);
+  return client;
 }
 
-async function openStores(config: Config, onAdded: (digest: string) => void, opts: { sweep?: boolean } = {}): Promise<Stores> {
+async function openStores(config: Config, onAdded: (digest: string) => void, opts: { sweep?: boolean; logger?: Logger } = {}): Promise<Stores> {
   const stats = new CacheStats();
   const events = {
     added: (d: string, n: number) => {
@@ -165,11 +171,20 @@ async function openStores(config: Config, onAdded: (digest: string) => void, opt
   // init() sweeps tmp/ (or this replica's spool): never beside a running mirror (a read-only export opens the stores with sweep: false).
   if (opts.sweep !== false) await blobs.init();
   let meta: MetaStore;
+  let redis: Redis | undefined;
   if (config.storage.redis.url) {
     // Fail a command after a few reconnect attempts (about 0.3 s) rather than queue it while Redis is away.
-    const redis = new Redis(config.storage.redis.url, { maxRetriesPerRequest: 2, connectTimeout: config.timeouts.connect });
-    closers.push(() => redis.disconnect());
-    meta = new RedisMetaStore(redis, config.storage.redis.keyPrefix);
+    const client = new Redis(config.storage.redis.url, { maxRetriesPerRequest: 2, connectTimeout: config.timeouts.connect });
+    closers.push(() => client.disconnect());
+    // ioredis reconnects by itself and reports each failed attempt: one line per 10 s says Redis is away.
+    let lastWarning = -Infinity;
+    client.on('error', (e: Error) => {
+      if (Date.now() - lastWarning < 10_000) return;
+      lastWarning = Date.now();
+      (opts.logger ?? silentLogger).warn({ err: e.message }, 'redis connection failed; reconnecting');
+    });
+    redis = client;
+    meta = new RedisMetaStore(client, config.storage.redis.keyPrefix);
   } else {
     meta = new FsMetaStore(config.dataDir);
   }
@@ -179,6 +194,7 @@ async function openStores(config: Config, onAdded: (digest: string) => void, opt
     meta,
     cachedBlobs: new CachingBlobStore(blobs, { memoryBytes: config.cache.memoryBytes }),
     cachedMeta: new CachingMetaStore(meta),
+    redis,
     close: async () => {
       for (const c of closers) await c();
     },
@@ -279,7 +295,7 @@ export async function openCacheAdmin(config: Config, opts: { logger?: Logger; no
   if (serving !== undefined) {
     throw new Error(`a mirror (pid ${serving}) is serving ${config.dataDir}: use its admin API (--admin URL) instead of the data directory`);
   }
-  const stores = await openStores(config, () => undefined);
+  const stores = await openStores(config, () => undefined, { logger: opts.logger });
   await stores.stats.scan(stores.blobs.list());
   const lifecycle = await buildLifecycle(config, stores, { now: opts.now ?? Date.now, logger: opts.logger ?? silentLogger });
   return {
@@ -379,10 +395,14 @@ export async function buildMirror(config: Config, opts: MirrorOptions = {}): Pro
       connections: 64,
     });
   const promRegistry = opts.promRegistry ?? new PromRegistry();
-  const stores = await openStores(config, (digest) => {
-    lifecycle.remover.added(digest);
-    lifecycle.evictor.poke();
-  });
+  const stores = await openStores(
+    config,
+    (digest) => {
+      lifecycle.remover.added(digest);
+      lifecycle.evictor.poke();
+    },
+    { logger },
+  );
   // Says to `regmirror cache --data-dir` that this directory is being served (removed at close).
   const pidFile = join(config.dataDir, 'state', 'serving.pid');
   await mkdir(join(config.dataDir, 'state'), { recursive: true });

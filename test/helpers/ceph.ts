@@ -11,12 +11,13 @@
  * worker that creates `<dir>/ceph.lock` first starts Ceph under `<dir>/ceph`; the others wait for its
  * `env` file (or for `ceph.failed`, which holds why it did not start). The daemons record pid files
  * there; a watchdog stops them if the vitest process dies without its teardown.
+ * REGMIRROR_TEST_S3_ENV=<env file of a running test/servers/ceph-up.sh> uses that Ceph instead.
  */
 import { spawn, spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import { mkdir, readFile, writeFile } from 'node:fs/promises';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import {
   AbortMultipartUploadCommand,
@@ -59,7 +60,9 @@ export interface S3Server {
   /** Deletes every object and multipart upload whose key starts with `prefix`. */
   clear(bucket: string, prefix: string): Promise<void>;
   /** An S3 client for this server (the caller destroys it, or lets the worker's exit do it). */
-  client(): S3Client;
+  client(opts?: { accessKeyId: string; secretAccessKey: string }): S3Client;
+  /** A new S3 user whose objects may take at most `maxBytes` in all (radosgw enforces it at once: QuotaExceeded). */
+  quotaUser(maxBytes: number): Promise<{ accessKeyId: string; secretAccessKey: string }>;
 }
 
 const hasTool = (t: string) => spawnSync('sh', ['-c', `command -v ${t}`], { encoding: 'utf8' }).status === 0;
@@ -81,12 +84,13 @@ async function connect(): Promise<S3Server> {
   const runDir = inject('testRunDir');
   if (!runDir) throw new Error('s3Server(): no test run directory; vitest.config.ts must keep test/helpers/global-setup.ts');
   const lab = join(runDir, 'ceph');
-  const envFile = join(lab, 'env');
+  // A developer running suites again and again may point them at a Ceph already running (its env file).
+  const envFile = process.env.REGMIRROR_TEST_S3_ENV ?? join(lab, 'env');
   const failedFile = join(runDir, 'ceph.failed');
   let owner = false;
   try {
-    await mkdir(join(runDir, 'ceph.lock'));
-    owner = true;
+    if (!process.env.REGMIRROR_TEST_S3_ENV) await mkdir(join(runDir, 'ceph.lock'));
+    owner = !process.env.REGMIRROR_TEST_S3_ENV;
   } catch {
     // another worker is starting it
   }
@@ -107,7 +111,7 @@ async function connect(): Promise<S3Server> {
       .map((l) => [l.slice(0, l.indexOf('=')), l.slice(l.indexOf('=') + 1)]),
   );
   const startMs = Number(await readFile(join(runDir, 'ceph.start-ms'), 'utf8').catch(() => 'NaN'));
-  const server: Omit<S3Server, 'newBucket' | 'removeBucket' | 'client' | 'clear'> = {
+  const server: Omit<S3Server, 'newBucket' | 'removeBucket' | 'client' | 'clear' | 'quotaUser'> = {
     endpoint: env.S3_ENDPOINT!,
     region: env.S3_REGION!,
     accessKeyId: env.S3_ACCESS_KEY!,
@@ -115,12 +119,12 @@ async function connect(): Promise<S3Server> {
     forcePathStyle: env.S3_FORCE_PATH_STYLE === 'true',
     startMs,
   };
-  const client = () =>
+  const client = (keys?: { accessKeyId: string; secretAccessKey: string }) =>
     new S3Client({
       endpoint: server.endpoint,
       region: server.region,
       forcePathStyle: server.forcePathStyle,
-      credentials: { accessKeyId: server.accessKeyId, secretAccessKey: server.secretAccessKey },
+      credentials: keys ?? { accessKeyId: server.accessKeyId, secretAccessKey: server.secretAccessKey },
       requestChecksumCalculation: 'WHEN_REQUIRED',
       responseChecksumValidation: 'WHEN_REQUIRED',
     });
@@ -145,6 +149,20 @@ async function connect(): Promise<S3Server> {
       return name;
     },
     clear,
+    async quotaUser(maxBytes) {
+      const uid = `quota-${process.pid}-${++n}`;
+      const keys = { accessKeyId: `${uid}-ak`, secretAccessKey: `${uid}-sk` };
+      // radosgw-admin talks to the cluster through the ceph.conf beside the env file.
+      const env = { ...process.env, CEPH_CONF: join(dirname(envFile), 'ceph', 'ceph.conf') };
+      const admin = (args: string[]) => {
+        const r = spawnSync('radosgw-admin', args, { env, encoding: 'utf8', timeout: 30_000 });
+        if (r.status !== 0) throw new Error(`radosgw-admin ${args.join(' ')}: ${r.stderr}`);
+      };
+      admin(['user', 'create', `--uid=${uid}`, `--display-name=${uid}`, `--access-key=${keys.accessKeyId}`, `--secret=${keys.secretAccessKey}`]);
+      admin(['quota', 'set', `--uid=${uid}`, '--quota-scope=user', `--max-size=${maxBytes}`]);
+      admin(['quota', 'enable', `--uid=${uid}`, '--quota-scope=user']);
+      return keys;
+    },
     async removeBucket(bucket) {
       await clear(bucket, '');
       await admin.send(new DeleteBucketCommand({ Bucket: bucket }));

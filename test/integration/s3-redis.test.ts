@@ -17,6 +17,7 @@ import { makeImage, makeLayer, makeRandomLayer, MT, type Image } from '../helper
 import { DOCKER_ACCEPT, startMirror, type TestMirror } from '../helpers/mirror.js';
 import { freePort } from '../helpers/ports.js';
 import { redisServerAvailable, startRedis, type RedisServer } from '../helpers/redis-server.js';
+import { startTcpProxy } from '../helpers/tcp-proxy.js';
 import { requireTools } from '../helpers/tools.js';
 
 const SKIP = cephSkipReason('mirror on S3 + Redis') ?? requireTools('mirror on S3 + Redis', { 'redis-server': redisServerAvailable() });
@@ -104,6 +105,53 @@ describe.skipIf(SKIP !== undefined)('a mirror on S3 (Ceph RGW) and Redis', () =>
       await second.stop();
     }
     expect(hub.requests.filter((q) => q.kind !== 'base')).toEqual([]);
+  });
+
+  it('S3 lost mid-download: the client still gets every verified byte, nothing partial is an object, and the next start aborts the upload left behind', async () => {
+    const layer = makeRandomLayer(16 * 1024 * 1024, 's3-cut');
+    const image = makeImage({ layers: [layer], format: 'docker' });
+    hub.putImage('library/app', image, 'v1');
+    const endpoint = new URL(s3.endpoint);
+    // S3 goes away once the first part (5 MiB) of the layer's multipart upload is on its way.
+    const proxy = await startTcpProxy({ host: endpoint.hostname, port: Number(endpoint.port) });
+    const dataDir = await mkdtemp(join(tmpdir(), 's3-mirror-'));
+    dirs.push(dataDir);
+    const start = () => startMirror({ upstreams: { 'docker.io': { url: hub.url, libraryPrefix: true } }, dataDir, raw: { storage: { ...s3Storage(proxy.url), redis: { url: '', keyPrefix: 'x:' } } }, mirrorOptions: { lifecycleTimers: false } });
+    let mirror = await start();
+    try {
+      hub.resetCounters();
+      const m = await mirror.request('/v2/app/manifests/v1', { headers: { accept: DOCKER_ACCEPT } });
+      expect(m.status).toBe(200);
+      await m.arrayBuffer();
+      const before = proxy.upBytes;
+      hub.faults.trickle = { bytesPerTick: 512 * 1024, tickMs: 5 };
+      const res = await mirror.request(`/v2/library/app/blobs/${layer.digest}`);
+      expect(res.status).toBe(200);
+      const reader = res.body!.getReader();
+      const chunks: Uint8Array[] = [];
+      for (;;) {
+        const { done, value } = await reader.read();
+        if (done) break;
+        chunks.push(value);
+        if (!proxy.isCut && proxy.upBytes - before > 5 * 1024 * 1024) proxy.cut();
+      }
+      expect(proxy.isCut).toBe(true);
+      expect(digestOf(Buffer.concat(chunks))).toBe(layer.digest);
+      expect(hub.count({ kind: 'cdn', path: new RegExp(layer.digest.slice(7)) })).toBe(1);
+    } finally {
+      delete hub.faults.trickle;
+      await mirror.stop({ keepData: true });
+    }
+    proxy.restore();
+    expect(await blobKeys()).not.toContain(keyOf(layer.digest));
+    // The abort could not reach S3; its record stays in this replica's spool, and the next start aborts it.
+    const uploads = async () => ((await client.send(new ListMultipartUploadsCommand({ Bucket: bucket }))).Uploads ?? []).map((u) => u.Key);
+    expect(await uploads()).toEqual([keyOf(layer.digest)]);
+    mirror = await start();
+    await mirror.stop({ keepData: true });
+    expect(await uploads()).toEqual([]);
+    await proxy.close();
+    hub.putImage('library/app', img, 'v1');
   });
 
   it('with S3 unreachable (nothing listens on its port) a pull still works, verified, passed through and not kept', async () => {

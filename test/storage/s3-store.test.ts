@@ -7,13 +7,15 @@ import { randomBytes } from 'node:crypto';
 import { mkdtemp, readdir, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { CreateMultipartUploadCommand, ListMultipartUploadsCommand, ListObjectsV2Command, S3Client, UploadPartCommand } from '@aws-sdk/client-s3';
+import { CreateBucketCommand, CreateMultipartUploadCommand, DeleteBucketCommand, DeleteObjectsCommand, ListMultipartUploadsCommand, ListObjectsV2Command, S3Client, UploadPartCommand } from '@aws-sdk/client-s3';
+import { createServer, type Socket } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { CachingBlobStore } from '../../src/cache/caching-blob-store.js';
+import { addOutageBreaker } from '../../src/storage/s3-breaker.js';
 import { S3BlobStore } from '../../src/storage/s3-store.js';
 import { DigestMismatchError, StoreFullError, StoreUnavailableError, type BlobStore } from '../../src/storage/store.js';
 import { cephSkipReason, s3Server, type S3Server } from '../helpers/ceph.js';
-import { freePort } from '../helpers/ports.js';
+import { freePort, listenOn } from '../helpers/ports.js';
 import { blobStoreContract, digestOf, expectBytes, readStream } from './store.contract.js';
 
 const SKIP = cephSkipReason('S3 blob store');
@@ -137,6 +139,64 @@ describe.skipIf(SKIP !== undefined)('S3BlobStore on Ceph RGW', () => {
     });
   });
 
+  describe('when the object store is full (a quota radosgw enforces)', () => {
+    let full: S3BlobStore;
+    let fullClient: S3Client;
+    let spoolDir: string;
+    let bucket: string;
+    beforeAll(async () => {
+      spoolDir = await mkdtemp(join(tmpdir(), 's3-spool-'));
+      fullClient = s3.client(await s3.quotaUser(1024 * 1024));
+      bucket = `full-${process.pid}-${Date.now()}`;
+      await fullClient.send(new CreateBucketCommand({ Bucket: bucket }));
+      full = new S3BlobStore({ client: fullClient, bucket, prefix: '', spoolDir, partSize: 5 * MiB });
+      await full.init();
+    });
+    afterAll(async () => {
+      const keys = (await inBucket()).map((Key) => ({ Key: Key! }));
+      if (keys.length > 0) await fullClient.send(new DeleteObjectsCommand({ Bucket: bucket, Delete: { Objects: keys, Quiet: true } }));
+      await fullClient.send(new DeleteBucketCommand({ Bucket: bucket }));
+      fullClient.destroy();
+      await rm(spoolDir, { recursive: true, force: true });
+    });
+    const inBucket = async () => ((await fullClient.send(new ListObjectsV2Command({ Bucket: bucket }))).Contents ?? []).map((o) => o.Key);
+    const openUploads = async () => (await fullClient.send(new ListMultipartUploadsCommand({ Bucket: bucket }))).Uploads ?? [];
+
+    it('put and a small writer throw StoreFullError (not unavailable) and keep nothing; a blob within the quota still fits', async () => {
+      const big = randomBytes(2 * MiB);
+      const err = await full.put(digestOf(big), big).catch((e: unknown) => e);
+      expect(err).toBeInstanceOf(StoreFullError);
+      expect(err).not.toBeInstanceOf(StoreUnavailableError);
+      const w = await full.createWriter(digestOf(big));
+      await w.write(big);
+      await expect(w.commit(big.length)).rejects.toBeInstanceOf(StoreFullError);
+      await w.close();
+      expect(await inBucket()).toEqual([]);
+      const small = randomBytes(1000);
+      await full.put(digestOf(small), small);
+      expectBytes(await full.read(digestOf(small)), small);
+    });
+
+    it('a large writer: write() throws StoreFullError once a part is refused (the download passes through), and abort leaves no upload', async () => {
+      const bytes = randomBytes(16 * MiB);
+      const w = await full.createWriter(digestOf(bytes));
+      let thrown: unknown;
+      try {
+        for (let off = 0; off < bytes.length; off += MiB) await w.write(bytes.subarray(off, off + MiB));
+      } catch (e) {
+        thrown = e;
+      }
+      expect(thrown).toBeInstanceOf(StoreFullError);
+      // What was written stays readable for the readers of the pass-through.
+      expectBytes(await w.readAt(0, w.written), bytes.subarray(0, w.written));
+      await w.abort();
+      await w.close();
+      expect(await openUploads()).toEqual([]);
+      expect(await full.stat(digestOf(bytes))).toBeUndefined();
+      expect(await readdir(spoolDir)).toEqual([]);
+    });
+  });
+
   describe('when the object store cannot be reached', () => {
     let dead: S3BlobStore;
     let deadClient: S3Client;
@@ -164,6 +224,34 @@ describe.skipIf(SKIP !== undefined)('S3BlobStore on Ceph RGW', () => {
         for await (const b of dead.list()) void b;
       })()).rejects.toBeInstanceOf(StoreUnavailableError);
       expect(await readdir(spoolDir)).toEqual([]);
+    });
+
+    it('with the outage breaker, an endpoint that drops connections is tried once per period, not by every call', async () => {
+      const sockets: Socket[] = [];
+      const black = createServer((sock) => {
+        sockets.push(sock);
+        sock.destroy(); // accepts and hangs up: no HTTP answer
+      });
+      const port = await listenOn(black);
+      const c = new S3Client({ endpoint: `http://127.0.0.1:${port}`, region: 'us-east-1', forcePathStyle: true, credentials: { accessKeyId: 'x', secretAccessKey: 'y' }, maxAttempts: 1 });
+      const clock = { now: 1_000_000 };
+      addOutageBreaker(c, 5000, () => clock.now);
+      const store = new S3BlobStore({ client: c, bucket: 'b', prefix: '', spoolDir });
+      const d = digestOf(Buffer.from('x'));
+      try {
+        await expect(store.stat(d)).rejects.toBeInstanceOf(StoreUnavailableError);
+        expect(sockets).toHaveLength(1);
+        // Open: every call fails at once, typed, without a connection.
+        for (const op of [() => store.stat(d), () => store.read(d), () => store.createWriter(d), () => store.put(d, Buffer.from('x'))]) await expect(op()).rejects.toBeInstanceOf(StoreUnavailableError);
+        expect(sockets).toHaveLength(1);
+        // After the period one call tries again.
+        clock.now += 5001;
+        await expect(store.stat(d)).rejects.toBeInstanceOf(StoreUnavailableError);
+        expect(sockets).toHaveLength(2);
+      } finally {
+        c.destroy();
+        await new Promise<void>((r) => black.close(() => r()));
+      }
     });
 
     it('a wrong secret or a missing bucket is unavailable too, not a crash', async () => {
