@@ -68,6 +68,25 @@ export interface AuthConfig {
   missesPerMinute: number;
 }
 
+/** Several replicas sharing one cache (src/fleet/): one upstream fetch per blob per fleet. Off: a single mirror. */
+export interface FleetConfig {
+  enabled: boolean;
+  /** Redis for leases, fleet-wide readers and the eviction lock (`redis://[:password@]host:port[/db]`). Required when enabled. */
+  redisUrl: string | undefined;
+  /** This replica's id, unique in the fleet (empty in the file: host name and pid). */
+  replicaId: string;
+  /** The internal peer endpoint's listener (replicas stream in-progress downloads from each other). */
+  listen: { host: string; port: number };
+  /** URL other replicas reach this one's peer endpoint at (empty in the file: http://<host name>:<listen port>). */
+  advertiseUrl: string;
+  /** Shared secret every replica sends to the peer endpoint (at least 16 characters). Required when enabled. */
+  secret: string | undefined;
+  /** Milliseconds a download lease lives without renewal (renewed every third): how long waiters wait for a dead owner. */
+  leaseTtlMs: number;
+  /** Prefix of every Redis key the fleet uses (several fleets may share one Redis). */
+  keyPrefix: string;
+}
+
 /** An S3-compatible object store holding the blobs (`storage.type: s3`). */
 export interface S3StorageConfig {
   /** Endpoint URL (Ceph RGW, MinIO, R2); undefined: AWS's endpoint for the region. */
@@ -125,6 +144,7 @@ export interface Config {
   /** The registries mirrored, by key (`docker.io`). */
   upstreams: Record<string, UpstreamConfig>;
   auth: AuthConfig;
+  fleet: FleetConfig;
   /** Blob store and metadata backends (filesystem by default; S3 and Redis for a fleet). */
   storage: StorageConfig;
 }
@@ -182,6 +202,11 @@ export function applyEnv(raw: Raw, env: Record<string, string | undefined>): Raw
   if (env.MIRROR_LOG_LEVEL !== undefined) set(['log', 'level'], env.MIRROR_LOG_LEVEL);
   if (env.MIRROR_LOG_FORMAT !== undefined) set(['log', 'format'], env.MIRROR_LOG_FORMAT);
   if (env.MIRROR_DEFAULT_REGISTRY !== undefined) set(['defaultRegistry'], env.MIRROR_DEFAULT_REGISTRY);
+  const fleetVars: Array<[string, string]> = [['ENABLED', 'enabled'], ['REDIS_URL', 'redisUrl'], ['REPLICA_ID', 'replicaId'], ['LISTEN', 'listen'], ['ADVERTISE_URL', 'advertiseUrl'], ['SECRET', 'secret']];
+  for (const [suffix, field] of fleetVars) {
+    const v = env[`MIRROR_FLEET_${suffix}`];
+    if (v !== undefined && v !== '') set(['fleet', field], v);
+  }
   if (env.MIRROR_STORAGE_TYPE !== undefined) set(['storage', 'type'], env.MIRROR_STORAGE_TYPE);
   for (const [name, key] of [['ENDPOINT', 'endpoint'], ['REGION', 'region'], ['BUCKET', 'bucket'], ['PREFIX', 'prefix'], ['FORCE_PATH_STYLE', 'forcePathStyle'], ['ACCESS_KEY_ID', 'accessKeyId'], ['SECRET_ACCESS_KEY', 'secretAccessKey']] as const) {
     const v = env[`MIRROR_S3_${name}`];
@@ -236,7 +261,7 @@ export function validateConfig(raw: Raw): Config {
     for (const k of Object.keys(o)) if (!keys.includes(k)) throw new ConfigError(key ? `${key}.${k}` : k, 'unknown key');
   };
 
-  known('', raw, ['listen', 'dataDir', 'offline', 'defaultRegistry', 'log', 'cache', 'admin', 'limits', 'timeouts', 'upstreamHealth', 'tls', 'upstreams', 'auth', 'storage']);
+  known('', raw, ['listen', 'dataDir', 'offline', 'defaultRegistry', 'log', 'cache', 'admin', 'limits', 'timeouts', 'upstreamHealth', 'tls', 'upstreams', 'auth', 'storage', 'fleet']);
   // YAML reads a bare port (`listen: 8080`) as a number.
   const listen = parseListen(typeof raw.listen === 'number' ? String(raw.listen) : str('listen', raw.listen));
   const log = obj('log', raw.log);
@@ -328,6 +353,7 @@ export function validateConfig(raw: Raw): Config {
   if (auth.enabled && auth.policy === undefined) throw new ConfigError('auth.policy', 'a policy file is required when auth.enabled is true');
   if (auth.realm !== '' && !/^https?:\/\/[^\s"]+$/.test(auth.realm)) throw new ConfigError('auth.realm', 'must be an http(s) URL of the token endpoint, or empty');
 
+  const fleet = validateFleet(obj('fleet', raw.fleet), { str, num, bool, req, known });
   const storageRaw = obj('storage', raw.storage);
   known('storage', storageRaw, ['type', 's3', 'redis']);
   const storageType = str('storage.type', req('storage.type', storageRaw.type));
@@ -398,6 +424,47 @@ export function validateConfig(raw: Raw): Config {
     upstreams,
     auth,
     storage,
+    fleet,
+  };
+}
+
+interface Checks {
+  str: (key: string, v: unknown) => string;
+  num: (key: string, v: unknown, min: number, max?: number) => number;
+  bool: (key: string, v: unknown) => boolean;
+  req: (key: string, v: unknown) => unknown;
+  known: (key: string, o: Raw, keys: string[]) => void;
+}
+
+function validateFleet(f: Raw, { str, num, bool, req, known }: Checks): FleetConfig {
+  known('fleet', f, ['enabled', 'redisUrl', 'replicaId', 'listen', 'advertiseUrl', 'secret', 'leaseTtlMs', 'keyPrefix']);
+  const text = (key: string, v: unknown): string => {
+    const r = req(`fleet.${key}`, v);
+    if (typeof r !== 'string') throw new ConfigError(`fleet.${key}`, 'must be a string');
+    return r;
+  };
+  const enabled = bool('fleet.enabled', req('fleet.enabled', f.enabled));
+  const redisUrl = text('redisUrl', f.redisUrl);
+  const secret = text('secret', f.secret);
+  const advertiseUrl = text('advertiseUrl', f.advertiseUrl);
+  const replicaId = text('replicaId', f.replicaId);
+  const listenRaw = req('fleet.listen', f.listen);
+  const listen = parseListen(typeof listenRaw === 'number' ? String(listenRaw) : str('fleet.listen', listenRaw), 'fleet.listen');
+  if (enabled) {
+    if (!/^rediss?:\/\/[^\s]+$/.test(redisUrl)) throw new ConfigError('fleet.redisUrl', 'a redis:// or rediss:// URL is required when fleet.enabled is true');
+    if (secret.length < 16) throw new ConfigError('fleet.secret', 'a shared secret of at least 16 characters is required when fleet.enabled is true (the same on every replica)');
+  }
+  if (advertiseUrl !== '' && !/^https?:\/\/[^\s/]+\/?$/.test(advertiseUrl)) throw new ConfigError('fleet.advertiseUrl', 'must be an http(s) URL of scheme, host and port only, or empty');
+  if (replicaId !== '' && !/^[A-Za-z0-9._-]{1,64}$/.test(replicaId)) throw new ConfigError('fleet.replicaId', 'must be 1-64 letters, digits, dots, dashes or underscores, or empty');
+  return {
+    enabled,
+    redisUrl: redisUrl === '' ? undefined : redisUrl,
+    replicaId,
+    listen,
+    advertiseUrl: advertiseUrl.replace(/\/+$/, ''),
+    secret: secret === '' ? undefined : secret,
+    leaseTtlMs: num('fleet.leaseTtlMs', req('fleet.leaseTtlMs', f.leaseTtlMs), 500, 600_000),
+    keyPrefix: str('fleet.keyPrefix', req('fleet.keyPrefix', f.keyPrefix)),
   };
 }
 

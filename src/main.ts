@@ -117,6 +117,18 @@ async function main(argv: string[], env: NodeJS.ProcessEnv): Promise<void> {
     adminServer.on('error', (e) => logger.error({ err: e.message, address: `${adminListen.host}:${adminListen.port}` }, 'admin API not available'));
   }
 
+  // Fleet mode: the internal peer endpoint on its own listener (kept off the load balancer; see src/fleet/peer-endpoint.ts).
+  const fleetListen = config.fleet.listen;
+  const peerServer = mirror.fleet ? createServer(mirror.fleet.peerHandler) : undefined;
+  if (peerServer) {
+    peerServer.listen(fleetListen.port, fleetListen.host, () => {
+      const info = peerServer.address() as AddressInfo;
+      logger.info({ address: info.address, port: info.port, replicaId: mirror.fleet?.replicaId }, 'fleet peer endpoint listening');
+    });
+    // Without it the other replicas cannot join this one's downloads: they wait for its leases, then fetch themselves.
+    peerServer.on('error', (e) => logger.error({ err: e.message, address: `${fleetListen.host}:${fleetListen.port}` }, 'fleet peer endpoint not available'));
+  }
+
   let stopping = false;
   const stop = (signal: string) => {
     if (stopping) return;
@@ -127,6 +139,8 @@ async function main(argv: string[], env: NodeJS.ProcessEnv): Promise<void> {
     const closed = new Promise<void>((r) => server.close(() => r()));
     adminServer?.close();
     adminServer?.closeAllConnections();
+    // Peers streaming from this replica keep their connections until its downloads end (drain below).
+    peerServer?.close();
     // Keep-alive connections turn idle as their responses end: close them as they do.
     const closeIdle = () => (server as { closeIdleConnections?: () => void }).closeIdleConnections?.();
     closeIdle();

@@ -4,6 +4,8 @@
  * clock, logger and metrics registry.
  */
 import { randomBytes } from 'node:crypto';
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import { hostname } from 'node:os';
 import { readFileSync } from 'node:fs';
 import { mkdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -27,6 +29,14 @@ import { ConfigError, type Config } from './config.js';
 import { FiguresHistory } from './console/history.js';
 import { mountConsole } from './console/routes.js';
 import type { ConsoleDeps, UpstreamInfo } from './console/types.js';
+import { FleetCoordinator } from './fleet/coordinator.js';
+import { Leases } from './fleet/leases.js';
+import { RedisLink } from './fleet/link.js';
+import { FleetMetrics } from './fleet/metrics.js';
+import { PeerClient } from './fleet/peer-client.js';
+import { peerHandler } from './fleet/peer-endpoint.js';
+import { FleetReaders, TrackedBlobStore } from './fleet/readers.js';
+import { ScratchStore } from './fleet/scratch-store.js';
 import { AdminError, CacheAdminService } from './lifecycle/admin.js';
 import { Evictor } from './lifecycle/evictor.js';
 import { takeInventory } from './lifecycle/inventory.js';
@@ -37,7 +47,7 @@ import type { CacheAdmin } from './lifecycle/types.js';
 import { UsageTracker } from './lifecycle/usage.js';
 import { Metrics } from './metrics.js';
 import type { Logger } from './observability/types.js';
-import { InflightDownloads } from './transfer/inflight.js';
+import { InflightDownloads, type InflightObserver } from './transfer/inflight.js';
 import { NegativeCache } from './registry/negative-cache.js';
 import { Registry } from './registry/service.js';
 import { routeName, type RoutingTable } from './registry/reference.js';
@@ -81,6 +91,8 @@ export interface Mirror {
   promRegistry: PromRegistry;
   /** The blob store itself (filesystem or S3), without the memory cache. */
   blobs: BlobStore;
+  /** Fleet mode (fleet.enabled): the peer endpoint's handler, for main.ts to put on fleet.listen. */
+  fleet: { peerHandler: (req: IncomingMessage, res: ServerResponse) => void; replicaId: string } | undefined;
   /** Waits (at most a few seconds) for downloads under way to be stored, then releases upstream connections. */
   close(): Promise<void>;
 }
@@ -200,7 +212,16 @@ interface Lifecycle {
   admin: CacheAdminService;
 }
 
-async function buildLifecycle(config: Config, stores: Stores, deps: { now: () => number; logger: Logger; metrics?: Metrics; onDeleted?: (digest: string) => void }): Promise<Lifecycle> {
+interface LifecycleDeps {
+  now: () => number;
+  logger: Logger;
+  metrics?: Metrics;
+  onDeleted?: (digest: string) => void;
+  /** Fleet mode: eviction passes under the fleet's lock, and no delete of a blob another replica reads. */
+  fleet?: { lock: <T>(work: () => Promise<T>) => Promise<T | undefined>; mayDelete: (digest: string) => Promise<boolean> };
+}
+
+async function buildLifecycle(config: Config, stores: Stores, deps: LifecycleDeps): Promise<Lifecycle> {
   const { cachedMeta: meta, cachedBlobs: blobs, stats } = stores;
   const usage = new UsageTracker(meta, deps.now);
   await usage.load();
@@ -215,6 +236,7 @@ async function buildLifecycle(config: Config, stores: Stores, deps: { now: () =>
       recentEvictions.evicted(d);
       deps.onDeleted?.(d);
     },
+    ...(deps.fleet ? { mayDelete: deps.fleet.mayDelete } : {}),
   });
   const inventory = async () => {
     const mark = remover.mark();
@@ -230,6 +252,7 @@ async function buildLifecycle(config: Config, stores: Stores, deps: { now: () =>
     usage,
     observer: deps.metrics?.evictionObserver() ?? { evicted: () => undefined },
     logger: deps.logger,
+    ...(deps.fleet ? { lock: deps.fleet.lock } : {}),
   });
   const admin = new CacheAdminService({
     meta,
@@ -398,7 +421,8 @@ export async function buildMirror(config: Config, opts: MirrorOptions = {}): Pro
     cacheLimit: () => config.cache.maxBytes,
     oldestUse: () => lifecycle.usage.oldest(),
   });
-  const lifecycle: Lifecycle = await buildLifecycle(config, stores, { now, logger, metrics, onDeleted: (d) => inflight.removed(d) });
+  const fleetLink = config.fleet.enabled ? connectFleet(config, { logger, promRegistry, dispatcher }) : undefined;
+  const lifecycle: Lifecycle = await buildLifecycle(config, stores, { now, logger, metrics, onDeleted: (d) => inflight.removed(d), ...(fleetLink ? { fleet: fleetLink.eviction } : {}) });
   const downloads = metrics.inflightObserver();
   const inflight: InflightDownloads = new InflightDownloads({
     store: blobs,
@@ -410,6 +434,8 @@ export async function buildMirror(config: Config, opts: MirrorOptions = {}): Pro
       },
     },
   });
+
+  const fleet = fleetLink ? await fleetLink.coordinate({ blobs, inflight, inflightObserver: downloads }) : undefined;
 
   const names = Object.keys(config.upstreams);
   metrics.initialiseSeries(names);
@@ -478,10 +504,11 @@ export async function buildMirror(config: Config, opts: MirrorOptions = {}): Pro
   });
   const registry = new Registry(
     {
-      blobs: servingBlobs,
+      blobs: fleetLink ? new TrackedBlobStore(servingBlobs, fleetLink.readers) : servingBlobs,
       meta: stores.cachedMeta,
       usage: lifecycle.usage,
       inflight,
+      ...(fleet ? { coordinator: fleet.coordinator } : {}),
       upstreams,
       tagTtl: (name) => config.upstreams[name]?.tagTtl ?? config.cache.tagTtl,
       negative: new NegativeCache(config.cache.negativeTtl * 1000, now),
@@ -578,9 +605,12 @@ export async function buildMirror(config: Config, opts: MirrorOptions = {}): Pro
     metrics,
     promRegistry,
     blobs,
+    fleet: fleet ? { peerHandler: fleet.peerHandler, replicaId: fleetLink!.replicaId } : undefined,
     close: async () => {
       // A client may have all its bytes before the blob is renamed into place: let that finish.
       await registry.drain(5000);
+      await fleet?.close();
+      await fleetLink?.close();
       await scanned;
       history.stop();
       await lifecycle.evictor.stop();
@@ -633,4 +663,80 @@ function consoleClient(): () => Promise<string | undefined> {
     }
     return js;
   };
+}
+
+/**
+ * Fleet mode, in two steps: `connectFleet` (Redis, leases, readers, the eviction lock: what the
+ * lifecycle needs) before the downloads exist, then `coordinate` once they do (the coordinator the
+ * blob path consults, the peer downloads into local scratch, the peer endpoint).
+ */
+function connectFleet(config: Config, deps: { logger: Logger; promRegistry: PromRegistry; dispatcher: Dispatcher }) {
+  const f = config.fleet;
+  const replicaId = f.replicaId || `${hostname()}-${process.pid}`;
+  const advertiseUrl = f.advertiseUrl || `http://${hostname()}:${f.listen.port}`;
+  const fleetMetrics = new FleetMetrics(deps.promRegistry);
+  const logger = deps.logger;
+  // Fail fast while Redis is away (no offline queue, one try per command): callers fall back to local coordination.
+  const redis = new Redis(f.redisUrl!, {
+    enableOfflineQueue: false,
+    maxRetriesPerRequest: 0,
+    connectTimeout: 2000,
+    // A reply slower than this fails the call (the caller asks again or decides locally); a lost connection switches to local at once.
+    commandTimeout: Math.max(1000, Math.floor(f.leaseTtlMs / 3)),
+    retryStrategy: (times) => Math.min(100 * times, 1000),
+    lazyConnect: false,
+  });
+  const link = new RedisLink(redis, { logger, observer: fleetMetrics.link(), url: f.redisUrl! });
+  const leases = new Leases(link, { id: replicaId, url: advertiseUrl }, f.keyPrefix, f.leaseTtlMs);
+  const readers = new FleetReaders(link, replicaId, f.keyPrefix, Math.max(f.leaseTtlMs, 30_000));
+  const eviction = {
+    lock: async <T>(work: () => Promise<T>): Promise<T | undefined> => {
+      let ran = false;
+      try {
+        const r = await leases.whileHeld('evict', () => {
+          ran = true;
+          return work();
+        });
+        fleetMetrics.evictionPasses.inc({ result: ran ? 'taken' : 'held_elsewhere' });
+        return r;
+      } catch (e) {
+        if (ran) throw e;
+        // Without Redis no replica may know who else evicts or reads: wait for it rather than risk a reader.
+        fleetMetrics.evictionPasses.inc({ result: 'unavailable' });
+        logger.warn({ err: (e as Error).message }, 'eviction skipped: the fleet lock is unavailable (Redis unreachable)');
+        return undefined;
+      }
+    },
+    mayDelete: async (digest: string) => !(await readers.reading(digest)),
+  };
+  logger.info({ replicaId, advertiseUrl, leaseTtlMs: f.leaseTtlMs }, 'fleet mode: downloads coordinated through Redis');
+
+  const coordinate = async (d: { blobs: BlobStore; inflight: InflightDownloads; inflightObserver: InflightObserver }) => {
+    // Bytes streamed from an owner replica go to this replica's own scratch, not the shared store.
+    const scratchRoot = join(config.dataDir, 'fleet-scratch', replicaId);
+    const scratch = new FsBlobStore(scratchRoot);
+    await scratch.init();
+    let coordinator: FleetCoordinator | undefined = undefined;
+    const peers = new InflightDownloads({ store: new ScratchStore(scratch, d.blobs, (digest) => coordinator?.owns(digest) ?? false), observer: d.inflightObserver });
+    coordinator = new FleetCoordinator({
+      link,
+      leases,
+      main: d.inflight,
+      peers,
+      store: d.blobs,
+      peer: new PeerClient({ dispatcher: deps.dispatcher, secret: f.secret!, headersTimeoutMs: config.timeouts.headers, bodyIdleMs: config.timeouts.bodyIdle }),
+      logger,
+      observer: fleetMetrics.fleet(),
+    });
+    const c = coordinator;
+    return {
+      coordinator: c,
+      peerHandler: peerHandler({ secret: f.secret!, download: (digest) => c.download(digest), store: d.blobs, logger, served: (from) => fleetMetrics.peerReads.inc({ from }) }),
+      close: async () => {
+        await peers.drain(5000);
+        await rm(scratchRoot, { recursive: true, force: true });
+      },
+    };
+  };
+  return { replicaId, link, readers, eviction, coordinate, close: () => link.close() };
 }

@@ -35,6 +35,12 @@ export interface EvictorDeps {
   usage: { get(key: string): number | undefined };
   observer: EvictionObserver;
   logger: Logger;
+  /**
+   * Runs a pass under a lock shared with other processes over the same cache (the fleet's Redis
+   * lock): `work` runs only while held, and not at all (undefined) when another holds it. Absent:
+   * passes are serialised within this process only.
+   */
+  lock?: <T>(work: () => Promise<T>) => Promise<T | undefined>;
 }
 
 export class Evictor {
@@ -97,6 +103,12 @@ export class Evictor {
   }
 
   private async pass(): Promise<EvictionResult | undefined> {
+    if (!this.deps.lock) return this.unlockedPass();
+    if (!(await this.needed())) return undefined;
+    return this.deps.lock(() => this.unlockedPass());
+  }
+
+  private async unlockedPass(): Promise<EvictionResult | undefined> {
     const need = await this.needed();
     if (!need) return undefined;
     const started = performance.now();

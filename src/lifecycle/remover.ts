@@ -17,6 +17,11 @@ export interface RemoverDeps {
   usage: { get(key: string): number | undefined; drop(keys: Iterable<string>): void };
   /** Told of every blob deleted (for thrash detection). */
   onDeleted?: (digest: string) => void;
+  /**
+   * Asked just before each delete, beyond `busy`: false keeps the blob (a replica of the fleet is
+   * streaming it; src/fleet/readers.ts). Absent: only this process's readers count.
+   */
+  mayDelete?: (digest: string) => Promise<boolean>;
 }
 
 export interface Removed {
@@ -95,6 +100,7 @@ export class Remover {
       if (size === undefined || (inv.refs.get(d) ?? 0) > 0) continue;
       if (this.deps.blobs.busy(d) || (this.deps.usage.get(blobKey(d)) ?? 0) > inv.takenAt) continue;
       if ((this.arrivals.get(d) ?? 0) > (inv.mark ?? Infinity)) continue;
+      if (this.deps.mayDelete && !(await this.deps.mayDelete(d))) continue;
       await this.deps.blobs.delete(d);
       this.deps.onDeleted?.(d);
       inv.sizes.delete(d);

@@ -118,7 +118,8 @@ export class BlobService {
       // Joining a download another repository started: confirm this one holds the blob first.
       await this.confirm(ref, digest);
     }
-    const dl = deps.inflight.join(digest, origin, (offset) => upstream.getBlob(ref.repo, digest, offset));
+    const source = (offset: number) => upstream.getBlob(ref.repo, digest, offset);
+    const dl = deps.coordinator ? await deps.coordinator.join(digest, origin, source) : deps.inflight.join(digest, origin, source);
     await dl.ready;
     if (dl.origin === origin) await this.ctx.link(ref, [digest]);
     let size = dl.size;

@@ -8,7 +8,7 @@ import type { BlobStore } from '../storage/store.js';
 import type { MetaStore } from '../storage/meta-store.js';
 import type { Upstream } from '../upstream/types.js';
 import { RegistryError } from './errors.js';
-import type { InflightDownloads } from '../transfer/inflight.js';
+import type { BlobCoordinator, InflightDownloads } from '../transfer/inflight.js';
 import type { NegativeCache } from './negative-cache.js';
 import type { RepoRef } from './reference.js';
 
@@ -19,6 +19,8 @@ export interface RegistryDeps {
   blobs: BlobStore;
   meta: MetaStore;
   inflight: InflightDownloads;
+  /** Decides who fetches a blob when several replicas share the cache (fleet mode); absent: `inflight` alone. */
+  coordinator?: BlobCoordinator;
   upstreams: ReadonlyMap<string, Upstream>;
   /** Seconds a tag (or referrers answer) is trusted without asking upstream, per upstream. */
   tagTtl: (upstream: string) => number;

@@ -21,6 +21,15 @@ export { PassThroughAbandonedError } from './errors.js';
 /** Opens the upstream body at an offset (a Range resume when offset > 0). */
 export type BlobSource = (offset: number) => Promise<BlobBody>;
 
+/**
+ * What the blob path asks before a download starts, when something beyond this process decides who
+ * fetches (the fleet: src/fleet/coordinator.ts). It returns the download the caller's readers join:
+ * this process's own from `source`, or one fed from elsewhere. Without one, `InflightDownloads.join`.
+ */
+export interface BlobCoordinator {
+  join(digest: string, origin: string, source: BlobSource): Promise<Download>;
+}
+
 export interface InflightObserver {
   started(digest: string): void;
   /** A request joined a download already under way. */
