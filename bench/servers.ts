@@ -5,7 +5,8 @@
  * nothing outlives the bench even if it is killed.
  */
 import { existsSync, readFileSync, writeFileSync, mkdirSync } from 'node:fs';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { findProcesses, freePort, httpStatus, makeTempDir, cleanupDir, run, spawnDaemon, toolPath, waitForDaemon, isRoot, type Daemon } from '../test/e2e/harness/tools.js';
 import { startDistribution, type Distribution } from '../test/e2e/harness/distribution.js';
 
@@ -189,6 +190,29 @@ http {
       throw e;
     }
     return { name: 'nginx sendfile', url, host: `127.0.0.1:${port}`, pid: undefined, stop: stopper(d, dir, 5000) };
+  }
+}
+
+/**
+ * The Node ceiling (bench/ceiling.ts): a minimal node:http server piping `file` with
+ * fs.createReadStream into every GET. Its own process, like the mirror, so both pay the same for
+ * a process of their own and neither shares the bench's event loop.
+ */
+export async function startNodeCeiling(file: string): Promise<Server> {
+  const script = join(dirname(fileURLToPath(import.meta.url)), 'ceiling.js');
+  for (let attempt = 0; ; attempt++) {
+    const port = await freePort();
+    const d = spawnDaemon(process.execPath, [script, file, String(port)], { watch: { graceMs: 3000 } });
+    const url = `http://127.0.0.1:${port}`;
+    try {
+      await waitForDaemon(d, async () => (await httpStatus(`${url}/`)) === 200, 10_000, `node ceiling at ${url}`);
+    } catch (e) {
+      await d.stop(2000);
+      d.dismissWatchdog();
+      if (attempt < 2 && /EADDRINUSE/.test(d.logs())) continue;
+      throw e;
+    }
+    return { name: 'Node ceiling', url, host: `127.0.0.1:${port}`, pid: d.pid, stop: stopper(d, undefined, 3000) };
   }
 }
 
