@@ -27,7 +27,8 @@ import { buildFixtures, MiB, pushFixtures } from './fixtures.js';
 import { curlConcurrent, curlGet, median, skopeoPull, wrk } from './measure.js';
 import { runEvictionWorkload, type EvictionFigures } from './eviction.js';
 import { formatSummary, summarize } from './profile.js';
-import { ensureTools, peakRss, resetPeakRss, startMirror, startNginx, startNodeCeiling, startProxy, type MirrorServer, type ProxyServer, type Server } from './servers.js';
+import { ACCEL_PREFIX } from '../test/helpers/nginx.js';
+import { ensureTools, peakRss, resetPeakRss, startMirror, startNginx, startNginxFrontOf, startNodeCeiling, startProxy, type MirrorServer, type ProxyServer, type Server } from './servers.js';
 
 // ---------------------------------------------------------------------------------------------
 // options, logging, clean-up
@@ -266,6 +267,8 @@ async function main(): Promise<void> {
     up.clearRequests();
 
     const mirrorOpts = (label: string) => ({ root, upstreamUrl: up.url, label, ...(opts.profileDir ? { profileDir: opts.profileDir } : {}) });
+    // The warm mirror also answers nginx in front with X-Accel-Redirect (requests straight to it stream as always).
+    const accel = { serve: { accelRedirect: ACCEL_PREFIX } };
     let mirrorAggregate: number | undefined; // workload 2's aggregate MiB/s, to put workload 5 in proportion
 
     // ------------------------------------------------------------------ warm workloads 1-4
@@ -274,7 +277,7 @@ async function main(): Promise<void> {
       // warmed data so its profile holds only the measured workloads, not the warm-up downloads.
       const mirrorDir = makeTempDir('rmb-mirror');
       cleanups.push(() => cleanupDir(mirrorDir));
-      let mirror = track(await startMirror({ ...mirrorOpts('warm'), profileDir: undefined, dir: mirrorDir }));
+      let mirror = track(await startMirror({ ...mirrorOpts('warm'), profileDir: undefined, dir: mirrorDir, config: accel }));
       const proxy = track(await startProxy(up.url));
       const nginx = want(1) || want(2) ? track(await startNginx(fx.layoutDir)) : undefined;
       const ceiling = want(1) || want(2) ? track(await startNodeCeiling(fx.blobPath(big.digest))) : undefined;
@@ -299,7 +302,7 @@ async function main(): Promise<void> {
 
       if (opts.profileDir) {
         await stopTracked(mirror);
-        mirror = track(await startMirror({ ...mirrorOpts('warm'), dir: mirrorDir }));
+        mirror = track(await startMirror({ ...mirrorOpts('warm'), dir: mirrorDir, config: accel }));
         // first requests after a restart read tag records and links from disk: not what is measured
         await curlGet(`${mirror.url}/v2/${m.repo}/manifests/${m.tag}`, undefined);
         await curlGet(`${mirror.url}/v2/${m.repo}/manifests/${m.digest}`, undefined);
@@ -307,8 +310,23 @@ async function main(): Promise<void> {
         log(`profiling: mirror restarted on its warmed data dir as pid ${mirror.pid}`);
       }
 
+      const front = want(1) || want(2) ? track(await startNginxFrontOf(mirror, root)) : undefined;
+      if (front) {
+        // Proof of the sendfile path: the blob through nginx, and the mirror's answer to nginx is a redirect.
+        await curlGet(`${front.url}/v2/${bigRepo}/blobs/${big.digest}`, big.size);
+        log(`nginx in front of the mirror at ${front.url}`);
+      }
       const blobUrl = (s: Server) => (s === nginx ? `${s.url}/blobs/sha256/${big.digest.slice(7)}` : `${s.url}/v2/${bigRepo}/blobs/${big.digest}`);
-      const targets: Server[] = [mirror, proxy, ...(nginx ? [nginx] : []), ...(ceiling ? [ceiling] : [])];
+      const targets: Server[] = [mirror, proxy, ...(nginx ? [nginx] : []), ...(ceiling ? [ceiling] : []), ...(front ? [front] : [])];
+      const peers = targets.filter((t) => t !== mirror && t !== front);
+      /** nginx + mirror against nginx alone (≥ 0.8) and the proxy (≥ 1.0): the issue's goals for sendfile through nginx. */
+      const frontRows = (workload: string, metric: string, value: (t: Server) => number | undefined) => {
+        if (!front) return;
+        for (const t of [nginx, proxy]) {
+          if (!t) continue;
+          rows.push({ workload, metric: `${metric} via nginx + regmirror (X-Accel-Redirect)`, better: 'higher', mirror: value(front), peer: t.name, peerValue: value(t), target: { kind: 'ratio>=', value: t === nginx ? 0.8 : 1.0 }, digits: 0 });
+        }
+      };
       /** The issue's goals per peer: the Node ceiling is what the mirror can reach; nginx and the proxy are other languages. */
       const warmTarget = (t: Server): Target | undefined => (t === ceiling ? { kind: 'ratio>=', value: 0.9 } : t === nginx ? { kind: 'ratio>=', value: 0.8 } : undefined);
 
@@ -322,7 +340,7 @@ async function main(): Promise<void> {
           }
         }
         const mir = median(speeds.get(mirror)!);
-        for (const t of targets.slice(1)) {
+        for (const t of peers) {
           rows.push({
             workload: '1',
             metric: `warm ${fmt(bigMiB, 0)} MiB blob, 1 client, MiB/s`,
@@ -334,6 +352,7 @@ async function main(): Promise<void> {
             digits: 0,
           });
         }
+        frontRows('1', `warm ${fmt(bigMiB, 0)} MiB blob, 1 client, MiB/s`, (t) => median(speeds.get(t)!));
         const raw = targets.map((t) => `${t.name} ${speeds.get(t)!.map((x) => x.toFixed(0)).join(' / ')}`).join('; ');
         log(`  ${raw} MiB/s`);
         notes.push(`workload 1, each run in MiB/s (the table shows the median): ${raw}`);
@@ -352,7 +371,8 @@ async function main(): Promise<void> {
           log(`  ${t.name}: ${agg.get(t)!.toFixed(0)} MiB/s aggregate, slowest client ${Math.max(...r.fetches.map((f) => f.seconds)).toFixed(2)} s, peak RSS ${fmt((rss.get(t) ?? NaN) / MiB, 0)} MiB`);
         }
         mirrorAggregate = agg.get(mirror);
-        for (const t of targets.slice(1)) {
+        frontRows('2', `warm blob, ${n} clients, aggregate MiB/s`, (t) => agg.get(t));
+        for (const t of peers) {
           rows.push({ workload: '2', metric: `warm blob, ${n} clients, aggregate MiB/s`, better: 'higher', mirror: agg.get(mirror), peer: t.name, peerValue: agg.get(t), ...(t === ceiling ? { target: warmTarget(t) } : {}), digits: 0 });
         }
         const mr = rss.get(mirror);
@@ -407,6 +427,7 @@ async function main(): Promise<void> {
       await stopTracked(proxy);
       if (nginx) await stopTracked(nginx);
       if (ceiling) await stopTracked(ceiling);
+      if (front) await stopTracked(front);
     }
 
     type Fresh = () => Promise<MirrorServer | ProxyServer>;
@@ -559,6 +580,7 @@ async function main(): Promise<void> {
     '- **distribution proxy**: the same docker-registry with `proxy.remoteurl` = the upstream (the reference pull-through cache).',
     '- **nginx sendfile**: nginx serving the blob file from the layout, `sendfile on`, `access_log off`, `worker_processes auto`.',
     '- **Node ceiling**: a minimal `node:http` server in its own process (bench/ceiling.ts) piping the same blob file with `fs.createReadStream(file).pipe(res)` (default 64 KiB reads): the most a Node server does for a file; the mirror does the same plus routing, checks and metrics.',
+    '- **nginx + regmirror (X-Accel-Redirect)**: nginx with the shipped deploy/nginx/regmirror.conf in front of the warm mirror (`serve.accelRedirect`): the mirror checks each hit and answers with X-Accel-Redirect, nginx sends the file with sendfile. Its rows compare it with nginx alone and the proxy.',
     '- Workload 5 also runs 10 concurrent *warm* clients on the instance that served the 10 cold ones, once it stored the blob, and nginx and the Node ceiling serve the same blob to 1 and 10 clients: the slowest cold client against the slowest warm one says what coalescing costs beyond serving.',
     `- **workload 8 (eviction at scale, regmirror alone, no upstream)**: ${EVICTION_SETUP}`,
     '- Workloads 1–4 use one warm instance of each (blob and manifests fetched once and stored); 5–7 use fresh instances (empty storage).',

@@ -9,6 +9,7 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { findProcesses, freePort, httpStatus, makeTempDir, cleanupDir, run, spawnDaemon, toolPath, waitForDaemon, isRoot, type Daemon } from '../test/e2e/harness/tools.js';
 import { startDistribution, type Distribution } from '../test/e2e/harness/distribution.js';
+import { startNginxFront } from '../test/helpers/nginx.js';
 
 export interface Server {
   name: string;
@@ -214,6 +215,15 @@ export async function startNodeCeiling(file: string): Promise<Server> {
     }
     return { name: 'Node ceiling', url, host: `127.0.0.1:${port}`, pid: d.pid, stop: stopper(d, undefined, 3000) };
   }
+}
+
+/**
+ * nginx in front of a mirror started with `serve.accelRedirect` (deploy/nginx/regmirror.conf as
+ * shipped, through test/helpers/nginx.ts): cache hits are checked by the mirror and sent by nginx.
+ */
+export async function startNginxFrontOf(mirror: MirrorServer, root: string): Promise<Server> {
+  const f = await startNginxFront({ mirrorHost: mirror.host, blobsDir: join(mirror.dataDir, 'blobs'), conf: join(root, 'deploy', 'nginx', 'regmirror.conf') });
+  return { name: 'nginx + regmirror (X-Accel-Redirect)', url: f.url, host: f.host, pid: undefined, stop: () => f.stop() };
 }
 
 /** Peak resident set (VmHWM) in bytes. */

@@ -39,12 +39,13 @@ export function regmirrorSite(text: string, o: { listen: string; mirror: string;
   return out;
 }
 
-export async function startNginxFront(opts: { mirrorHost: string; blobsDir: string }): Promise<NginxFront> {
+/** `conf`: the site file (default the repository's deploy/nginx/regmirror.conf; the compiled bench passes its path). */
+export async function startNginxFront(opts: { mirrorHost: string; blobsDir: string; conf?: string }): Promise<NginxFront> {
   const bin = toolPath('nginx');
   if (!bin) throw new Error('nginx is not installed (apt-get install -y nginx)');
   const dir = makeTempDir('rm-nginx');
   for (const t of ['body', 'proxy', 'fastcgi', 'uwsgi', 'scgi']) mkdirSync(join(dir, 'tmp', t), { recursive: true });
-  const site = readFileSync(NGINX_CONF, 'utf8');
+  const site = readFileSync(opts.conf ?? NGINX_CONF, 'utf8');
   for (let attempt = 0; ; attempt++) {
     const port = await freePort();
     writeFileSync(join(dir, 'site.conf'), regmirrorSite(site, { listen: `127.0.0.1:${port}`, mirror: opts.mirrorHost, blobsDir: opts.blobsDir }));
