@@ -22,9 +22,11 @@ export const SPILL_WINDOW = 16 * 1024 * 1024;
  * Bytes already in the temp file that a stored download still keeps in memory for readers close
  * behind the live edge: they take the chunks as received instead of reading them back from the
  * file (a read, a buffer and a copy per 512 KiB; a tenth of a cold pull's CPU in the profile).
- * Readers further behind read the file.
+ * Readers further behind read the file. 8 MiB raised the mirror's peak RSS with 20 warm clients
+ * after a cold download from ~150 to 167-180 MiB (memory the allocator kept); 2 MiB keeps it at
+ * ~150 and still serves live readers from memory (bench/RESULTS.md, issue 13).
  */
-const KEEP_BEHIND = 8 * 1024 * 1024;
+const KEEP_BEHIND = 2 * 1024 * 1024;
 
 interface Chunk {
   offset: number;
