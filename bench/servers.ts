@@ -5,9 +5,11 @@
  * nothing outlives the bench even if it is killed.
  */
 import { existsSync, readFileSync, writeFileSync, mkdirSync } from 'node:fs';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { findProcesses, freePort, httpStatus, makeTempDir, cleanupDir, run, spawnDaemon, toolPath, waitForDaemon, isRoot, type Daemon } from '../test/e2e/harness/tools.js';
 import { startDistribution, type Distribution } from '../test/e2e/harness/distribution.js';
+import { startNginxFront } from '../test/helpers/nginx.js';
 
 export interface Server {
   name: string;
@@ -190,6 +192,38 @@ http {
     }
     return { name: 'nginx sendfile', url, host: `127.0.0.1:${port}`, pid: undefined, stop: stopper(d, dir, 5000) };
   }
+}
+
+/**
+ * The Node ceiling (bench/ceiling.ts): a minimal node:http server piping `file` with
+ * fs.createReadStream into every GET. Its own process, like the mirror, so both pay the same for
+ * a process of their own and neither shares the bench's event loop.
+ */
+export async function startNodeCeiling(file: string): Promise<Server> {
+  const script = join(dirname(fileURLToPath(import.meta.url)), 'ceiling.js');
+  for (let attempt = 0; ; attempt++) {
+    const port = await freePort();
+    const d = spawnDaemon(process.execPath, [script, file, String(port)], { watch: { graceMs: 3000 } });
+    const url = `http://127.0.0.1:${port}`;
+    try {
+      await waitForDaemon(d, async () => (await httpStatus(`${url}/`)) === 200, 10_000, `node ceiling at ${url}`);
+    } catch (e) {
+      await d.stop(2000);
+      d.dismissWatchdog();
+      if (attempt < 2 && /EADDRINUSE/.test(d.logs())) continue;
+      throw e;
+    }
+    return { name: 'Node ceiling', url, host: `127.0.0.1:${port}`, pid: d.pid, stop: stopper(d, undefined, 3000) };
+  }
+}
+
+/**
+ * nginx in front of a mirror started with `serve.accelRedirect` (deploy/nginx/regmirror.conf as
+ * shipped, through test/helpers/nginx.ts): cache hits are checked by the mirror and sent by nginx.
+ */
+export async function startNginxFrontOf(mirror: MirrorServer, root: string): Promise<Server> {
+  const f = await startNginxFront({ mirrorHost: mirror.host, blobsDir: join(mirror.dataDir, 'blobs'), conf: join(root, 'deploy', 'nginx', 'regmirror.conf') });
+  return { name: 'nginx + regmirror (X-Accel-Redirect)', url: f.url, host: f.host, pid: undefined, stop: () => f.stop() };
 }
 
 /** Peak resident set (VmHWM) in bytes. */

@@ -31,6 +31,8 @@ export interface AppDeps {
   readiness: Readiness;
   /** Access control (auth on): who may pull what; `realm` is the token endpoint's URL in challenges (empty: derived). */
   access?: { control: AccessControl; realm: string };
+  /** nginx's internal location over the blob directory (config `serve.accelRedirect`); undefined: the mirror streams every blob. */
+  accelRedirect?: string;
 }
 
 export function createApp(deps: AppDeps): Hono<Env> {
@@ -125,7 +127,7 @@ export function createApp(deps: AppDeps): Hono<Env> {
         },
       })
     : undefined;
-  mountRoutes(app, deps.registry, (source, n) => metrics.servedBytes.inc({ source }, n), gate);
+  mountRoutes(app, deps.registry, (source, n) => metrics.servedBytes.inc({ source }, n), gate, deps.accelRedirect);
   return app;
 }
 

@@ -113,6 +113,17 @@ export interface StorageConfig {
   redis: { url: string | undefined; keyPrefix: string };
 }
 
+export interface ServeConfig {
+  /**
+   * nginx in front (deploy/nginx/regmirror.conf): the prefix of nginx's internal location over
+   * `<dataDir>/blobs/` (e.g. `/_regmirror/blobs`). A cache hit of a complete blob on the filesystem
+   * store, asked for by a request carrying `X-Regmirror-Accel: on`, is answered after the usual checks
+   * with an empty body and `X-Accel-Redirect: <prefix>/<alg>/<2 hex>/<hex>`; nginx sends the file.
+   * Undefined (the default, an empty string in the file): off, the mirror streams every blob.
+   */
+  accelRedirect: string | undefined;
+}
+
 export type LogLevel = 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent';
 
 /**
@@ -133,6 +144,8 @@ export interface Config {
   cache: CacheConfig;
   /** The admin API's listener (cache summary, purge, pins, eviction); undefined: none. */
   admin: { listen: { host: string; port: number } | undefined };
+  /** How blobs leave the mirror. */
+  serve: ServeConfig;
   /** Largest manifest accepted from upstream (bytes); largest `n` of a page. */
   limits: { maxManifestBytes: number; maxPageSize: number };
   /** Milliseconds; `revalidate` is how long a tag revalidation may hold a client before the cached copy is served. */
@@ -214,6 +227,7 @@ export function applyEnv(raw: Raw, env: Record<string, string | undefined>): Raw
   }
   if (env.MIRROR_REDIS_URL !== undefined) set(['storage', 'redis', 'url'], env.MIRROR_REDIS_URL);
   if (env.MIRROR_REDIS_KEY_PREFIX !== undefined) set(['storage', 'redis', 'keyPrefix'], env.MIRROR_REDIS_KEY_PREFIX);
+  if (env.MIRROR_SERVE_ACCEL_REDIRECT !== undefined) set(['serve', 'accelRedirect'], env.MIRROR_SERVE_ACCEL_REDIRECT);
   const upstreams = isObject(out.upstreams) ? out.upstreams : {};
   for (const name of Object.keys(upstreams)) {
     const key = envKey(name);
@@ -261,7 +275,7 @@ export function validateConfig(raw: Raw): Config {
     for (const k of Object.keys(o)) if (!keys.includes(k)) throw new ConfigError(key ? `${key}.${k}` : k, 'unknown key');
   };
 
-  known('', raw, ['listen', 'dataDir', 'offline', 'defaultRegistry', 'log', 'cache', 'admin', 'limits', 'timeouts', 'upstreamHealth', 'tls', 'upstreams', 'auth', 'storage', 'fleet']);
+  known('', raw, ['listen', 'dataDir', 'offline', 'defaultRegistry', 'log', 'cache', 'admin', 'limits', 'timeouts', 'upstreamHealth', 'tls', 'upstreams', 'auth', 'storage', 'fleet', 'serve']);
   // YAML reads a bare port (`listen: 8080`) as a number.
   const listen = parseListen(typeof raw.listen === 'number' ? String(raw.listen) : str('listen', raw.listen));
   const log = obj('log', raw.log);
@@ -282,6 +296,14 @@ export function validateConfig(raw: Raw): Config {
   const admin = obj('admin', raw.admin);
   known('admin', admin, ['listen']);
   const tagTtl = num('cache.tagTtl', req('cache.tagTtl', cache.tagTtl), 0, 365 * 86400);
+  const serveRaw = obj('serve', req('serve', raw.serve));
+  known('serve', serveRaw, ['accelRedirect']);
+  const accel = req('serve.accelRedirect', serveRaw.accelRedirect);
+  if (typeof accel !== 'string') throw new ConfigError('serve.accelRedirect', 'must be a string: the internal nginx location prefix, or empty');
+  // It becomes the start of a header and of an nginx URI: plain path segments only, no dot segments.
+  if (accel !== '' && (!/^(\/[A-Za-z0-9_~-][A-Za-z0-9._~-]*)+$/.test(accel) || accel.split('/').some((p) => p === '.' || p === '..'))) {
+    throw new ConfigError('serve.accelRedirect', 'must be an absolute path like /_regmirror/blobs (letters, digits, . _ ~ -; no trailing slash, no dot segments), or empty for off');
+  }
   const limits = obj('limits', raw.limits);
   known('limits', limits, ['maxManifestBytes', 'maxPageSize']);
   const timeouts = obj('timeouts', raw.timeouts);
@@ -409,6 +431,7 @@ export function validateConfig(raw: Raw): Config {
       memoryBytes: num('cache.memoryBytes', req('cache.memoryBytes', cache.memoryBytes), 0),
       negativeTtl: num('cache.negativeTtl', req('cache.negativeTtl', cache.negativeTtl), 0, 86400),
     },
+    serve: { accelRedirect: accel === '' ? undefined : accel },
     limits: {
       maxManifestBytes: num('limits.maxManifestBytes', req('limits.maxManifestBytes', limits.maxManifestBytes), 1024),
       maxPageSize: num('limits.maxPageSize', req('limits.maxPageSize', limits.maxPageSize), 1),

@@ -532,6 +532,7 @@ export async function buildMirror(config: Config, opts: MirrorOptions = {}): Pro
     promRegistry,
     logger,
     ...(access ? { access: { control: access, realm: config.auth.realm } } : {}),
+    ...(config.serve.accelRedirect !== undefined ? { accelRedirect: config.serve.accelRedirect } : {}),
     readiness: {
       storage: async () => {
         const probe = join(config.dataDir, 'tmp', `.ready-${process.pid}`);

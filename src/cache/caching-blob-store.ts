@@ -22,7 +22,11 @@ export class CachingBlobStore implements BlobStore {
   private readonly bytes: LRUCache<string, Buffer> | undefined;
   private readonly maxCachedBlob: number;
 
+  /** The wrapped store's, when it has one (a decorator hides no capability). */
+  readonly fileOf?: (digest: string) => string;
+
   constructor(private readonly store: BlobStore, opts: CachingBlobStoreOptions) {
+    if (store.fileOf) this.fileOf = (digest) => store.fileOf!(digest);
     this.sizes = new LRUCache({ max: opts.maxEntries ?? 100_000 });
     this.maxCachedBlob = opts.maxCachedBlob ?? 4 * 1024 * 1024;
     this.bytes = opts.memoryBytes > 0 ? new LRUCache({ maxSize: opts.memoryBytes, sizeCalculation: (b) => Math.max(1, b.length + 64) }) : undefined;

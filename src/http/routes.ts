@@ -6,7 +6,7 @@ import type { Context, Hono } from 'hono';
 import type { Identity } from '../access/service.js';
 import { RegistryError } from '../registry/errors.js';
 import { parseAccept } from '../registry/media-types.js';
-import { parseRange } from '../registry/range.js';
+import { parseRange, resolveRanges } from '../registry/range.js';
 import type { Page, Registry } from '../registry/service.js';
 import { paginate } from '../registry/listings.js';
 import type { AccessGate } from './access.js';
@@ -23,8 +23,11 @@ export type Env = {
 
 const API_PATH = /^\/v2\/(.+)\/(manifests|blobs|tags|referrers)\/([^/]+(?:\/[^/]+)?)$/;
 
-/** `gate` (access control on): asked before anything is looked up; the catalog lists only what the caller may see. */
-export function mountRoutes(app: Hono<Env>, registry: Registry, onServed: (source: 'cache' | 'upstream', n: number) => void, gate?: AccessGate): void {
+/**
+ * `gate` (access control on): asked before anything is looked up; the catalog lists only what the caller may see.
+ * `accelRedirect`: nginx's internal location over the blob directory (config `serve.accelRedirect`), see accelBlob().
+ */
+export function mountRoutes(app: Hono<Env>, registry: Registry, onServed: (source: 'cache' | 'upstream', n: number) => void, gate?: AccessGate, accelRedirect?: string): void {
   app.on(['GET', 'HEAD'], '/v2', (c) => (gate?.enter(c), base(c)));
   app.on(['GET', 'HEAD'], '/v2/', (c) => (gate?.enter(c), base(c)));
 
@@ -73,6 +76,10 @@ export function mountRoutes(app: Hono<Env>, registry: Registry, onServed: (sourc
         return manifest(c, registry, ref, rest, head, onServed);
       case 'blobs':
         if (rest.startsWith('uploads')) throw new RegistryError('METHOD_UNSUPPORTED', 'this mirror is read-only: pushes are not supported');
+        if (!head && accelRedirect !== undefined && c.req.header(ACCEL_REQUEST_HEADER) === 'on') {
+          const res = await accelBlob(c, registry, ref, rest, accelRedirect, onServed);
+          if (res) return res;
+        }
         return blob(c, registry, ref, rest, head, onServed);
       case 'tags': {
         if (rest !== 'list') throw new RegistryError('ROUTE_UNKNOWN', 'not a registry API path');
@@ -172,6 +179,49 @@ async function blob(c: Context<Env>, registry: Registry, ref: ReturnType<Registr
   return sendStream(c.env, status, headers, res.body, (n) => {
     c.set('bytes', n);
     onServed(res.source, n);
+  });
+}
+
+/** Set by nginx in front (deploy/nginx/regmirror.conf): it will act on an X-Accel-Redirect answer. */
+const ACCEL_REQUEST_HEADER = 'x-regmirror-accel';
+/** What a store's fileOf() may give, checked again here before it goes into a header nginx acts on. */
+const BLOB_FILE = /^[a-z0-9]+\/[0-9a-f]{2}\/[0-9a-f]{32,128}$/;
+
+/**
+ * A cache hit of a complete blob kept as a file, for nginx to send: after the checks a streamed hit
+ * gets (access, membership, last use, the hit metric) an empty answer whose X-Accel-Redirect names
+ * the file under nginx's internal location; nginx sends it with sendfile and answers Range itself
+ * (the client's Range header is nginx's to read). nginx keeps only Content-Type, Cache-Control and a
+ * few more of this answer's headers; the internal location adds Docker-Content-Digest, ETag and
+ * X-Mirror-Cache back from these. Undefined for anything else (a miss, a download under way): the
+ * caller streams it.
+ */
+async function accelBlob(c: Context<Env>, registry: Registry, ref: ReturnType<Registry['route']>, digest: string, prefix: string, onServed: (s: 'cache' | 'upstream', n: number) => void): Promise<Response | undefined> {
+  if (digest.includes('/')) throw new RegistryError('DIGEST_INVALID', 'invalid digest');
+  c.set('digest', digest);
+  const file = await registry.blobFile(ref, digest);
+  if (!file || !BLOB_FILE.test(file.path)) return undefined;
+  c.set('cache', 'hit');
+  // The bytes nginx will send (a range's, when the client asked for one it can have).
+  let n = file.size;
+  try {
+    const specs = parseRange(c.req.header('range'));
+    if (specs) n = resolveRanges(specs, file.size).reduce((a, r) => a + r.end - r.start + 1, 0);
+  } catch {
+    // nginx answers a range it cannot serve (416) or ignores one it cannot read (200, whole).
+  }
+  c.set('bytes', n);
+  onServed('cache', n);
+  return new Response(null, {
+    status: 200,
+    headers: {
+      'x-accel-redirect': `${prefix}/${file.path}`,
+      'content-type': 'application/octet-stream',
+      'docker-content-digest': digest,
+      etag: `"${digest}"`,
+      'cache-control': 'max-age=31536000, immutable',
+      'x-mirror-cache': 'hit',
+    },
   });
 }
 

@@ -18,6 +18,13 @@ export interface BlobStat {
 
 export type BlobBody = Readable | Buffer;
 
+/** A cached blob kept as a plain file (see BlobService.file). */
+export interface BlobFile {
+  size: number;
+  /** `<alg>/<2 hex>/<hex>`, relative to the store's blob directory. */
+  path: string;
+}
+
 export interface BlobResponse {
   /** Full blob size, when known (unknown only while a download from an upstream that sent no length runs). */
   size: number | undefined;
@@ -68,6 +75,28 @@ export class BlobService {
     const head = await this.confirm(ref, digest);
     this.ctx.deps.observer.result('blob', ref.upstream, local !== undefined ? 'hit' : 'miss');
     return { size: local ?? head.size };
+  }
+
+  /**
+   * A cache hit a web server in front may send itself (nginx X-Accel-Redirect): a complete blob the
+   * repository holds, kept as a plain file by the store. Does for it what open() does for a hit
+   * (membership, confirmed with an upstream HEAD when not yet recorded; last use; the hit metric) and
+   * gives its size and its path relative to the store's blob directory. Undefined when it is no such
+   * hit (absent, a download under way, a store without files): the caller answers with open().
+   */
+  async file(ref: RepoRef, digest: string): Promise<BlobFile | undefined> {
+    parseDigest(digest);
+    const path = this.ctx.deps.blobs.fileOf?.(digest);
+    if (path === undefined) return undefined;
+    const size = await this.ctx.localBlobSize(digest);
+    if (size === undefined) return undefined;
+    this.ctx.deps.usage.blob(digest);
+    if (!(await this.ctx.linked(ref, digest))) {
+      this.ctx.assertOnline('blob', ref);
+      await this.confirm(ref, digest);
+    }
+    this.ctx.deps.observer.result('blob', ref.upstream, 'hit');
+    return { size, path };
   }
 
   async open(ref: RepoRef, digest: string, specs: RangeSpec[] | undefined): Promise<BlobResponse> {

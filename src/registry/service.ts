@@ -3,7 +3,7 @@
  * nothing below it: every error that leaves here is a RegistryError (upstream failures are turned
  * into what they mean for the client by upstream-errors.ts).
  */
-import type { BlobResponse, BlobStat } from './blobs.js';
+import type { BlobFile, BlobResponse, BlobStat } from './blobs.js';
 import { BlobService } from './blobs.js';
 import { RegistryContext, type RegistryDeps } from './context.js';
 import { ListingService, type Page, type ReferrersIndex } from './listings.js';
@@ -18,7 +18,7 @@ const edge = <T>(p: Promise<T>, subject: UpstreamSubject): Promise<T> =>
     throw toRegistryError(e, subject);
   });
 
-export type { BlobResponse, BlobStat, ManifestResponse, Page, ReferrersIndex, RepoRef };
+export type { BlobFile, BlobResponse, BlobStat, ManifestResponse, Page, ReferrersIndex, RepoRef };
 
 export class Registry {
   private readonly ctx: RegistryContext;
@@ -44,6 +44,11 @@ export class Registry {
 
   statBlob(ref: RepoRef, digest: string): Promise<BlobStat> {
     return edge(this.blobs.stat(ref, digest), 'blob');
+  }
+
+  /** A cache hit kept as a plain file, checked as openBlob checks it, for nginx to send; undefined otherwise (see BlobService.file). */
+  blobFile(ref: RepoRef, digest: string): Promise<BlobFile | undefined> {
+    return edge(this.blobs.file(ref, digest), 'blob');
   }
 
   openBlob(ref: RepoRef, digest: string, ranges: RangeSpec[] | undefined): Promise<BlobResponse> {

@@ -4,7 +4,7 @@
  */
 import { createHash, type Hash } from 'node:crypto';
 import { mkdir, open, readdir, readFile, rename, rm, stat, statfs, unlink, type FileHandle } from 'node:fs/promises';
-import { dirname, join } from 'node:path';
+import { dirname, join, relative } from 'node:path';
 import type { Readable } from 'node:stream';
 import { StorePaths, splitDigest } from './paths.js';
 import { DigestMismatchError, StoreFullError, type BlobInfo, type BlobStore, type BlobWriter, type ByteRange, type StatOptions } from './store.js';
@@ -129,6 +129,10 @@ export class FsBlobStore implements BlobStore {
 
   busy(digest: string): boolean {
     return this.reading.has(digest);
+  }
+
+  fileOf(digest: string): string {
+    return relative(this.paths.blobsDir, this.paths.blob(digest));
   }
 
   async space(): Promise<{ free: number; total: number } | undefined> {

@@ -80,6 +80,13 @@ export interface BlobStore {
   space(): Promise<{ free: number; total: number } | undefined>;
   /** Removes temp files older than `olderThanMs` (left by a crash); returns how many. */
   sweepTemp(olderThanMs: number): Promise<number>;
+  /**
+   * Where a blob's file lies relative to the store's blob directory (`<alg>/<2 hex>/<hex>`), for a
+   * web server in front of the mirror to send it (nginx X-Accel-Redirect). Only stores keeping every
+   * complete blob as one plain file there implement it (the filesystem store; decorators pass it
+   * on); says nothing about whether the blob is present. Throws on anything but a valid digest.
+   */
+  fileOf?(digest: string): string;
 }
 
 /**

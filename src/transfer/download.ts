@@ -18,6 +18,15 @@ import type { BlobStore, BlobWriter } from '../storage/store.js';
 const READ_CHUNK = 512 * 1024;
 /** Bytes of recent chunks a spilled download keeps for its readers (besides any not yet on disk). */
 export const SPILL_WINDOW = 16 * 1024 * 1024;
+/**
+ * Bytes already in the temp file that a stored download still keeps in memory for readers close
+ * behind the live edge: they take the chunks as received instead of reading them back from the
+ * file (a read, a buffer and a copy per 512 KiB; a tenth of a cold pull's CPU in the profile).
+ * Readers further behind read the file. 8 MiB raised the mirror's peak RSS with 20 warm clients
+ * after a cold download from ~150 to 167-180 MiB (memory the allocator kept); 2 MiB keeps it at
+ * ~150 and still serves live readers from memory (bench/RESULTS.md, issue 13).
+ */
+const KEEP_BEHIND = 2 * 1024 * 1024;
 
 interface Chunk {
   offset: number;
@@ -44,6 +53,7 @@ export class Download {
   readonly finished: Promise<void>;
   private refs = 1;
   private waiters: Array<() => void> = [];
+  private wakePending = false;
   private window: Chunk[] = [];
   private windowBytes = 0;
   private readonly readers = new Set<DownloadReader>();
@@ -162,22 +172,23 @@ export class Download {
     this.windowBytes += bytes.length;
     this.received_ += bytes.length;
     this.trim();
-    this.wake();
+    this.wakeSoon();
   }
 
   /**
-   * Drops chunks no reader needs from memory: those already in the temp file (readers behind read
-   * the file) and, when spilled, those every reader has passed. The newest chunk always stays, for
-   * readers at the live edge. A spilled download paces itself by its slowest reader, which bounds
-   * what stays here.
+   * Drops chunks no reader needs from memory. Stored: chunks in the temp file that every reader has
+   * passed, or that lie more than KEEP_BEHIND behind what is on disk (readers that far back read the
+   * file). Spilled: chunks in the temp file or passed by every reader (a spilled download paces
+   * itself by its slowest reader, which bounds what stays here). The newest chunk always stays, for
+   * readers at the live edge.
    */
   trim(): void {
     const onDisk = this.writer?.written ?? 0;
-    const passed = this.spilled ? this.slowestReader() : 0;
+    const passed = this.slowestReader();
     while (this.window.length > 1) {
       const first = this.window[0]!;
       const end = first.offset + first.bytes.length;
-      if (end > onDisk && end > passed) break;
+      if (this.spilled ? end > onDisk && end > passed : end > onDisk || (end > passed && onDisk - first.offset <= KEEP_BEHIND)) break;
       this.window.shift();
       this.windowBytes -= first.bytes.length;
     }
@@ -228,6 +239,20 @@ export class Download {
   /** Resolves at the next chunk, completion, failure or reader progress. */
   nextProgress(): Promise<void> {
     return new Promise((res) => this.waiters.push(res));
+  }
+
+  /**
+   * Wakes the readers once the chunks of this event-loop turn are in (undici hands over one socket
+   * read, at most 64 KiB, at a time): a reader at the live edge then pushes them together and its
+   * response writes them in one writev instead of one write per chunk.
+   */
+  private wakeSoon(): void {
+    if (this.wakePending) return;
+    this.wakePending = true;
+    setImmediate(() => {
+      this.wakePending = false;
+      this.wake();
+    });
   }
 
   wake(): void {

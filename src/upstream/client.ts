@@ -10,6 +10,9 @@ import { parseChallenge } from './challenge.js';
 import { UpstreamError } from './errors.js';
 import type { BlobBody, BlobHead, ErrorClass, ManifestHead, ManifestResult, RequestKind, TagsPage, Upstream, UpstreamObserver } from './types.js';
 
+/** Bytes a blob body buffers before undici stops reading its socket (undici's default is 64 KiB). */
+const BLOB_HIGH_WATER_MARK = 1024 * 1024;
+
 export interface UpstreamClientOptions {
   name: string;
   /** Base URL without /v2. */
@@ -209,6 +212,8 @@ export class UpstreamClient implements Upstream {
           headers: { ...hdrs, 'user-agent': this.opts.userAgent },
           headersTimeout: this.opts.timeouts.headers,
           bodyTimeout: this.opts.timeouts.bodyIdle,
+          // A blob body may buffer more before undici pauses the socket: fewer pause/resume turns.
+          ...(kind === 'blob' && method === 'GET' ? { highWaterMark: BLOB_HIGH_WATER_MARK } : {}),
         });
       } catch (e) {
         const timeout = isTimeout(e);
