@@ -11,8 +11,13 @@ import type { Readable } from 'node:stream';
 import { StoreFullError, StoreUnavailableError, type BlobInfo, type BlobStore, type BlobWriter, type ByteRange, type StatOptions } from '../storage/store.js';
 
 export class OutageTolerantBlobStore implements BlobStore {
+  /** The wrapped store's, when it has one (a decorator hides no capability: nginx's X-Accel-Redirect needs it). */
+  readonly fileOf?: (digest: string) => string;
+
   /** `onOutage` is told of each failure served as a miss (for a log line or a counter; must not throw). */
-  constructor(private readonly store: BlobStore, private readonly onOutage: (op: string, e: StoreFullError) => void) {}
+  constructor(private readonly store: BlobStore, private readonly onOutage: (op: string, e: StoreFullError) => void) {
+    if (store.fileOf) this.fileOf = (digest) => store.fileOf!(digest);
+  }
 
   private async miss<T>(op: string, run: () => Promise<T | undefined>): Promise<T | undefined> {
     try {

@@ -59,6 +59,8 @@ export class FleetReaders {
 
 /** A BlobStore whose streams are registered as fleet reads while open (a decorator of the shared store). */
 export class TrackedBlobStore implements BlobStore {
+  // No fileOf here on purpose: a file nginx sends (X-Accel-Redirect) is a read no replica could see,
+  // so in fleet mode every blob is streamed by the mirror and tracked.
   constructor(private readonly inner: BlobStore, private readonly readers: FleetReaders) {}
 
   async open(digest: string, range?: ByteRange): Promise<Readable | undefined> {
