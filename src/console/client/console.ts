@@ -35,6 +35,8 @@ interface Live {
   charts: Record<'hitRatio' | 'bytesSaved' | 'cacheBytes', Chart>;
 }
 
+// The same rule as src/cli/format.ts formatBytes (the page renders sizes on the server with that one): a
+// copy, because this file is served to the browser as one self-contained script with no imports.
 const UNITS = ['KiB', 'MiB', 'GiB', 'TiB', 'PiB'];
 function formatBytes(n: number | undefined): string {
   if (n === undefined || !Number.isFinite(n)) return '-';
