@@ -13,8 +13,8 @@
  * - Writes go to the local store only. They are not replayed to the remote store when it returns:
  *   the records are what upstream said, and the next revalidation (tag TTL) or fetch writes them to
  *   the remote store again; replaying could overwrite what other replicas recorded meanwhile.
- * - Listings (repositories, tags, manifests, links) and deletes are the cache lifecycle's (eviction,
- *   GC, purge) and the catalog's: they throw. A partial local listing must never look like the whole
+ * - Listings (repositories, tags, manifests, links), deletes and pinning are the cache lifecycle's
+ *   (eviction, GC, purge, pins) and the catalog's: they throw. A partial local listing must never look like the whole
  *   cache to a lifecycle pass deciding what to delete; a pass that fails deletes nothing.
  *
  * The mode (`remote` or `local`) follows the calls (any answer is `remote`, any MetaUnavailableError
@@ -86,8 +86,13 @@ export class OutageTolerantMetaStore implements MetaStore {
   getState(name: StateName): Promise<unknown> {
     return this.read((s) => s.getState(name));
   }
+  /**
+   * Usage is kept locally like any record; pins are an operator's decision that must reach every
+   * replica and outlive a restart: while Redis is away, pinning fails (and says why) instead of
+   * pretending.
+   */
   putState(name: StateName, value: unknown): Promise<void> {
-    return this.write((s) => s.putState(name, value));
+    return name === 'pins' ? this.remove((s) => s.putState(name, value)) : this.write((s) => s.putState(name, value));
   }
 
   listRepos(): Promise<RepoKey[]> {
@@ -148,8 +153,8 @@ export class OutageTolerantMetaStore implements MetaStore {
   }
 
   /**
-   * Deletes from both (the local copy too, so a later outage does not bring a removed record back);
-   * only the remote store's outcome is the caller's: a purge during an outage fails, and says so.
+   * Both stores (a delete from the local copy too, so a later outage does not bring a removed record
+   * back); only the remote store's outcome is the caller's: a purge during an outage fails, and says so.
    */
   private async remove(op: (s: MetaStore) => Promise<void>): Promise<void> {
     const [remote] = await Promise.allSettled([this.remoteOnly(op), op(this.local)]);

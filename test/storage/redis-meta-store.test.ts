@@ -180,6 +180,10 @@ describe.skipIf(SKIP !== undefined)('RedisMetaStore on a real redis-server', () 
         await expect(store.listRepos()).rejects.toBeInstanceOf(MetaUnavailableError);
         await expect(store.listLinks(alpine)).rejects.toBeInstanceOf(MetaUnavailableError);
         await expect(store.forget(alpine, [digestOf('l')])).rejects.toBeInstanceOf(MetaUnavailableError);
+        // Usage is kept locally; a pin must reach every replica: pinning fails rather than pretend.
+        await store.putState('usage', { savedAt: 2, entries: {} });
+        expect(await store.getState('usage')).toEqual({ savedAt: 2, entries: {} });
+        await expect(store.putState('pins', [])).rejects.toBeInstanceOf(MetaUnavailableError);
         await own.start();
         await waitFor(() => c.status === 'ready', 5000, 'the client to reconnect');
         // Redis came back empty: its (missing) answer is the truth again, and what is written now lands in it.
