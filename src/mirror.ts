@@ -227,6 +227,9 @@ async function openStores(
         observer: opts.metaFallback.observer,
         remoteName: redact(config.storage.redis.url),
         localName: fallbackDir,
+        // As the S3 breaker: a Redis that does not answer costs one reply timeout per 5 s, not one per call.
+        probeIntervalMs: 5000,
+        now: Date.now,
       });
       client.on('ready', () => tolerant.reachable(true));
       client.on('close', () => tolerant.reachable(false, 'connection closed'));

@@ -19,7 +19,9 @@
  *
  * The mode (`remote` or `local`) follows the calls (any answer is `remote`, any MetaUnavailableError
  * `local`) and the connection (`reachable()`); each switch is one log line and one observer call,
- * not one per call.
+ * not one per call. In `local` mode one call per `probeIntervalMs` tries the remote store and the
+ * others do not: a Redis that stopped answering on an open connection (a partition, not a refusal)
+ * costs one reply timeout per interval, not one per call a client waits on.
  */
 import { MetaUnavailableError, type MetaStore, type RepoKey, type StateName, type StoredDoc, type TagRecord } from '../storage/meta-store.js';
 import type { Logger } from '../observability/types.js';
@@ -37,10 +39,15 @@ export interface OutageTolerantMetaStoreDeps {
   /** Where the remote store is and where the local one (for the log lines; no secrets). */
   remoteName: string;
   localName: string;
+  /** In local mode, how often a call tries the remote store again (0: every call). */
+  probeIntervalMs: number;
+  now: () => number;
 }
 
 export class OutageTolerantMetaStore implements MetaStore {
   private mode_: MetaStoreMode = 'remote';
+  /** When a call last tried the remote store in local mode. */
+  private lastProbe = -Infinity;
 
   constructor(
     private readonly remote: MetaStore,
@@ -117,7 +124,17 @@ export class OutageTolerantMetaStore implements MetaStore {
     return this.remove((s) => s.deleteRepo(ref));
   }
 
+  /** Whether this call may try the remote store: always in remote mode, one per interval in local mode. */
+  private tryRemote(): boolean {
+    if (this.mode_ === 'remote') return true;
+    const now = this.deps.now();
+    if (now - this.lastProbe < this.deps.probeIntervalMs) return false;
+    this.lastProbe = now;
+    return true;
+  }
+
   private async read<T>(op: (s: MetaStore) => Promise<T>): Promise<T> {
+    if (!this.tryRemote()) return op(this.local);
     try {
       const v = await op(this.remote);
       this.set('remote', undefined);
@@ -131,6 +148,7 @@ export class OutageTolerantMetaStore implements MetaStore {
 
   /** Both stores at once; the local store's failure matters only when the remote one did not take the write. */
   private async write(op: (s: MetaStore) => Promise<void>): Promise<void> {
+    if (!this.tryRemote()) return op(this.local);
     const [remote, local] = await Promise.allSettled([op(this.remote), op(this.local)]);
     if (remote.status === 'fulfilled') {
       this.set('remote', undefined);
@@ -142,6 +160,7 @@ export class OutageTolerantMetaStore implements MetaStore {
   }
 
   private async remoteOnly<T>(op: (s: MetaStore) => Promise<T>): Promise<T> {
+    if (!this.tryRemote()) throw new MetaUnavailableError(new Error(`${this.deps.remoteName} did not answer; trying again within ${this.deps.probeIntervalMs} ms`));
     try {
       const v = await op(this.remote);
       this.set('remote', undefined);
@@ -164,6 +183,8 @@ export class OutageTolerantMetaStore implements MetaStore {
   private set(mode: MetaStoreMode, reason: string | undefined): void {
     if (mode === this.mode_) return;
     this.mode_ = mode;
+    // The call that found the store gone counts as this interval's probe.
+    if (mode === 'local') this.lastProbe = this.deps.now();
     this.deps.observer.mode(mode);
     if (mode === 'local') {
       this.deps.logger.warn(

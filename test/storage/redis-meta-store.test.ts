@@ -60,7 +60,7 @@ describe.skipIf(SKIP !== undefined)('RedisMetaStore on a real redis-server', () 
   // The serving mirror's store: Redis with a local fallback written through beside it (one directory per fixture, kept across reopen).
   metaStoreContract('OutageTolerantMetaStore over RedisMetaStore', async () => {
     const dir = await mkdtemp(join(tmpdir(), 'meta-fallback-'));
-    const tolerant = (s: RedisMetaStore) => new OutageTolerantMetaStore(s, new FsMetaStore(dir), { logger: silent, observer: { mode: () => undefined }, remoteName: 'redis', localName: dir });
+    const tolerant = (s: RedisMetaStore) => new OutageTolerantMetaStore(s, new FsMetaStore(dir), { logger: silent, observer: { mode: () => undefined }, remoteName: 'redis', localName: dir, probeIntervalMs: 0, now: Date.now });
     const fx = await fixture(tolerant)();
     const cleanup = async () => {
       await fx.cleanup();
@@ -160,7 +160,7 @@ describe.skipIf(SKIP !== undefined)('RedisMetaStore on a real redis-server', () 
       const c = new Redis(own.url, { enableOfflineQueue: false, maxRetriesPerRequest: 0, commandTimeout: 1000, retryStrategy: () => 100 });
       c.on('error', () => undefined);
       const modes: string[] = [];
-      const store = new OutageTolerantMetaStore(new RedisMetaStore(c, 'x:'), new FsMetaStore(dir), { logger: silent, observer: { mode: (m) => modes.push(m) }, remoteName: 'redis', localName: dir });
+      const store = new OutageTolerantMetaStore(new RedisMetaStore(c, 'x:'), new FsMetaStore(dir), { logger: silent, observer: { mode: (m) => modes.push(m) }, remoteName: 'redis', localName: dir, probeIntervalMs: 0, now: Date.now });
       try {
         await waitFor(() => c.status === 'ready', 5000, 'the client to connect');
         await store.putTag(alpine, 'latest', record(digestOf('a')));
@@ -198,5 +198,44 @@ describe.skipIf(SKIP !== undefined)('RedisMetaStore on a real redis-server', () 
         await rm(dir, { recursive: true, force: true });
       }
     });
+
+    it('a Redis that stops answering on an open connection costs one reply timeout per probe interval, not one per call', async () => {
+      const dir = await mkdtemp(join(tmpdir(), 'meta-fallback-'));
+      const c = new Redis(server.url, { enableOfflineQueue: false, maxRetriesPerRequest: 0, commandTimeout: 300 });
+      clients.push(c);
+      const pauser = client();
+      const clock = { now: 1_000_000 };
+      let remoteCalls = 0;
+      const redisStore = new RedisMetaStore(c, 'probe:');
+      const counted = new Proxy(redisStore, {
+        get: (target, prop, receiver) => {
+          const v: unknown = Reflect.get(target, prop, receiver);
+          return typeof v === 'function' ? (...a: unknown[]) => (remoteCalls++, (v as (...x: unknown[]) => unknown).apply(target, a)) : v;
+        },
+      });
+      const store = new OutageTolerantMetaStore(counted, new FsMetaStore(dir), { logger: silent, observer: { mode: () => undefined }, remoteName: 'redis', localName: dir, probeIntervalMs: 5000, now: () => clock.now });
+      try {
+        await waitFor(() => c.status === 'ready', 5000, 'the client to connect');
+        await store.putTag(alpine, 'latest', record(digestOf('p')));
+        // Every client's commands wait (the connection stays open): the next call times out and switches to local.
+        await pauser.client('PAUSE', 5000, 'ALL');
+        expect(await store.getTag(alpine, 'latest')).toEqual(record(digestOf('p')));
+        expect(store.mode).toBe('local');
+        const calls = remoteCalls;
+        for (let i = 0; i < 5; i++) expect(await store.hasLink(alpine, digestOf('x'))).toBe(false);
+        await store.putTag(alpine, 'local-only', record(digestOf('q')));
+        await expect(store.listRepos()).rejects.toBeInstanceOf(MetaUnavailableError);
+        expect(remoteCalls).toBe(calls); // none of these waited on Redis
+        await pauser.client('UNPAUSE');
+        clock.now += 5000; // the interval has passed: the next call asks Redis, which answers
+        expect(await store.getTag(alpine, 'local-only')).toBeUndefined();
+        expect(remoteCalls).toBe(calls + 1);
+        expect(store.mode).toBe('remote');
+      } finally {
+        await pauser.client('UNPAUSE').catch(() => undefined);
+        await rm(dir, { recursive: true, force: true });
+      }
+    });
   });
 });
+
