@@ -1,8 +1,9 @@
 /**
  * Records in Redis, and Redis going away (issue 14, "Redis unreachable → each replica falls back and
  * keeps serving"): a mirror with fs blobs and its records in a real redis-server keeps serving what
- * it recorded itself, records what it learns meanwhile, even across a restart during the outage;
- * a metric and one log line per switch say so; with Redis back, records land in Redis again.
+ * it recorded itself, records what it learns meanwhile, even across a restart during the outage,
+ * and deletes nothing (purge, GC and pinning fail rather than act on a partial view); a metric and
+ * one log line per switch say so; with Redis back, records land in Redis again.
  */
 import { rm } from 'node:fs/promises';
 import { Redis } from 'ioredis';
@@ -93,6 +94,11 @@ describe.skipIf(SKIP !== undefined)('records in Redis while Redis stops and star
       expect(blobGets(during)).toBe(2);
       // The catalog is the shared store's whole list: unavailable, not partial.
       expect((await first.request('/v2/_catalog')).status).toBe(503);
+      // The lifecycle never works from a partial local view: purge, GC and pinning fail and delete nothing.
+      await expect(first.admin.purge({ upstream: 'docker.io', repo: 'library/before' })).rejects.toThrow(/unavailable/);
+      await expect(first.admin.gc()).rejects.toThrow(/unavailable/);
+      await expect(first.admin.pin('docker.io/library/before')).rejects.toThrow(/unavailable/);
+      expect(await first.admin.pins()).toEqual([]);
       expect(await mode(first)).toEqual({ remote: 0, local: 1 });
       expect(await first.metric('mirror_meta_store_transitions_total', { to: 'local' })).toBe(1);
       expect(said(log1, 'metadata store lost')).toBe(1);
