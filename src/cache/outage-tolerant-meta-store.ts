@@ -99,7 +99,7 @@ export class OutageTolerantMetaStore implements MetaStore {
    * pretending.
    */
   putState(name: StateName, value: unknown): Promise<void> {
-    return name === 'pins' ? this.remove((s) => s.putState(name, value)) : this.write((s) => s.putState(name, value));
+    return name === 'pins' ? this.remoteFirst((s) => s.putState(name, value)) : this.write((s) => s.putState(name, value));
   }
 
   listRepos(): Promise<RepoKey[]> {
@@ -178,6 +178,12 @@ export class OutageTolerantMetaStore implements MetaStore {
   private async remove(op: (s: MetaStore) => Promise<void>): Promise<void> {
     const [remote] = await Promise.allSettled([this.remoteOnly(op), op(this.local)]);
     if (remote.status === 'rejected') throw remote.reason;
+  }
+
+  /** The remote store, then (only once it took the write) the local copy, best effort: a failed write is kept nowhere. */
+  private async remoteFirst(op: (s: MetaStore) => Promise<void>): Promise<void> {
+    await this.remoteOnly(op);
+    await op(this.local).catch(() => undefined);
   }
 
   private set(mode: MetaStoreMode, reason: string | undefined): void {

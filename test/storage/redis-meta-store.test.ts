@@ -184,6 +184,7 @@ describe.skipIf(SKIP !== undefined)('RedisMetaStore on a real redis-server', () 
         await store.putState('usage', { savedAt: 2, entries: {} });
         expect(await store.getState('usage')).toEqual({ savedAt: 2, entries: {} });
         await expect(store.putState('pins', [])).rejects.toBeInstanceOf(MetaUnavailableError);
+        expect(await store.getState('pins')).toEqual(['docker.io/library/alpine']); // the failed pin change is kept nowhere
         await own.start();
         await waitFor(() => c.status === 'ready', 5000, 'the client to reconnect');
         // Redis came back empty: its (missing) answer is the truth again, and what is written now lands in it.
