@@ -23,7 +23,9 @@ import { Airgap } from './airgap/service.js';
 import { PrefetchJobs, type PrefetchDeps } from './airgap/prefetch.js';
 import { CachingBlobStore } from './cache/caching-blob-store.js';
 import { CachingMetaStore } from './cache/caching-meta-store.js';
+import { metaStoreMetrics } from './cache/meta-store-metrics.js';
 import { OutageTolerantBlobStore } from './cache/outage-tolerant-blob-store.js';
+import { OutageTolerantMetaStore, type MetaModeObserver } from './cache/outage-tolerant-meta-store.js';
 import { CacheStats } from './cache/stats.js';
 import { ConfigError, type Config } from './config.js';
 import { FiguresHistory } from './console/history.js';
@@ -31,7 +33,7 @@ import { mountConsole } from './console/routes.js';
 import type { ConsoleDeps, UpstreamInfo } from './console/types.js';
 import { FleetCoordinator } from './fleet/coordinator.js';
 import { Leases } from './fleet/leases.js';
-import { RedisLink } from './fleet/link.js';
+import { redact, RedisLink } from './fleet/link.js';
 import { FleetMetrics } from './fleet/metrics.js';
 import { PeerClient } from './fleet/peer-client.js';
 import { peerHandler } from './fleet/peer-endpoint.js';
@@ -146,7 +148,11 @@ function s3Client(config: Config): S3Client {
   return client;
 }
 
-async function openStores(config: Config, onAdded: (digest: string) => void, opts: { sweep?: boolean; logger?: Logger } = {}): Promise<Stores> {
+async function openStores(
+  config: Config,
+  onAdded: (digest: string) => void,
+  opts: { sweep?: boolean; logger?: Logger; /** The serving mirror: records on Redis get a local fallback for outages. */ metaFallback?: { observer: MetaModeObserver } } = {},
+): Promise<Stores> {
   const stats = new CacheStats();
   const events = {
     added: (d: string, n: number) => {
@@ -176,18 +182,62 @@ async function openStores(config: Config, onAdded: (digest: string) => void, opt
   let meta: MetaStore;
   let redis: Redis | undefined;
   if (config.storage.redis.url) {
-    // Fail a command after a few reconnect attempts (about 0.3 s) rather than queue it while Redis is away.
-    const client = new Redis(config.storage.redis.url, { maxRetriesPerRequest: 2, connectTimeout: config.timeouts.connect });
-    closers.push(() => client.disconnect());
+    const logger = opts.logger ?? silentLogger;
+    // Fail fast while Redis is away (no offline queue, no retry of a command, a bounded wait for a
+    // reply): the serving path then answers from the local fallback at once instead of holding a
+    // client for seconds; the offline tools get the error.
+    const client = new Redis(config.storage.redis.url, {
+      enableOfflineQueue: false,
+      maxRetriesPerRequest: 0,
+      connectTimeout: config.timeouts.connect,
+      commandTimeout: 2000,
+      retryStrategy: (times) => Math.min(100 * times, 1000),
+    });
+    closers.push(() => {
+      client.removeAllListeners();
+      client.on('error', () => undefined);
+      client.disconnect();
+    });
     // ioredis reconnects by itself and reports each failed attempt: one line per 10 s says Redis is away.
     let lastWarning = -Infinity;
     client.on('error', (e: Error) => {
       if (Date.now() - lastWarning < 10_000) return;
       lastWarning = Date.now();
-      (opts.logger ?? silentLogger).warn({ err: e.message }, 'redis connection failed; reconnecting');
+      logger.warn({ err: e.message }, 'redis connection failed; reconnecting');
+    });
+    // Without an offline queue, a command before the first connection fails: wait for it (or its failure) once.
+    await new Promise<void>((resolve) => {
+      const done = () => {
+        clearTimeout(timer);
+        client.off('ready', done);
+        client.off('error', done);
+        resolve();
+      };
+      const timer = setTimeout(done, config.timeouts.connect);
+      client.on('ready', done);
+      client.on('error', done);
     });
     redis = client;
-    meta = new RedisMetaStore(client, config.storage.redis.keyPrefix);
+    const remote = new RedisMetaStore(client, config.storage.redis.keyPrefix);
+    if (opts.metaFallback) {
+      // The serving mirror keeps its own records beside Redis and answers from them while Redis is away.
+      const fallbackDir = join(config.dataDir, 'meta-fallback');
+      const tolerant = new OutageTolerantMetaStore(remote, new FsMetaStore(fallbackDir), {
+        logger,
+        observer: opts.metaFallback.observer,
+        remoteName: redact(config.storage.redis.url),
+        localName: fallbackDir,
+        // As the S3 breaker: a Redis that does not answer costs one reply timeout per 5 s, not one per call.
+        probeIntervalMs: 5000,
+        now: Date.now,
+      });
+      client.on('ready', () => tolerant.reachable(true));
+      client.on('close', () => tolerant.reachable(false, 'connection closed'));
+      if (client.status !== 'ready') tolerant.reachable(false, 'not connected at start');
+      meta = tolerant;
+    } else {
+      meta = remote;
+    }
   } else {
     meta = new FsMetaStore(config.dataDir);
   }
@@ -404,7 +454,7 @@ export async function buildMirror(config: Config, opts: MirrorOptions = {}): Pro
       lifecycle.remover.added(digest);
       lifecycle.evictor.poke();
     },
-    { logger },
+    { logger, ...(config.storage.redis.url ? { metaFallback: { observer: metaStoreMetrics(promRegistry) } } : {}) },
   );
   // Says to `regmirror cache --data-dir` that this directory is being served (removed at close).
   const pidFile = join(config.dataDir, 'state', 'serving.pid');

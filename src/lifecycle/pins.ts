@@ -51,8 +51,10 @@ export class PinSet {
 
   async add(pattern: string): Promise<string[]> {
     if (!this.saved.includes(pattern)) {
-      this.saved = [...this.saved, pattern];
-      await this.meta.putState('pins', this.saved);
+      // Kept only once stored: a failed save (the store unreachable) leaves the pins as they were.
+      const next = [...this.saved, pattern];
+      await this.meta.putState('pins', next);
+      this.saved = next;
     }
     return this.all();
   }
@@ -60,8 +62,9 @@ export class PinSet {
   /** Removes a pin made through the admin API; pins from the config stay (they are the config's). */
   async remove(pattern: string): Promise<string[]> {
     if (this.saved.includes(pattern)) {
-      this.saved = this.saved.filter((p) => p !== pattern);
-      await this.meta.putState('pins', this.saved);
+      const next = this.saved.filter((p) => p !== pattern);
+      await this.meta.putState('pins', next);
+      this.saved = next;
     }
     return this.all();
   }

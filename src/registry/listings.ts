@@ -4,6 +4,7 @@
  * list when upstream is unavailable), the catalog (what the cache holds) and referrers (OCI 1.1;
  * upstream's API, else its fallback tag; cached with the tag TTL).
  */
+import { MetaUnavailableError } from '../storage/meta-store.js';
 import { isUpstreamError } from '../upstream/errors.js';
 import { SingleFlight } from '../util/single-flight.js';
 import { RegistryContext, repoKey, type CacheResult } from './context.js';
@@ -83,7 +84,10 @@ export class ListingService {
   /** Repositories with cached manifests, by their client-visible names. */
   async catalog(n: number | undefined, last: string | undefined): Promise<Page<string>> {
     this.checkPageSize(n);
-    const repos = await this.ctx.deps.meta.listRepos();
+    // The whole list lives in the shared store: while it is unreachable a replica's own records would be a partial answer.
+    const repos = await this.ctx.deps.meta.listRepos().catch((e: unknown) => {
+      throw e instanceof MetaUnavailableError ? new RegistryError('UNAVAILABLE', 'the catalog is unavailable while the metadata store is unreachable', { cause: e }) : e;
+    });
     const names = repos.map((r) => displayName(r, this.ctx.deps.defaultUpstream)).sort();
     return { ...paginate(names, n, last), cache: 'hit' };
   }

@@ -79,3 +79,16 @@ export interface MetaStore {
   /** Replaces a state document (atomically). */
   putState(name: StateName, value: unknown): Promise<void>;
 }
+
+/**
+ * A remote metadata store (Redis) cannot be reached now: a lost connection, a refused one, a reply
+ * that took too long. Not a statement about the record asked for: callers may answer from elsewhere
+ * (cache/outage-tolerant-meta-store.ts) and ask again later. An error the backend did answer with
+ * (a script bug, a wrong type) is never this.
+ */
+export class MetaUnavailableError extends Error {
+  constructor(cause: unknown) {
+    super(`metadata store is unavailable: ${(cause as Error)?.message ?? String(cause)}`, { cause });
+    this.name = 'MetaUnavailableError';
+  }
+}

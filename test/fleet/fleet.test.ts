@@ -1,16 +1,15 @@
 /**
  * Several replicas, one cache (issue 14): three real replica processes (`node dist/main.js`) over one
- * real Ceph RGW bucket (the run's shared Ceph) with their records in one real Redis, coordinated
- * through another real Redis, in front of one fake upstream that records every request. One
- * upstream fetch per blob per fleet, a dead owner taken over, the coordination Redis going away and
- * coming back, real clients through nginx.
- *
- * Two Redis servers: the one stopped mid-run is the coordination Redis (fleet.redisUrl). The
- * records (storage.redis) stay on their own: the Redis meta store has no outage fallback of its own.
+ * real Ceph RGW bucket (the run's shared Ceph) with their records in one real Redis that also
+ * coordinates them (storage.redis.url == fleet.redisUrl, as a deployment runs), in front of one fake
+ * upstream that records every request. One upstream fetch per blob per fleet, a dead owner taken
+ * over, that Redis going away and coming back (records and coordination fall back together), real
+ * clients through nginx.
  */
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { GetObjectCommand, ListMultipartUploadsCommand, ListObjectsV2Command, type S3Client } from '@aws-sdk/client-s3';
+import { Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { cephSkipReason, s3Server, type S3Server } from '../helpers/ceph.js';
 import { digestOf, digestOfStream } from '../helpers/digest.js';
@@ -31,7 +30,6 @@ const SKIP = cephSkipReason('fleet on S3 + Redis') ?? requireTools('fleet on S3 
 
 let fake: FakeUpstream;
 let redis: RedisServer;
-let metaRedis: RedisServer;
 let s3: S3Server;
 let client: S3Client;
 let bucket: string;
@@ -44,13 +42,13 @@ const fleetMetric = async (r: Replica, name: string, labels: Record<string, stri
 
 beforeAll(async () => {
   if (SKIP) return;
-  [s3, redis, metaRedis, fake] = await Promise.all([s3Server(), startRedis(), startRedis(), FakeUpstream.start({ auth: 'none', cdn: false })]);
+  [s3, redis, fake] = await Promise.all([s3Server(), startRedis(), FakeUpstream.start({ auth: 'none', cdn: false })]);
   client = s3.client();
   bucket = await s3.newBucket();
   const storage = {
     type: 's3',
     s3: { endpoint: s3.endpoint, region: s3.region, bucket, prefix: PREFIX, forcePathStyle: true, accessKeyId: s3.accessKeyId, secretAccessKey: s3.secretAccessKey, partSize: '8MiB' },
-    redis: { url: metaRedis.url, keyPrefix: 'fleet-meta:' },
+    redis: { url: redis.url, keyPrefix: 'fleet-meta:' },
   };
   replicas = await startFleet({ n: 3, upstreams: { 'docker.io': { url: fake.url, libraryPrefix: true } }, redisUrl: redis.url, leaseTtlMs: LEASE_TTL_MS, extraConfig: { storage } });
   await Promise.all(replicas.map((r) => waitFor(async () => (await fleetMetric(r, 'mirror_fleet_coordination', { mode: 'fleet' })) === 1, 10_000, `${r.id} to reach Redis`)));
@@ -60,7 +58,7 @@ afterAll(async () => {
   await Promise.all((replicas ?? []).map((r) => r.mirror.stop()));
   if (bucket) await s3.removeBucket(bucket);
   client?.destroy();
-  await Promise.all([redis?.close(), metaRedis?.close(), fake?.close()]);
+  await Promise.all([redis?.close(), fake?.close()]);
 });
 
 /** The blob's object in the bucket holds exactly the bytes its digest names (objects appear only whole). */
@@ -172,26 +170,59 @@ describe.skipIf(SKIP !== undefined)('three replicas over one S3 bucket and one R
     }
   }, 60_000);
 
-  it('Redis stopped mid-run: serving never stops, each replica says it coordinates locally; back with Redis, one fetch per blob again', async () => {
+  it('Redis stopped mid-run: serving never stops, each replica says it coordinates and reads its records locally; back with Redis, one fetch per blob again', async () => {
     const mk = (seed: string) => makeImage({ layers: [makeRandomLayer(256 * 1024, seed)] });
+    const earlier = mk('fleet-redis-earlier');
     const during = mk('fleet-redis-down');
     const after = mk('fleet-redis-back');
+    fake.putImage('library/earlier', earlier, 'v1');
     fake.putImage('library/during', during, 'v1');
     fake.putImage('library/after', after, 'v1');
+    const [r0] = replicas;
+    await pull(r0!.mirror.url, ref('earlier', 'v1', earlier), ACCEPT);
+    for (const r of replicas) expect(await fleetMetric(r, 'mirror_meta_store_mode', { mode: 'remote' })).toBe(1);
+
+    // One Redis holds the records and the coordination: both fall back together.
     await redis.stop();
-    await Promise.all(replicas.map((r) => waitFor(async () => (await fleetMetric(r, 'mirror_fleet_coordination', { mode: 'local' })) === 1, 10_000, `${r.id} to switch to local coordination`)));
+    await Promise.all(
+      replicas.map(async (r) => {
+        await waitFor(async () => (await fleetMetric(r, 'mirror_fleet_coordination', { mode: 'local' })) === 1, 10_000, `${r.id} to switch to local coordination`);
+        await waitFor(async () => (await fleetMetric(r, 'mirror_meta_store_mode', { mode: 'local' })) === 1, 10_000, `${r.id} to read its records locally`);
+      }),
+    );
+    // The replica that pulled an image before the outage serves it from its own records: no new upstream fetch.
+    await pull(r0!.mirror.url, ref('earlier', 'v1', earlier), ACCEPT);
+    for (const d of [earlier.config.digest, earlier.layers[0]!.digest]) expect(blobGets(d)).toHaveLength(1);
+    for (const r of replicas) await pull(r.mirror.url, ref('earlier', 'v1', earlier), ACCEPT);
     for (const r of replicas) await pull(r.mirror.url, ref('during', 'v1', during), ACCEPT);
     for (const r of replicas) {
       expect(r.mirror.lines.some((l) => typeof l.msg === 'string' && l.msg.startsWith('fleet coordination lost'))).toBe(true);
+      expect(r.mirror.lines.filter((l) => typeof l.msg === 'string' && l.msg.startsWith('metadata store lost'))).toHaveLength(1);
       expect(await fleetMetric(r, 'mirror_fleet_coordination_transitions_total', { to: 'local' })).toBeGreaterThanOrEqual(1);
+      expect(await fleetMetric(r, 'mirror_meta_store_transitions_total', { to: 'local' })).toBe(1);
     }
     expect(await Promise.all(replicas.map((r) => fleetMetric(r, 'mirror_fleet_downloads_total', { role: 'local' })))).not.toContain(undefined);
 
     await redis.start();
-    await Promise.all(replicas.map((r) => waitFor(async () => (await fleetMetric(r, 'mirror_fleet_coordination', { mode: 'fleet' })) === 1, 10_000, `${r.id} to reach Redis again`)));
-    for (const r of replicas) expect(r.mirror.lines.some((l) => l.msg === 'fleet coordination through Redis restored')).toBe(true);
+    await Promise.all(
+      replicas.map(async (r) => {
+        await waitFor(async () => (await fleetMetric(r, 'mirror_fleet_coordination', { mode: 'fleet' })) === 1, 10_000, `${r.id} to reach Redis again`);
+        await waitFor(async () => (await fleetMetric(r, 'mirror_meta_store_mode', { mode: 'remote' })) === 1, 10_000, `${r.id} to read its records from Redis again`);
+      }),
+    );
+    for (const r of replicas) {
+      expect(r.mirror.lines.some((l) => l.msg === 'fleet coordination through Redis restored')).toBe(true);
+      expect(r.mirror.lines.filter((l) => typeof l.msg === 'string' && l.msg.startsWith('metadata store restored'))).toHaveLength(1);
+    }
     await Promise.all(replicas.flatMap((r) => [pull(r.mirror.url, ref('after', 'v1', after), ACCEPT), pull(r.mirror.url, ref('after', 'v1', after), ACCEPT)]));
     for (const d of [after.config.digest, after.layers[0]!.digest]) expect(blobGets(d)).toHaveLength(1);
+    // Redis came back empty (no persistence): the records of what the fleet pulled since are in it again.
+    const check = new Redis(redis.url, { maxRetriesPerRequest: 1 });
+    try {
+      expect(await check.hexists('fleet-meta:tags|docker.io/library/after', 'v1')).toBe(1);
+    } finally {
+      check.disconnect();
+    }
   }, 60_000);
 
   const CLIENTS_SKIP = ['nginx', 'skopeo', 'dockerd', 'docker', 'containerd', 'runc'].filter((t) => !hasTool(t)).join(', ') || (isRoot() ? undefined : 'needs root (dockerd)');
