@@ -87,10 +87,13 @@ export class S3BlobWriter implements BlobWriter {
     }
     for (const c of chunks) this.hash.update(c);
     this.written += total;
-    while (this.written - this.uploaded >= this.target.partSize) {
+    // From here the bytes are appended, so this call must not throw: a caller that sees a write fail
+    // takes its bytes as not written (the download re-hashes [0, written) plus what it still holds when
+    // it switches to pass-through; counting them twice would fail verification). A part upload that
+    // failed meanwhile is thrown by the next write() or commit().
+    while (this.written - this.uploaded >= this.target.partSize && !this.failure) {
       while (this.inflight.size >= this.target.partsInFlight) await Promise.race(this.inflight);
-      const failure = this.failure as Error | undefined; // set by a part upload while we waited
-      if (failure) throw failure;
+      if (this.failure) break; // set by a part upload while we waited
       this.startPart(this.target.partSize);
     }
   }

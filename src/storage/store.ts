@@ -98,7 +98,11 @@ export interface BlobWriter {
   readonly digest: string;
   /** Bytes written so far. */
   readonly written: number;
-  /** Appends bytes (one chunk or several, in order) and feeds the hash. Throws StoreFullError on ENOSPC/EDQUOT. */
+  /**
+   * Appends bytes (one chunk or several, in order) and feeds the hash. Throws StoreFullError on
+   * ENOSPC/EDQUOT. A write that throws appended none of its bytes (`written` unchanged): callers
+   * switching to pass-through hash [0, written) and then the bytes they still hold.
+   */
   write(data: Uint8Array | Uint8Array[]): Promise<void>;
   /** Reads back up to `length` bytes at `position` (< written). */
   readAt(position: number, length: number): Promise<Buffer>;
