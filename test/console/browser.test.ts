@@ -31,7 +31,9 @@ const nginxArm = makeImage({ layers: [makeRandomLayer(400_000, 'browser nginx ar
 const nginx = makeIndex([nginxAmd, nginxArm]);
 const big = makeImage({ layers: [makeRandomLayer(1_300_000, 'browser big')] });
 
-describe('the console in chromium', () => {
+// A real browser beside the rest of the suite (the image build, the fleet) on 2 cores: a test's own waits
+// (up to 10 s each for an element, a poll, a pull) can add up past vitest's default 30 s there.
+describe('the console in chromium', { timeout: 90_000 }, () => {
   let hub: FakeUpstream;
   let m: TestMirror;
   let adminServer: Server;
@@ -134,15 +136,16 @@ describe('the console in chromium', () => {
 
   it('shows a download in flight with its bytes growing, then drops it when it is stored', async () => {
     const layer = big.layers[0]!;
-    // About 2 s: 1.3 MB at 64 KiB every 100 ms.
-    hub.faults.trickle = { bytesPerTick: 64 * 1024, tickMs: 100 };
+    // About 5 s: 1.3 MB at 24 KiB every 100 ms. The page hears of it once a second, so a download of
+    // about 2 s could be gone from the list one update after it appeared, before the test saw it grow.
+    hub.faults.trickle = { bytesPerTick: 24 * 1024, tickMs: 100 };
     try {
       const pulling = pull('big', 'latest', big);
       const item = page.locator(`#download-list li[data-digest="${layer.digest}"]`);
       await item.waitFor({ timeout: 10_000 });
       expect(await item.locator('strong').textContent()).toBe('docker.io/library/big');
       const first = Number(await item.locator('.bytes').getAttribute('data-received'));
-      await expect.poll(async () => Number(await item.locator('.bytes').getAttribute('data-received')), { timeout: 10_000 }).toBeGreaterThan(first);
+      await expect.poll(async () => Number(await item.locator('.bytes').getAttribute('data-received', { timeout: 2000 })), { timeout: 10_000 }).toBeGreaterThan(first);
       expect(Number(await item.locator('progress').getAttribute('max'))).toBe(layer.size);
       // Once, with the download on the page: the screenshot for docs/.
       await page.screenshot({ path: process.env.CONSOLE_SCREENSHOT ?? join(tmp, 'console.png'), fullPage: true });
