@@ -7,6 +7,7 @@
 import type { Readable } from 'node:stream';
 import { LRUCache } from 'lru-cache';
 import type { BlobInfo, BlobStore, BlobWriter, ByteRange, StatOptions } from '../storage/store.js';
+import { boundedLru } from '../util/lru.js';
 
 export interface CachingBlobStoreOptions {
   /** Bytes of small blobs (manifests) kept in memory; 0 keeps none. */
@@ -27,7 +28,7 @@ export class CachingBlobStore implements BlobStore {
 
   constructor(private readonly store: BlobStore, opts: CachingBlobStoreOptions) {
     if (store.fileOf) this.fileOf = (digest) => store.fileOf!(digest);
-    this.sizes = new LRUCache({ max: opts.maxEntries ?? 100_000 });
+    this.sizes = boundedLru(opts.maxEntries ?? 100_000);
     this.maxCachedBlob = opts.maxCachedBlob ?? 4 * 1024 * 1024;
     this.bytes = opts.memoryBytes > 0 ? new LRUCache({ maxSize: opts.memoryBytes, sizeCalculation: (b) => Math.max(1, b.length + 64) }) : undefined;
   }

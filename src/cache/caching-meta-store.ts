@@ -4,8 +4,9 @@
  * answered without touching the store. Never the source of truth: every entry can be read again,
  * and losing one only costs a read. Writes go through to the store first, then into memory.
  */
-import { LRUCache } from 'lru-cache';
+import type { LRUCache } from 'lru-cache';
 import type { MetaStore, RepoKey, StateName, StoredDoc, TagRecord } from '../storage/meta-store.js';
+import { boundedLru } from '../util/lru.js';
 
 export interface CachingMetaStoreOptions {
   /** Entries for links and manifest records (tags get at most half as many). Default 100 000. */
@@ -22,9 +23,9 @@ export class CachingMetaStore implements MetaStore {
 
   constructor(private readonly store: MetaStore, opts: CachingMetaStoreOptions = {}) {
     const max = opts.maxEntries ?? 100_000;
-    this.tags = new LRUCache({ max: Math.max(1, Math.min(max, 50_000)) });
-    this.links = new LRUCache({ max });
-    this.manifests = new LRUCache({ max });
+    this.tags = boundedLru(Math.min(max, 50_000));
+    this.links = boundedLru(max);
+    this.manifests = boundedLru(max);
   }
 
   async getTag(ref: RepoKey, tag: string): Promise<TagRecord | undefined> {

@@ -2,13 +2,14 @@
  * Digests evicted recently, to tell thrashing (the same blob evicted and fetched again within the
  * hour: the cap is too small for the working set) from ordinary refills. Bounded; memory only.
  */
-import { LRUCache } from 'lru-cache';
+import type { LRUCache } from 'lru-cache';
+import { boundedLru } from '../util/lru.js';
 
 export class RecentEvictions {
   private readonly at: LRUCache<string, number>;
 
   constructor(private readonly now: () => number, private readonly windowMs = 60 * 60 * 1000, max = 100_000) {
-    this.at = new LRUCache({ max });
+    this.at = boundedLru(max);
   }
 
   evicted(digest: string): void {

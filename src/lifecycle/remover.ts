@@ -5,7 +5,7 @@
  * wants it), stays; GC takes what is left over later. A crash between the two steps leaves only
  * unreferenced blobs, which are never served (no record leads to them) and which GC removes.
  */
-import { LRUCache } from 'lru-cache';
+import { boundedLru } from '../util/lru.js';
 import type { MetaStore, RepoKey } from '../storage/meta-store.js';
 import type { BlobStore } from '../storage/store.js';
 import type { ImageUnit, Inventory } from './inventory.js';
@@ -35,7 +35,7 @@ export const repoName = (r: RepoKey) => `${r.upstream}/${r.repo}`;
 
 export class Remover {
   /** Blobs stored lately, by the sequence number of their arrival: never removed by a pass that did not see them. */
-  private readonly arrivals = new LRUCache<string, number>({ max: 100_000 });
+  private readonly arrivals = boundedLru<string, number>(100_000);
   private seq = 0;
 
   constructor(private readonly deps: RemoverDeps) {}

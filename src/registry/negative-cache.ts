@@ -3,7 +3,8 @@
  * and again for a missing tag or blob costs one upstream request per window, not one per request.
  * Consulted only after the cache had no answer, so a cached positive answer is never hidden by it.
  */
-import { LRUCache } from 'lru-cache';
+import type { LRUCache } from 'lru-cache';
+import { boundedLru } from '../util/lru.js';
 
 interface Entry {
   error: unknown;
@@ -15,7 +16,7 @@ export class NegativeCache {
 
   /** @param ttlMs how long an answer is remembered (0: never). */
   constructor(private readonly ttlMs: number, private readonly now: () => number, max = 10_000) {
-    this.entries = new LRUCache({ max });
+    this.entries = boundedLru(max);
   }
 
   /** Throws the remembered error when one is still current for the key. */

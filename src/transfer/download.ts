@@ -179,13 +179,16 @@ export class Download {
    * Drops chunks no reader needs from memory. Stored: chunks in the temp file that every reader has
    * passed, or that lie more than KEEP_BEHIND behind what is on disk (readers that far back read the
    * file). Spilled: chunks in the temp file or passed by every reader (a spilled download paces
-   * itself by its slowest reader, which bounds what stays here). The newest chunk always stays, for
-   * readers at the live edge.
+   * itself by its slowest reader, which bounds what stays here). While the download runs the newest
+   * chunk always stays, for readers at the live edge; once it is done, nothing no reader needs.
    */
   trim(): void {
     const onDisk = this.writer?.written ?? 0;
-    const passed = this.slowestReader();
-    while (this.window.length > 1) {
+    const done = this.state_ === 'done';
+    // Once stored, a reader yet to come reads the temp file or the blob, not this window. (A
+    // pass-through keeps its bytes for the request that started it, which may not have joined yet.)
+    const passed = done && !this.spilled && this.readers.size === 0 ? Infinity : this.slowestReader();
+    while (this.window.length > (done ? 0 : 1)) {
       const first = this.window[0]!;
       const end = first.offset + first.bytes.length;
       if (this.spilled ? end > onDisk && end > passed : end > onDisk || (end > passed && onDisk - first.offset <= KEEP_BEHIND)) break;
@@ -216,6 +219,7 @@ export class Download {
   markDone(): void {
     this.verified_ = true;
     this.state_ = 'done';
+    this.trim();
     this.resolveReady();
     this.resolveFinished();
     this.wake();
@@ -274,6 +278,7 @@ export class Download {
 
   detach(r: DownloadReader): void {
     if (this.readers.delete(r)) {
+      this.trim();
       this.release();
       this.wake();
     }
