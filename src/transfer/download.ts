@@ -149,6 +149,11 @@ export class Download {
     return this.spilled && this.hadReaders && this.readers.size === 0;
   }
 
+  /** Bytes of received chunks held in memory for readers (the rest are read from the temp file). */
+  get buffered(): number {
+    return this.windowBytes;
+  }
+
   get readerCount(): number {
     return this.readers.size;
   }

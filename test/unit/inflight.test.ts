@@ -437,7 +437,39 @@ describe('InflightDownloads', () => {
     expectBytes(await store.read(d), blob);
   });
 
+  it('a finished stored download holds no chunks in memory once its readers are done, while it lingers', async () => {
+    const blob = randomBytes(300 * 1024);
+    const d = digestOf(blob);
+    const dl = inflight.join(d, ORIGIN, scripted(blob).source);
+    const r = await collect(dl.createReader());
+    expectBytes(r.bytes, blob);
+    await dl.finished;
+    expect(inflight.get(d)).toBe(dl);
+    expect(dl.buffered).toBe(0);
+    // A late joiner within the linger still gets every byte (from the temp file).
+    const late = await collect(dl.createReader(1000));
+    expect(late.error).toBeUndefined();
+    expectBytes(late.bytes, blob.subarray(1000));
+  });
+
+  it('a finished stored download that nobody read holds no chunks either', async () => {
+    const blob = randomBytes(300 * 1024);
+    const dl = inflight.join(digestOf(blob), ORIGIN, scripted(blob).source);
+    await dl.finished;
+    expect(dl.buffered).toBe(0);
+  });
+
   describe('when the store is full (pass-through)', () => {
+    it('a finished pass-through keeps its bytes for the request that started it until that one has read them', async () => {
+      inflight = new InflightDownloads({ store: fullStore(store), observer, lingerMs: 60_000 });
+      const blob = randomBytes(300 * 1024);
+      const dl = inflight.join(digestOf(blob), ORIGIN, scripted(blob).source);
+      await dl.finished;
+      expect(dl.buffered).toBe(blob.length);
+      expectBytes((await collect(dl.createReader())).bytes, blob);
+      expect(dl.buffered).toBe(0);
+    });
+
     it('readers still get the verified bytes, nothing is kept, and the next request starts afresh', async () => {
       inflight = new InflightDownloads({ store: fullStore(store), observer, lingerMs: 60_000 });
       const blob = randomBytes(700 * 1024);
