@@ -76,7 +76,8 @@ export function createApp(deps: AppDeps): Hono<Env> {
         },
         'request',
       );
-    if (out && !out.writableFinished && typeof out.once === 'function') out.once('close', log);
+    // A body written already (sendBytes) is known in full now; a stream's bytes only when it closes.
+    if (out && !out.writableEnded && typeof out.once === 'function') out.once('close', log);
     else log();
   });
 

@@ -11,7 +11,7 @@ import type { Page, Registry } from '../registry/service.js';
 import { paginate } from '../registry/listings.js';
 import type { AccessGate } from './access.js';
 import { multipartByteranges } from './multipart.js';
-import { sendStream, type StreamSink } from './send.js';
+import { sendBytes, sendStream, type StreamSink } from './send.js';
 
 /** RFC 9111 Warning for an answer served from the cache because upstream could not be asked. */
 const STALE_WARNING = '110 - "Response is Stale"';
@@ -126,11 +126,11 @@ async function manifest(c: Context<Env>, registry: Registry, ref: ReturnType<Reg
   if (res.cache === 'stale') headers.warning = STALE_WARNING;
   if (c.req.header('if-none-match') === etag) {
     delete headers['content-length'];
-    return c.body(null, 304, headers);
+    return sendBytes(c.env, 304, headers, null);
   }
   if (!head) onServed(res.cache === 'miss' ? 'upstream' : 'cache', res.bytes.length);
   c.set('bytes', head ? 0 : res.bytes.length);
-  return new Response(head ? null : res.bytes, { status: 200, headers });
+  return sendBytes(c.env, 200, headers, head ? null : res.bytes);
 }
 
 async function blob(c: Context<Env>, registry: Registry, ref: ReturnType<Registry['route']>, digest: string, head: boolean, onServed: (s: 'cache' | 'upstream', n: number) => void): Promise<Response> {
@@ -174,7 +174,7 @@ async function blob(c: Context<Env>, registry: Registry, ref: ReturnType<Registr
   if (Buffer.isBuffer(res.body)) {
     c.set('bytes', res.body.length);
     onServed(res.source, res.body.length);
-    return new Response(res.body, { status, headers });
+    return sendBytes(c.env, status, headers, res.body);
   }
   return sendStream(c.env, status, headers, res.body, (n) => {
     c.set('bytes', n);

@@ -1,8 +1,8 @@
 /**
- * Writing a streamed body. Under @hono/node-server the stream is piped straight into Node's
- * ServerResponse (no web-stream conversion on the hot path, and an error mid-body destroys the
- * connection, so a client never takes a cut body for a whole one). Elsewhere (app.request in tests)
- * it becomes a web ReadableStream.
+ * Writing a body. Under @hono/node-server a stream is piped straight into Node's ServerResponse (no
+ * web-stream conversion on the hot path, and an error mid-body destroys the connection, so a client
+ * never takes a cut body for a whole one), and bytes in memory go out in one writeHead + end. Elsewhere
+ * (app.request in tests) both become a web Response.
  */
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { Readable } from 'node:stream';
@@ -31,5 +31,20 @@ export function sendStream(env: StreamSink | undefined, status: number, headers:
     return RESPONSE_ALREADY_SENT;
   }
   const body = Readable.toWeb(stream) as unknown as ReadableStream<Uint8Array>;
+  return new Response(body, { status, headers });
+}
+
+/**
+ * Sends status, headers and a body held in memory (a manifest, a small blob; null for HEAD or 304).
+ * Under Node it skips the web Response the adapter would build and take apart again: a fifth of a
+ * cached manifest's CPU in the bench profile.
+ */
+export function sendBytes(env: StreamSink | undefined, status: number, headers: Record<string, string>, body: Uint8Array | null): Response {
+  const out = env?.outgoing;
+  if (out && typeof out.writeHead === 'function') {
+    out.writeHead(status, headers);
+    out.end(body ?? undefined);
+    return RESPONSE_ALREADY_SENT;
+  }
   return new Response(body, { status, headers });
 }

@@ -49,6 +49,13 @@ describe('upstream routing', () => {
     expect(body.errors[0].code).toBe('NAME_UNKNOWN');
     expect(body.errors[0].message).toContain('evil.example.com');
     expect((await mirror.request('/v2/quay.io/x/y/manifests/latest', h)).status).toBe(404);
+    // Routes are remembered per name and ns (registry/service.ts): a refusal stays a refusal, and the
+    // same name without ns goes to the default upstream, not to the one a cached ns picked.
+    expect((await mirror.request('/v2/owner/repo/manifests/v1?ns=evil.example.com', h)).status).toBe(404);
+    expect(hub.count({ path: /owner\/repo/ })).toBe(0);
+    expect((await mirror.request('/v2/owner/repo/manifests/v1', h)).status).toBe(404);
+    expect(hub.count({ path: /owner\/repo/ })).toBeGreaterThan(0);
+    expect(ghcr.count({ kind: 'manifest', method: 'GET' })).toBe(1);
   });
 });
 

@@ -41,6 +41,25 @@ describe('the mirror process', () => {
       expect(typeof manifestLog.ms).toBe('number');
       const blobLog = await waitFor(() => m.lines.find((l) => l.route === 'blob' && l.digest === layer.digest), 5000, 'the blob request in the log');
       expect(blobLog).toMatchObject({ status: 200, bytes: layer.size, cache: 'miss' });
+      // Answers written straight from memory (a cached manifest: GET, conditional GET, HEAD) are
+      // logged with what the client got.
+      const hit = await request(`${m.url}/v2/ops/manifests/${img.manifest.digest}`, { headers: { 'x-request-id': 'test-req-2' } });
+      expect(hit.statusCode).toBe(200);
+      expect(Buffer.from(await hit.body.arrayBuffer())).toEqual(img.manifest.bytes);
+      const etag = `"${img.manifest.digest}"`;
+      const same = await request(`${m.url}/v2/ops/manifests/${img.manifest.digest}`, { headers: { 'if-none-match': etag, 'x-request-id': 'test-req-3' } });
+      expect(same.statusCode).toBe(304);
+      expect(same.headers.etag).toBe(etag);
+      expect((await same.body.arrayBuffer()).byteLength).toBe(0);
+      const head = await request(`${m.url}/v2/ops/manifests/${img.manifest.digest}`, { method: 'HEAD', headers: { 'x-request-id': 'test-req-4' } });
+      expect(head.statusCode).toBe(200);
+      expect(head.headers['content-length']).toBe(String(img.manifest.bytes.length));
+      await head.body.dump();
+      const logOf = (id: string) => waitFor(() => m.lines.find((l) => l.reqId === id), 5000, `request ${id} in the log`);
+      expect(await logOf('test-req-2')).toMatchObject({ route: 'manifest', status: 200, cache: 'hit', bytes: img.manifest.bytes.length });
+      expect(await logOf('test-req-3')).toMatchObject({ route: 'manifest', status: 304, cache: 'hit' });
+      expect(await logOf('test-req-4')).toMatchObject({ route: 'manifest', status: 200, cache: 'hit', bytes: 0 });
+      expect(await m.metric('mirror_http_requests_total', { route: 'manifest', status: '304' })).toBe(1);
       expect(m.output()).not.toContain('ops-Secret-123');
       expect(m.output()).not.toContain(Buffer.from('ops-user:ops-Secret-123').toString('base64'));
       expect(await m.metrics()).not.toContain('ops-Secret-123');
