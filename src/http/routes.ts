@@ -126,11 +126,12 @@ async function manifest(c: Context<Env>, registry: Registry, ref: ReturnType<Reg
   if (res.cache === 'stale') headers.warning = STALE_WARNING;
   if (c.req.header('if-none-match') === etag) {
     delete headers['content-length'];
-    return sendBytes(c.env, 304, headers, null);
+    return head ? c.body(null, 304, headers) : sendBytes(c.env, 304, headers, null);
   }
-  if (!head) onServed(res.cache === 'miss' ? 'upstream' : 'cache', res.bytes.length);
   c.set('bytes', head ? 0 : res.bytes.length);
-  return sendBytes(c.env, 200, headers, head ? null : res.bytes);
+  if (head) return c.body(null, 200, headers);
+  onServed(res.cache === 'miss' ? 'upstream' : 'cache', res.bytes.length);
+  return sendBytes(c.env, 200, headers, res.bytes);
 }
 
 async function blob(c: Context<Env>, registry: Registry, ref: ReturnType<Registry['route']>, digest: string, head: boolean, onServed: (s: 'cache' | 'upstream', n: number) => void): Promise<Response> {

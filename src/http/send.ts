@@ -35,9 +35,10 @@ export function sendStream(env: StreamSink | undefined, status: number, headers:
 }
 
 /**
- * Sends status, headers and a body held in memory (a manifest, a small blob; null for HEAD or 304).
- * Under Node it skips the web Response the adapter would build and take apart again: a fifth of a
- * cached manifest's CPU in the bench profile.
+ * Sends status, headers and a body held in memory (a manifest, a small blob; null for a 304). Under
+ * Node it skips the web Response the adapter would build and take apart again: a fifth of a cached
+ * manifest's CPU in the bench profile. GET only: Hono answers HEAD through the GET route and wraps
+ * what it returns in a new Response, which the adapter would then try to write a second time.
  */
 export function sendBytes(env: StreamSink | undefined, status: number, headers: Record<string, string>, body: Uint8Array | null): Response {
   const out = env?.outgoing;

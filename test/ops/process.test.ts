@@ -60,6 +60,11 @@ describe('the mirror process', () => {
       expect(await logOf('test-req-3')).toMatchObject({ route: 'manifest', status: 304, cache: 'hit' });
       expect(await logOf('test-req-4')).toMatchObject({ route: 'manifest', status: 200, cache: 'hit', bytes: 0 });
       expect(await m.metric('mirror_http_requests_total', { route: 'manifest', status: '304' })).toBe(1);
+      const headSame = await request(`${m.url}/v2/ops/manifests/${img.manifest.digest}`, { method: 'HEAD', headers: { 'if-none-match': etag } });
+      expect(headSame.statusCode).toBe(304);
+      await headSame.body.dump();
+      // Every answer was written once (a second writeHead would be logged by the HTTP adapter).
+      expect(m.output()).not.toContain('ERR_HTTP_HEADERS_SENT');
       expect(m.output()).not.toContain('ops-Secret-123');
       expect(m.output()).not.toContain(Buffer.from('ops-user:ops-Secret-123').toString('base64'));
       expect(await m.metrics()).not.toContain('ops-Secret-123');
