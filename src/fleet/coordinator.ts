@@ -97,8 +97,7 @@ export class FleetCoordinator implements BlobCoordinator {
       return deps.main.join(digest, origin, source);
     }
     if (acquired) {
-      deps.observer.download('owner');
-      return this.own(digest, origin, this.storedOr(digest, source));
+      return this.own(digest, origin, this.storedOr(digest, source, () => deps.observer.download('owner')));
     }
     deps.observer.download('peer');
     const fromPeer = new PeerSource(digest, {
@@ -148,11 +147,21 @@ export class FleetCoordinator implements BlobCoordinator {
    * lease (another replica finished and let go just then): then its bytes come from the store and
    * upstream is not asked again.
    */
-  private storedOr(digest: string, source: BlobSource): BlobSource {
+  private storedOr(digest: string, source: BlobSource, onUpstream: () => void): BlobSource {
+    // An owner only counts as one (metric role "owner": fetched from upstream) once it asks upstream:
+    // a replica that asked just before another stored the blob gets the lease it released and reads the store.
+    let asked = false;
+    const upstream: BlobSource = (offset) => {
+      if (!asked) {
+        asked = true;
+        onUpstream();
+      }
+      return source(offset);
+    };
     return async (offset) => {
       const info = await this.deps.store.stat(digest);
-      if (!info) return source(offset);
-      return (await storeBody(this.deps.store, digest, info.size, offset)) ?? source(offset);
+      if (!info) return upstream(offset);
+      return (await storeBody(this.deps.store, digest, info.size, offset)) ?? upstream(offset);
     };
   }
 }

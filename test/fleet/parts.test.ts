@@ -11,7 +11,9 @@ import { join } from 'node:path';
 import { Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { configWithDefaults } from '../../src/config.js';
+import { FleetCoordinator } from '../../src/fleet/coordinator.js';
 import { Leases } from '../../src/fleet/leases.js';
+import { InflightDownloads, type InflightObserver } from '../../src/transfer/inflight.js';
 import { FleetReaders, TrackedBlobStore } from '../../src/fleet/readers.js';
 import { loadConfig } from '../../src/config.js';
 import { parse as parseYaml } from 'yaml';
@@ -31,6 +33,7 @@ import { waitFor } from '../helpers/wait.js';
 
 const DEFAULTS = readFileSync(new URL('../../config/default.yaml', import.meta.url), 'utf8');
 const SECRET = 'parts-secret-0123456789abcdef';
+const noInflightEvents: InflightObserver = { started() {}, joined() {}, resumed() {}, completed() {}, spilled() {}, failed() {} };
 
 describe.skipIf(requireTools('fleet leases', { 'redis-server': redisServerAvailable() }) !== undefined)('leases on a real Redis', () => {
   let redis: RedisServer;
@@ -72,6 +75,52 @@ describe.skipIf(requireTools('fleet leases', { 'redis-server': redisServerAvaila
     expect(await a.leases.whileHeld('evict', async () => 'ran')).toBe('ran');
     expect(await b.leases.acquire('evict')).toBe(true);
     expect(await a.leases.whileHeld('evict', async () => 'ran')).toBeUndefined();
+  });
+
+  it('the lease taken for a blob another replica stored meanwhile: read from the store, upstream not asked, no "owner" counted', async () => {
+    const { leases } = await replica('c');
+    const dir = await mkdtemp(join(tmpdir(), 'fleet-coord-'));
+    try {
+      const store = new FsBlobStore(join(dir, 'shared'));
+      await store.init();
+      const scratch = new FsBlobStore(join(dir, 'scratch'));
+      await scratch.init();
+      const roles: string[] = [];
+      let upstreamCalls = 0;
+      const coordinator = new FleetCoordinator({
+        link: links[links.length - 1]!,
+        leases,
+        main: new InflightDownloads({ store, observer: noInflightEvents }),
+        peers: new InflightDownloads({ store: scratch, observer: noInflightEvents }),
+        store,
+        peer: new PeerClient({ secret: SECRET, dispatcher: new Agent(), headersTimeoutMs: 1000, bodyIdleMs: 1000 }),
+        logger: silentLogger,
+        observer: { download: (role) => roles.push(role) },
+      });
+      const stored = pseudoRandomBytes(300_000, 'coord-stored');
+      const fresh = pseudoRandomBytes(200_000, 'coord-fresh');
+      await store.put(digestOf(stored), stored);
+      const source = (bytes: Buffer) => async (offset: number) => {
+        upstreamCalls++;
+        return { start: offset, size: bytes.length, body: (async function* () { yield bytes.subarray(offset); })(), cancel: () => undefined };
+      };
+      const read = async (digest: string, bytes: Buffer) => {
+        const dl = await coordinator.join(digest, 'docker.io/library/x', source(bytes));
+        await dl.ready;
+        const chunks: Buffer[] = [];
+        for await (const c of await dl.open()) chunks.push(c as Buffer);
+        await dl.finished;
+        return Buffer.concat(chunks);
+      };
+      expect((await read(digestOf(stored), stored)).equals(stored)).toBe(true);
+      expect(upstreamCalls).toBe(0);
+      expect(roles).toEqual([]);
+      expect((await read(digestOf(fresh), fresh)).equals(fresh)).toBe(true);
+      expect(upstreamCalls).toBe(1);
+      expect(roles).toEqual(['owner']);
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
   });
 
   it('reads of a blob on any replica keep it from eviction until the stream closes; a lock lets one evictor run', async () => {
