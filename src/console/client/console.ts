@@ -13,6 +13,9 @@
  */
 export {};
 
+// The JSON shapes of src/console/types.ts (DownloadInfo, UpstreamInfo, LiveSnapshot) as this script
+// receives them: declared again because the client compiles on its own (DOM types, no server modules).
+// A change there is a change here.
 interface Download { digest: string; origin: string; received: number; size: number | undefined }
 interface PrefetchImage { image: string; state: string; error?: string }
 interface PrefetchJob { id: string; state: string; images: PrefetchImage[]; totalBytes: number; bytes: number }
