@@ -97,6 +97,18 @@ export default defineConfig(
     },
   },
 
+  // The download thread's worker script is plain CommonJS (Node runs it as is, also under the tests).
+  {
+    files: ['**/*.cjs'],
+    ...tseslint.configs.disableTypeChecked,
+    languageOptions: {
+      ...tseslint.configs.disableTypeChecked.languageOptions,
+      sourceType: 'commonjs',
+      globals: { require: 'readonly', Buffer: 'readonly', setTimeout: 'readonly', clearTimeout: 'readonly' },
+    },
+    rules: { ...tseslint.configs.disableTypeChecked.rules, '@typescript-eslint/no-require-imports': 'off' },
+  },
+
   // Seams (src/ only; tests and the benchmark build whatever they need).
   { ...boundary(['src/**/*.ts']), ignores: ['src/main.ts', 'src/mirror.ts'] },
   boundary(['src/http/**/*.ts'], ban.storage, ban.upstream, ban.cache, ban.transfer, ban.undici, ban.fs),
@@ -104,4 +116,6 @@ export default defineConfig(
   boundary(['src/transfer/**/*.ts'], ban.registry, ban.http, ban.cache, ban.hono, ban.undici, ban.fs),
   boundary(['src/upstream/**/*.ts'], ban.registry, ban.storage, ban.http, ban.cache, ban.transfer, ban.hono, ban.fs),
   boundary(['src/storage/**/*.ts'], ban.registry, ban.upstream, ban.http, ban.cache, ban.transfer, ban.hono, ban.undici),
+  // The download thread implements transfer's BlobSinks over storage's ExternalAppend and upstream's BlobSink.
+  boundary(['src/offload/**/*.ts'], ban.registry, ban.http, ban.cache, ban.hono, ban.fs),
 );

@@ -82,7 +82,7 @@ async function main(argv: string[], env: NodeJS.ProcessEnv): Promise<void> {
   const logger = createLogger(config);
   let mirror: Awaited<ReturnType<typeof buildMirror>>;
   try {
-    mirror = await buildMirror(config, { logger, processMetrics: true });
+    mirror = await buildMirror(config, { logger, processMetrics: true, downloadThread: 'at-start' });
   } catch (e) {
     // An unreadable or invalid htpasswd, policy or token key file (auth): say which, and stop.
     if (e instanceof ConfigError || e instanceof HtpasswdError || e instanceof PolicyError) {

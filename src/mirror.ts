@@ -51,6 +51,7 @@ import type { CacheAdmin } from './lifecycle/types.js';
 import { UsageTracker } from './lifecycle/usage.js';
 import { Metrics } from './metrics.js';
 import type { Logger } from './observability/types.js';
+import { DownloadThread } from './offload/download-thread.js';
 import { InflightDownloads, type InflightObserver } from './transfer/inflight.js';
 import { NegativeCache } from './registry/negative-cache.js';
 import { Registry } from './registry/service.js';
@@ -67,6 +68,12 @@ import type { Upstream } from './upstream/types.js';
 
 export interface MirrorOptions {
   dispatcher?: Dispatcher;
+  /**
+   * Whether blob bodies are written by the download thread (offload/) when the mirror builds its own
+   * dispatcher: started at the first download ('lazy', the default), with the mirror ('at-start': the
+   * server, so its first cold download does not wait ~0.15 s for the worker), or never ('off').
+   */
+  downloadThread?: 'lazy' | 'at-start' | 'off';
   now?: () => number;
   logger?: Logger;
   promRegistry?: PromRegistry;
@@ -436,6 +443,10 @@ export async function openPrefetch(config: Config, opts: MirrorOptions = {}): Pr
   return { deps: mirror.prefetchDeps, close: () => mirror.close() };
 }
 
+/** The upstream Agent's keep-alive and connections per origin (also the download thread's). */
+const AGENT_KEEP_ALIVE_MS = 30_000;
+const AGENT_CONNECTIONS = 64;
+
 export async function buildMirror(config: Config, opts: MirrorOptions = {}): Promise<Mirror> {
   const now = opts.now ?? Date.now;
   const logger = opts.logger ?? silentLogger;
@@ -448,8 +459,8 @@ export async function buildMirror(config: Config, opts: MirrorOptions = {}): Pro
       connect: { timeout: config.timeouts.connect },
       headersTimeout: config.timeouts.headers,
       bodyTimeout: config.timeouts.bodyIdle,
-      keepAliveTimeout: 30_000,
-      connections: 64,
+      keepAliveTimeout: AGENT_KEEP_ALIVE_MS,
+      connections: AGENT_CONNECTIONS,
     });
   const promRegistry = opts.promRegistry ?? new PromRegistry();
   const stores = await openStores(
@@ -478,8 +489,19 @@ export async function buildMirror(config: Config, opts: MirrorOptions = {}): Pro
   const fleetLink = config.fleet.enabled ? await connectFleet(config, { logger, promRegistry, dispatcher }) : undefined;
   const lifecycle: Lifecycle = await buildLifecycle(config, stores, { now, logger, metrics, onDeleted: (d) => inflight.removed(d), ...(fleetLink ? { fleet: fleetLink.eviction } : {}) });
   const downloads = metrics.inflightObserver();
+  // Blob bodies are written off the event loop by a worker with its own Agent, built like ours: so
+  // only when we built ours (an injected dispatcher, as tests use for TLS or faults, is used as is).
+  const downloadThread =
+    ownDispatcher && opts.downloadThread !== 'off'
+      ? new DownloadThread({
+          agent: { connect: { timeout: config.timeouts.connect }, keepAliveTimeout: AGENT_KEEP_ALIVE_MS, connections: AGENT_CONNECTIONS },
+          onCrash: (e) => logger.error({ err: e.message }, 'the download thread stopped; the downloads it was writing failed'),
+        })
+      : undefined;
+  if (opts.downloadThread === 'at-start') downloadThread?.prestart();
   const inflight: InflightDownloads = new InflightDownloads({
     store: blobs,
+    ...(downloadThread ? { sinks: downloadThread } : {}),
     observer: {
       ...downloads,
       started: (digest) => {
@@ -673,6 +695,7 @@ export async function buildMirror(config: Config, opts: MirrorOptions = {}): Pro
       await rm(pidFile, { force: true });
       for (const g of guards) g.close();
       if (ownDispatcher) await dispatcher.close();
+      await downloadThread?.close();
       await stores.close();
     },
   };

@@ -39,7 +39,7 @@ export function limitUpstream(inner: Upstream, ctx: CallerContext, limiter: Rate
     getManifest: async (repo, reference, accept) => (take(), inner.getManifest(repo, reference, accept)),
     headManifest: async (repo, reference, accept) => (take(), inner.headManifest(repo, reference, accept)),
     headBlob: async (repo, digest) => (take(), inner.headBlob(repo, digest)),
-    getBlob: async (repo, digest, offset) => (take(), inner.getBlob(repo, digest, offset)),
+    getBlob: async (repo, digest, offset, sink) => (take(), inner.getBlob(repo, digest, offset, sink)),
     getTags: async (repo, n, last) => (take(), inner.getTags(repo, n, last)),
     getReferrers: async (repo, digest) => (take(), inner.getReferrers(repo, digest)),
   };

@@ -7,6 +7,7 @@ import type { Readable } from 'node:stream';
 import type { ByteRange } from '../storage/store.js';
 import { isUpstreamError } from '../upstream/errors.js';
 import type { BlobHead } from '../upstream/types.js';
+import type { BlobSource } from '../transfer/inflight.js';
 import { SingleFlight } from '../util/single-flight.js';
 import { RegistryContext, repoKey } from './context.js';
 import { resolveRanges, type RangeSpec } from './range.js';
@@ -147,7 +148,7 @@ export class BlobService {
       // Joining a download another repository started: confirm this one holds the blob first.
       await this.confirm(ref, digest);
     }
-    const source = (offset: number) => upstream.getBlob(ref.repo, digest, offset);
+    const source: BlobSource = (offset, sink) => upstream.getBlob(ref.repo, digest, offset, sink);
     const dl = deps.coordinator ? await deps.coordinator.join(digest, origin, source) : deps.inflight.join(digest, origin, source);
     await dl.ready;
     if (dl.origin === origin) await this.ctx.link(ref, [digest]);

@@ -7,7 +7,7 @@ import { mkdir, open, readdir, readFile, rename, rm, stat, statfs, unlink, type 
 import { dirname, join, relative } from 'node:path';
 import type { Readable } from 'node:stream';
 import { StorePaths, splitDigest } from './paths.js';
-import { DigestMismatchError, StoreFullError, type BlobInfo, type BlobStore, type BlobWriter, type ByteRange, type StatOptions } from './store.js';
+import { DigestMismatchError, StoreFullError, type BlobInfo, type BlobStore, type BlobWriter, type ByteRange, type ExternalAppend, type StatOptions } from './store.js';
 
 /**
  * Read sizes for served blobs. Big reads mean fewer syscalls and event-loop turns per byte (one
@@ -174,6 +174,8 @@ class FsBlobWriter implements BlobWriter {
   written = 0;
   private state: 'open' | 'committed' | 'aborted' = 'open';
   private closed = false;
+  /** Set once another thread appends to the file: its digest, once it said (null: hash the file). */
+  private externalHex: string | null | undefined;
 
   constructor(
     readonly digest: string,
@@ -186,6 +188,7 @@ class FsBlobWriter implements BlobWriter {
 
   async write(data: Uint8Array | Uint8Array[]): Promise<void> {
     if (this.state !== 'open') throw new Error('write after commit or abort');
+    if (this.externalHex !== undefined) throw new Error('write after handing the file to another thread');
     const chunks = Array.isArray(data) ? data : [data];
     const total = chunks.reduce((n, c) => n + c.length, 0);
     try {
@@ -214,6 +217,22 @@ class FsBlobWriter implements BlobWriter {
     }
   }
 
+  external(): ExternalAppend | undefined {
+    if (this.state !== 'open' || this.written !== 0 || this.externalHex !== undefined) return undefined;
+    this.externalHex = null;
+    return {
+      fd: this.handle.fd,
+      algorithm: this.digest.slice(0, this.digest.indexOf(':')),
+      appended: (position) => {
+        this.written = position;
+      },
+      finished: (hex) => {
+        this.externalHex = hex ?? null;
+      },
+      writeError: (e) => wrapWriteError(e),
+    };
+  }
+
   async readAt(position: number, length: number): Promise<Buffer> {
     const n = Math.max(0, Math.min(length, this.written - position));
     const buf = Buffer.allocUnsafe(n);
@@ -228,7 +247,8 @@ class FsBlobWriter implements BlobWriter {
 
   async commit(expectedSize?: number, onVerified?: () => void): Promise<void> {
     if (this.state !== 'open') throw new Error(`commit after ${this.state}`);
-    const actual = `${this.digest.slice(0, this.digest.indexOf(':'))}:${this.hash.digest('hex')}`;
+    const hex = this.externalHex === undefined ? this.hash.digest('hex') : (this.externalHex ?? (await this.hashFile()));
+    const actual = `${this.digest.slice(0, this.digest.indexOf(':'))}:${hex}`;
     if (actual !== this.digest || (expectedSize !== undefined && expectedSize !== this.written)) {
       await this.abort();
       throw new DigestMismatchError(this.digest, actual, this.written);
@@ -245,6 +265,17 @@ class FsBlobWriter implements BlobWriter {
       throw wrapWriteError(e);
     }
     this.state = 'committed';
+  }
+
+  /** The digest of the file's bytes [0, written), read back (when another thread's hash is not to be trusted). */
+  private async hashFile(): Promise<string> {
+    for (let pos = 0; pos < this.written; ) {
+      const part = await this.readAt(pos, 1024 * 1024);
+      if (part.length === 0) break;
+      this.hash.update(part);
+      pos += part.length;
+    }
+    return this.hash.digest('hex');
   }
 
   async abort(): Promise<void> {

@@ -116,4 +116,31 @@ export interface BlobWriter {
   abort(): Promise<void>;
   /** Releases the read handle; call once readers are done (after commit or abort). */
   close(): Promise<void>;
+  /**
+   * Lets another thread append to the temp file (the download thread, offload/), for a writer
+   * that has nothing written yet and keeps a plain local file (the filesystem store); undefined
+   * otherwise. After this, `write()` is not called again.
+   */
+  external?(): ExternalAppend | undefined;
+}
+
+/**
+ * A temp file another thread appends to. That thread writes at [position, ...) with positional
+ * writes and hashes what it writes; it must have stopped writing before the writer is committed,
+ * aborted or closed (the descriptor is closed then, and its number may be reused).
+ */
+export interface ExternalAppend {
+  /** The open descriptor of the temp file, for positional writes. */
+  readonly fd: number;
+  /** The digest's algorithm (`sha256`), for the other thread's hash. */
+  readonly algorithm: string;
+  /** The file now holds bytes [0, position): readAt() may read them. */
+  appended(position: number): void;
+  /**
+   * The other thread is done: its hex digest of [0, written), which commit() checks; undefined when
+   * its hash cannot be trusted (a failed write), and commit() then hashes the file itself.
+   */
+  finished(hex: string | undefined): void;
+  /** An error of the other thread's writes as this store reports it (ENOSPC: StoreFullError). */
+  writeError(e: Error): Error;
 }

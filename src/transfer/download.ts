@@ -181,6 +181,16 @@ export class Download {
   }
 
   /**
+   * Records bytes another thread wrote straight into the temp file (the writer already counts them):
+   * no chunk is kept here, readers read them from the file.
+   */
+  appendOnDisk(n: number): void {
+    this.received_ += n;
+    this.trim();
+    this.wakeSoon();
+  }
+
+  /**
    * Drops chunks no reader needs from memory. Stored: chunks in the temp file that every reader has
    * passed, or that lie more than KEEP_BEHIND behind what is on disk (readers that far back read the
    * file). Spilled: chunks in the temp file or passed by every reader (a spilled download paces

@@ -11,9 +11,9 @@
  */
 import type { Hash } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { StoreFullError } from '../storage/store.js';
+import { StoreFullError, type ExternalAppend } from '../storage/store.js';
 import { UpstreamError } from '../upstream/errors.js';
-import type { BlobBody } from '../upstream/types.js';
+import type { BlobBody, BlobSink, SunkBody } from '../upstream/types.js';
 import type { Download } from './download.js';
 import { isTransient, PassThroughAbandonedError } from './errors.js';
 import { WriteBehind } from './write-behind.js';
@@ -31,6 +31,23 @@ export interface ResumeBackoff {
 
 export const DEFAULT_RESUME_BACKOFF: ResumeBackoff = { baseMs: 100, maxMs: 4000, budgetMs: 30_000 };
 
+/** Where a download's bytes can go without crossing this thread (the download thread, offload/). */
+export interface BlobSinks {
+  /** A sink writing into `file` from its start. */
+  open(file: ExternalAppend): OpenSink;
+}
+
+/** A BlobSink bound to one temp file, for as many requests (resumes) as the download needs. */
+export interface OpenSink extends BlobSink {
+  /**
+   * No more requests: resolves once the other thread has stopped writing, with its digest of the
+   * bytes it wrote (hex), or undefined when it cannot vouch for them.
+   */
+  close(): Promise<string | undefined>;
+  /** Set once the other thread is gone (it died or was stopped): the download cannot go on. */
+  readonly failure: Error | undefined;
+}
+
 export interface FillOptions {
   /** How many attempts in a row that deliver no new byte are resumed before giving up (progress resets it). */
   maxResumes: number;
@@ -42,25 +59,41 @@ export interface FillOptions {
   onResume(offset: number): void;
   /** The store is full: switch the download to pass-through; returns the hash that will verify it. */
   onSpill(cause: unknown): Hash;
+  /** When set and the writer allows it, the bytes go to the temp file off this thread. */
+  sinks?: BlobSinks;
 }
 
 export class Fill {
   private readonly disk: WriteBehind | undefined;
   /** Bytes of the current body still to drop (upstream ignored the Range and started over). */
   private skip = 0;
+  /** The temp file as another thread writes it, and the sink doing so (until closed). */
+  private readonly ext: ExternalAppend | undefined;
+  private sink: OpenSink | undefined;
 
   constructor(
     private readonly dl: Download,
-    private readonly source: (offset: number) => Promise<BlobBody>,
+    private readonly source: (offset: number, sink?: BlobSink) => Promise<BlobBody>,
     private readonly opts: FillOptions,
     /** Set when the download is already a pass-through (the store was full from the start). */
     private hash: Hash | undefined,
   ) {
     this.disk = dl.writer && !dl.spilled ? new WriteBehind(dl.writer, WRITE_LAG, () => dl.trim()) : undefined;
+    this.ext = this.disk && opts.sinks ? dl.writer!.external?.() : undefined;
+    this.sink = this.ext ? opts.sinks!.open(this.ext) : undefined;
   }
 
   /** Copies the whole blob; returns the hash verifying a spilled download (undefined when stored). */
   async run(): Promise<Hash | undefined> {
+    try {
+      return await this.attempts();
+    } finally {
+      // Before the writer is committed or aborted: the other thread must have stopped writing.
+      await this.closeSink();
+    }
+  }
+
+  private async attempts(): Promise<Hash | undefined> {
     const now = this.opts.now ?? (() => performance.now());
     const backoff = this.opts.backoff ?? DEFAULT_RESUME_BACKOFF;
     let fruitless = 0;
@@ -96,8 +129,9 @@ export class Fill {
     const { dl } = this;
     let body: BlobBody;
     try {
-      body = await this.source(dl.received);
+      body = await this.source(dl.received, this.sink && !dl.spilled ? this.sink : undefined);
     } catch (e) {
+      if (this.sink?.failure) throw this.sink.failure;
       // Failing before any body is the request's answer (a 404, a refusal): not retried here.
       if (dl.state === 'starting' || !isTransient(e)) throw e;
       throw new ResumableFailure(e);
@@ -113,6 +147,7 @@ export class Fill {
 
   /** Copies one body to the end of the blob; a transient failure is a ResumableFailure; throws what cannot be mended. */
   private async copy(body: BlobBody): Promise<void> {
+    if (body.direct) return this.copyDirect(body.direct);
     const { dl } = this;
     try {
       for await (const chunk of body.body) await this.take(chunk, body);
@@ -124,6 +159,35 @@ export class Fill {
       if (!isTransient(e)) throw e;
       throw new ResumableFailure(e);
     }
+  }
+
+  /** copy() for a body written to the temp file by the other thread: only the counts come here. */
+  private async copyDirect(direct: SunkBody): Promise<void> {
+    const { dl } = this;
+    const skip = this.skip;
+    this.skip = 0;
+    try {
+      await direct.write(skip, (n) => dl.appendOnDisk(n));
+      if (dl.size !== undefined && dl.received < dl.size) throw new Error(`upstream body ended at ${dl.received} of ${dl.size} bytes`);
+    } catch (e) {
+      direct.cancel();
+      if (this.sink?.failure) throw this.sink.failure;
+      if (dl.size !== undefined && dl.received >= dl.size && !(e instanceof StoreFullError)) return;
+      if (e instanceof StoreFullError) {
+        // The rest comes through this thread as a pass-through, by a Range resume from what is on disk.
+        await this.spillNow(e);
+        throw new ResumableFailure(e);
+      }
+      if (!isTransient(e)) throw e;
+      throw new ResumableFailure(e);
+    }
+  }
+
+  private async closeSink(): Promise<void> {
+    const sink = this.sink;
+    if (!sink) return;
+    this.sink = undefined;
+    this.ext!.finished(await sink.close());
   }
 
   /** One chunk: to the temp file (unless spilled), to the hash (when spilled), to the readers. */
@@ -159,6 +223,7 @@ export class Fill {
   private async spillNow(e: unknown): Promise<void> {
     if (!(e instanceof StoreFullError)) throw e;
     const { dl } = this;
+    await this.closeSink();
     const hash = this.opts.onSpill(e);
     this.hash = hash;
     for (let pos = 0; pos < dl.writer!.written; ) {

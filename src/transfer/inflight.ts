@@ -9,17 +9,21 @@ import { createHash, type Hash } from 'node:crypto';
 import type { BlobStore } from '../storage/store.js';
 import { DigestMismatchError, StoreFullError } from '../storage/store.js';
 import { UpstreamError } from '../upstream/errors.js';
-import type { BlobBody } from '../upstream/types.js';
+import type { BlobBody, BlobSink } from '../upstream/types.js';
 import { Download } from './download.js';
-import { Fill } from './fill.js';
+import { Fill, type BlobSinks } from './fill.js';
 
 
 export { Download } from './download.js';
 export { PassThroughAbandonedError } from './errors.js';
+export type { BlobSinks, OpenSink } from './fill.js';
 
 
-/** Opens the upstream body at an offset (a Range resume when offset > 0). */
-export type BlobSource = (offset: number) => Promise<BlobBody>;
+/**
+ * Opens the upstream body at an offset (a Range resume when offset > 0). A source that can, sends
+ * the GET through `sink` (its body then comes as `BlobBody.direct`); one that cannot ignores it.
+ */
+export type BlobSource = (offset: number, sink?: BlobSink) => Promise<BlobBody>;
 
 /**
  * What the blob path asks before a download starts, when something beyond this process decides who
@@ -49,6 +53,11 @@ export interface InflightOptions {
   maxResumes?: number;
   /** How long a finished download stays joinable (bridges the gap until its blob is seen on disk). */
   lingerMs?: number;
+  /**
+   * Where a download's bytes can go without crossing this thread (the download thread, offload/):
+   * used when the store's writer allows it (BlobWriter.external) and the source takes a sink.
+   */
+  sinks?: BlobSinks;
 }
 
 export class InflightDownloads {
@@ -120,7 +129,12 @@ export class InflightDownloads {
         if (!(e instanceof StoreFullError)) throw e;
         hash = this.spill(dl, e);
       }
-      hash = await new Fill(dl, source, { maxResumes: this.maxResumes, onResume: (at) => this.opts.observer.resumed(dl.digest, at), onSpill: (e) => this.spill(dl, e) }, hash).run();
+      hash = await new Fill(
+        dl,
+        source,
+        { maxResumes: this.maxResumes, onResume: (at) => this.opts.observer.resumed(dl.digest, at), onSpill: (e) => this.spill(dl, e), ...(this.opts.sinks ? { sinks: this.opts.sinks } : {}) },
+        hash,
+      ).run();
       if (dl.spilled) {
         const actual = `${dl.digest.slice(0, dl.digest.indexOf(':'))}:${hash!.digest('hex')}`;
         if (actual !== dl.digest || (dl.size !== undefined && dl.size !== dl.received)) throw new DigestMismatchError(dl.digest, actual, dl.received);

@@ -19,7 +19,7 @@
  * answers them, in the background); only a failure opens an offline period.
  */
 import { UpstreamError } from './errors.js';
-import type { BlobBody, BlobHead, ManifestHead, ManifestResult, TagsPage, Upstream } from './types.js';
+import type { BlobBody, BlobHead, BlobSink, ManifestHead, ManifestResult, TagsPage, Upstream } from './types.js';
 
 /** Asks the upstream whether it answers at all; resolves when it answered like a registry (any status below 500). */
 export interface Probe {
@@ -140,8 +140,8 @@ export class AvailabilityGuard implements Upstream {
     return this.guard(() => this.inner.headBlob(repo, digest));
   }
 
-  getBlob(repo: string, digest: string, offset: number): Promise<BlobBody> {
-    return this.guard(() => this.inner.getBlob(repo, digest, offset));
+  getBlob(repo: string, digest: string, offset: number, sink?: BlobSink): Promise<BlobBody> {
+    return this.guard(() => this.inner.getBlob(repo, digest, offset, sink));
   }
 
   getTags(repo: string, n: number | undefined, last: string | undefined): Promise<TagsPage> {

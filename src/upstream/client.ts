@@ -4,11 +4,12 @@
  * another host), Range resumes, rate-limit headers and turning every failure into a classified
  * UpstreamError (see errors.ts).
  */
+import { Readable } from 'node:stream';
 import type { Dispatcher } from 'undici';
 import { readLimited, UpstreamAuth, type Credentials } from './auth.js';
 import { parseChallenge } from './challenge.js';
 import { UpstreamError } from './errors.js';
-import type { BlobBody, BlobHead, ErrorClass, ManifestHead, ManifestResult, RequestKind, TagsPage, Upstream, UpstreamObserver } from './types.js';
+import type { BlobBody, BlobHead, BlobSink, ErrorClass, ManifestHead, ManifestResult, RequestKind, SunkBody, TagsPage, Upstream, UpstreamObserver } from './types.js';
 
 /** Bytes a blob body buffers before undici stops reading its socket (undici's default is 64 KiB). */
 const BLOB_HIGH_WATER_MARK = 1024 * 1024;
@@ -34,7 +35,17 @@ const REDIRECTS = new Set([301, 302, 303, 307, 308]);
 interface Exchange {
   status: number;
   headers: Record<string, string | string[] | undefined>;
-  body: Dispatcher.ResponseData['body'];
+  body: Readable;
+  /** A 200/206 blob body that went to a sink instead of `body` (empty then). */
+  direct?: SunkBody | undefined;
+}
+
+/** One answer before redirects are followed. */
+interface Answer {
+  statusCode: number;
+  headers: Record<string, string | string[] | undefined>;
+  body: Readable;
+  direct?: SunkBody | undefined;
 }
 
 export class UpstreamClient implements Upstream {
@@ -94,16 +105,17 @@ export class UpstreamClient implements Upstream {
     return { size: intHeader(res.headers['content-length']) };
   }
 
-  async getBlob(repo: string, digest: string, offset: number): Promise<BlobBody> {
+  async getBlob(repo: string, digest: string, offset: number, sink?: BlobSink): Promise<BlobBody> {
     const headers: Record<string, string> = { 'accept-encoding': 'identity' };
     if (offset > 0) headers.range = `bytes=${offset}-`;
-    const res = await this.send('blob', 'GET', repo, `blobs/${digest}`, headers);
+    const res = await this.send('blob', 'GET', repo, `blobs/${digest}`, headers, sink);
     let start = 0;
     let size: number | undefined;
     if (res.status === 206) {
       const cr = /^bytes (\d+)-(\d+)\/(\d+|\*)$/.exec(str(res.headers['content-range']) ?? '');
       if (!cr) {
         discard(res.body);
+        res.direct?.cancel();
         throw new UpstreamError('protocol', this.name, 'upstream sent a 206 without a valid Content-Range');
       }
       start = Number(cr[1]);
@@ -115,6 +127,23 @@ export class UpstreamClient implements Upstream {
     }
     const observer = this.opts.observer;
     const name = this.name;
+    const direct = res.direct;
+    if (direct) {
+      return {
+        start,
+        size,
+        body: Readable.from([]),
+        cancel: () => direct.cancel(),
+        direct: {
+          write: (skip, onBytes) =>
+            direct.write(skip, (n) => {
+              observer.bytes(name, n);
+              onBytes(n);
+            }),
+          cancel: () => direct.cancel(),
+        },
+      };
+    }
     const body = res.body;
     async function* counted(): AsyncIterable<Uint8Array> {
       for await (const c of body as AsyncIterable<Buffer>) {
@@ -183,12 +212,12 @@ export class UpstreamClient implements Upstream {
   }
 
   /** One authorized request: a cached token if any; on 401, answer the challenge and retry once. */
-  private async send(kind: RequestKind, method: Dispatcher.HttpMethod, repo: string, rest: string, headers: Record<string, string>): Promise<Exchange> {
+  private async send(kind: RequestKind, method: Dispatcher.HttpMethod, repo: string, rest: string, headers: Record<string, string>, sink?: BlobSink): Promise<Exchange> {
     const scope = `repository:${repo}:pull`;
     const url = new URL(`${this.base.pathname.replace(/\/$/, '')}/v2/${repo}/${rest}`, this.base);
     let authorization = await this.auth.headerFor(scope);
     for (let attempt = 0; ; attempt++) {
-      const res = await this.exchange(kind, method, url, authorization ? { ...headers, authorization } : headers);
+      const res = await this.exchange(kind, method, url, authorization ? { ...headers, authorization } : headers, sink);
       if (res.status !== 401 || attempt > 0) return res;
       discard(res.body);
       const next = await this.auth.answer(parseChallenge(str(res.headers['www-authenticate'])), scope, authorization);
@@ -198,23 +227,14 @@ export class UpstreamClient implements Upstream {
   }
 
   /** Sends one request, following redirects itself so credentials never reach another host. */
-  private async exchange(kind: RequestKind, method: Dispatcher.HttpMethod, first: URL, headers: Record<string, string>): Promise<Exchange> {
+  private async exchange(kind: RequestKind, method: Dispatcher.HttpMethod, first: URL, headers: Record<string, string>, sink: BlobSink | undefined): Promise<Exchange> {
     let url = first;
     let hdrs = headers;
     const started = performance.now();
     for (let hop = 0; hop <= MAX_REDIRECTS; hop++) {
-      let res: Dispatcher.ResponseData;
+      let res: Answer;
       try {
-        res = await this.opts.dispatcher.request({
-          origin: url.origin,
-          path: url.pathname + url.search,
-          method,
-          headers: { ...hdrs, 'user-agent': this.opts.userAgent },
-          headersTimeout: this.opts.timeouts.headers,
-          bodyTimeout: this.opts.timeouts.bodyIdle,
-          // A blob body may buffer more before undici pauses the socket: fewer pause/resume turns.
-          ...(kind === 'blob' && method === 'GET' ? { highWaterMark: BLOB_HIGH_WATER_MARK } : {}),
-        });
+        res = await this.requestOnce(kind, method, url, hdrs, sink);
       } catch (e) {
         const timeout = isTimeout(e);
         this.observe(kind, 0, started, timeout ? 'timeout' : 'network');
@@ -244,10 +264,31 @@ export class UpstreamClient implements Upstream {
         continue;
       }
       this.observe(kind, res.statusCode, started, classify(res.statusCode));
-      return { status: res.statusCode, headers: res.headers, body: res.body };
+      return { status: res.statusCode, headers: res.headers, body: res.body, direct: res.direct };
     }
     this.observe(kind, 0, started, 'redirect');
     throw new UpstreamError('protocol', this.name, `upstream ${this.name} redirected more than ${MAX_REDIRECTS} times`);
+  }
+
+  /** One request, no redirect followed: a blob GET through the sink when there is one, else through the dispatcher. */
+  private async requestOnce(kind: RequestKind, method: Dispatcher.HttpMethod, url: URL, hdrs: Record<string, string>, sink: BlobSink | undefined): Promise<Answer> {
+    const headers = { ...hdrs, 'user-agent': this.opts.userAgent };
+    const { headers: headersTimeout, bodyIdle: bodyTimeout } = this.opts.timeouts;
+    const blobGet = kind === 'blob' && method === 'GET';
+    if (sink && blobGet) {
+      const a = await sink.request({ origin: url.origin, path: url.pathname + url.search, headers, headersTimeout, bodyTimeout });
+      return { statusCode: a.status, headers: a.headers, body: Readable.from(a.text === '' ? [] : [Buffer.from(a.text)]), direct: a.body };
+    }
+    return this.opts.dispatcher.request({
+      origin: url.origin,
+      path: url.pathname + url.search,
+      method,
+      headers,
+      headersTimeout,
+      bodyTimeout,
+      // A blob body may buffer more before undici pauses the socket: fewer pause/resume turns.
+      ...(blobGet ? { highWaterMark: BLOB_HIGH_WATER_MARK } : {}),
+    });
   }
 
   private observe(kind: RequestKind, status: number, started: number, errorClass: ErrorClass | undefined): void {
@@ -335,7 +376,7 @@ function errorCode(e: unknown): string {
 }
 
 /** Drops a body we do not want; the abort error it raises has nowhere useful to go. */
-function discard(body: Dispatcher.ResponseData['body']): void {
+function discard(body: Readable): void {
   body.on('error', () => undefined);
   body.destroy();
 }

@@ -26,6 +26,50 @@ export interface BlobBody {
   body: AsyncIterable<Uint8Array>;
   /** Stops the transfer and releases the connection. */
   cancel(): void;
+  /**
+   * Set when the GET went through a BlobSink: the bytes do not come through `body` (which is
+   * empty) but go straight into the sink's file once `write` is called.
+   */
+  direct?: SunkBody;
+}
+
+/**
+ * A blob GET made elsewhere (the download thread, offload/), whose 200/206 body is written into a
+ * file there and never crosses this thread. One request per call, no redirect followed: the
+ * upstream client keeps auth, redirects and statuses.
+ */
+export interface BlobSink {
+  /** Rejects when no answer came; the error carries the HTTP client's `code` (timeouts, resets). */
+  request(req: SinkRequest): Promise<SinkAnswer>;
+}
+
+export interface SinkRequest {
+  origin: string;
+  /** Path and query. */
+  path: string;
+  headers: Record<string, string>;
+  headersTimeout: number;
+  bodyTimeout: number;
+}
+
+export interface SinkAnswer {
+  status: number;
+  headers: Record<string, string | string[] | undefined>;
+  /** The body of any other answer than 200/206, up to 64 KiB. */
+  text: string;
+  /** A 200/206 body, held back until `write` or `cancel`. */
+  body: SunkBody | undefined;
+}
+
+export interface SunkBody {
+  /**
+   * Writes the body into the sink's file, less its first `skip` bytes; `onBytes(n)` as each n bytes
+   * reach the file. Resolves once the body is complete and written; rejects when the body or a
+   * write fails (bytes written before a cut stay written and counted).
+   */
+  write(skip: number, onBytes: (n: number) => void): Promise<void>;
+  /** Stops the transfer; bytes already received are written first. */
+  cancel(): void;
 }
 
 export interface TagsPage {
@@ -46,8 +90,11 @@ export interface Upstream {
   headManifest(repo: string, reference: string, accept: string[]): Promise<ManifestHead>;
   /** Confirms a blob exists in the repository without downloading it. */
   headBlob(repo: string, digest: string): Promise<BlobHead>;
-  /** Starts a blob download at `offset` (Range), following redirects to other hosts without credentials. */
-  getBlob(repo: string, digest: string, offset: number): Promise<BlobBody>;
+  /**
+   * Starts a blob download at `offset` (Range), following redirects to other hosts without
+   * credentials. With a sink, a 200/206 body goes there (`BlobBody.direct`) instead of through `body`.
+   */
+  getBlob(repo: string, digest: string, offset: number, sink?: BlobSink): Promise<BlobBody>;
   getTags(repo: string, n: number | undefined, last: string | undefined): Promise<TagsPage>;
   /** The referrers index, or undefined when upstream does not implement the referrers API. */
   getReferrers(repo: string, digest: string): Promise<unknown>;

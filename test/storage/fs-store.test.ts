@@ -1,6 +1,6 @@
 import { execFileSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { existsSync } from 'node:fs';
+import { existsSync, writeSync } from 'node:fs';
 import { mkdir, mkdtemp, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join, relative } from 'node:path';
@@ -95,6 +95,78 @@ describe('FsBlobStore on disk', () => {
     } finally {
       await w.close();
     }
+  });
+
+  describe('a temp file another thread appends to (external)', () => {
+    /** Writes as the download thread does: positional writes on the descriptor, then the counts. */
+    async function appendElsewhere(bytes: Buffer, hex: (real: string) => string | undefined): Promise<{ w: Awaited<ReturnType<FsBlobStore['createWriter']>>; read: Buffer }> {
+      const w = await store.createWriter(digestOf(bytes));
+      const ext = w.external!()!;
+      expect(ext.algorithm).toBe('sha256');
+      const half = bytes.length >> 1;
+      writeSync(ext.fd, bytes, 0, half, 0);
+      ext.appended(half);
+      expect(w.written).toBe(half);
+      const read = await w.readAt(0, bytes.length);
+      writeSync(ext.fd, bytes, half, bytes.length - half, half);
+      ext.appended(bytes.length);
+      ext.finished(hex(digestOf(bytes).slice('sha256:'.length)));
+      return { w, read };
+    }
+
+    it('reads back what was appended, and commits with the digest the other thread computed', async () => {
+      const bytes = randomBytes(100_000);
+      const { w, read } = await appendElsewhere(bytes, (real) => real);
+      try {
+        // Only what `appended` announced is readable.
+        expect(read.equals(bytes.subarray(0, 50_000))).toBe(true);
+        await expect(w.write(Buffer.from('x'))).rejects.toThrow(/another thread/);
+        await w.commit(bytes.length);
+        expect((await store.read(digestOf(bytes)))!.equals(bytes)).toBe(true);
+      } finally {
+        await w.close();
+      }
+    });
+
+    it('keeps nothing when the other thread says another digest', async () => {
+      const bytes = randomBytes(10_000);
+      const { w } = await appendElsewhere(bytes, () => '0'.repeat(64));
+      try {
+        await expect(w.commit(bytes.length)).rejects.toThrow(/digest mismatch/);
+        expect(await store.stat(digestOf(bytes))).toBeUndefined();
+        expect(await readdir(join(root, 'tmp'))).toEqual([]);
+      } finally {
+        await w.close();
+      }
+    });
+
+    it('hashes the file itself when the other thread cannot vouch for its hash', async () => {
+      const bytes = randomBytes(3 * 1024 * 1024 + 5);
+      const { w } = await appendElsewhere(bytes, () => undefined);
+      try {
+        await w.commit(bytes.length);
+        expect(await store.stat(digestOf(bytes))).toEqual({ digest: digestOf(bytes), size: bytes.length });
+      } finally {
+        await w.close();
+      }
+    });
+
+    it('is offered only before anything was written, and once', async () => {
+      const w = await store.createWriter(digestOf(Buffer.from('ab')));
+      try {
+        await w.write(Buffer.from('a'));
+        expect(w.external!()).toBeUndefined();
+      } finally {
+        await w.close();
+      }
+      const w2 = await store.createWriter(digestOf(Buffer.from('ab')));
+      try {
+        expect(w2.external!()).toBeDefined();
+        expect(w2.external!()).toBeUndefined();
+      } finally {
+        await w2.close();
+      }
+    });
   });
 
   it('creates nothing outside its root', async () => {

@@ -1,0 +1,279 @@
+'use strict';
+/**
+ * The download thread, started by offload/download-thread.ts. It makes blob GETs with its own undici
+ * Agent and writes a 200/206 body straight into the download's temp file, hashing it on the way, so
+ * a cold download's bytes never cross the main thread: its socket reads, their buffers, the hash and
+ * the writes cost the event loop nothing (bench/RESULTS.md, workload 5). The main thread keeps every
+ * decision (auth, redirects, statuses, resumes, verification); this file only moves bytes.
+ *
+ * Plain JavaScript, not TypeScript: a worker needs a file Node runs as is, also under the tests.
+ *
+ * Messages in (from download-thread.ts):
+ *   {op:'sink', sid, fd, position, algorithm} a temp file open for writing at `position` (hashing starts there)
+ *   {op:'get', rid, sid, origin, path, headers, headersTimeout, bodyTimeout}
+ *   {op:'go', rid, skip, at}                 write the parked 200/206 body into its sink (at `at`), less `skip` bytes
+ *   {op:'cancel', rid}                       abort the request
+ *   {op:'close', sid}                        the sink is done: report its bytes and digest, forget it
+ * Messages out:
+ *   {op:'head', rid, status, headers, text}  the answer (a non-2xx body, up to 64 KiB, in `text`)
+ *   {op:'progress', sid, position}           bytes [0, position) of the file are written
+ *   {op:'end', rid}                          the body is complete and written
+ *   {op:'error', rid, error}                 the request failed ({name, code, message})
+ *   {op:'closed', sid, position, hex}
+ */
+const { parentPort, workerData } = require('node:worker_threads');
+const { createHash } = require('node:crypto');
+const { writevSync } = require('node:fs');
+const { Agent } = require(workerData.undici);
+
+/** Bytes gathered before one write: fewer syscalls than one per socket read (64 KiB). */
+const BATCH = 256 * 1024;
+/** A partial batch is written after this long, so readers at the live edge of a slow download see it. */
+const BATCH_DELAY_MS = 10;
+const MAX_ERROR_BODY = 64 * 1024;
+
+const agent = new Agent(workerData.agent);
+/** sid -> { fd, position, hash, batch, batchBytes, timer, broken } */
+const sinks = new Map();
+/** rid -> { sid, controller, phase, queued, ended, skip, captured, capturedBytes, cancelled } */
+const requests = new Map();
+
+parentPort.on('message', (m) => {
+  switch (m.op) {
+    case 'sink':
+      sinks.set(m.sid, { fd: m.fd, position: m.position, hash: createHash(m.algorithm), batch: [], batchBytes: 0, timer: undefined, broken: false });
+      break;
+    case 'get':
+      get(m);
+      break;
+    case 'go':
+      go(m.rid, m.skip, m.at);
+      break;
+    case 'cancel':
+      cancel(m.rid);
+      break;
+    case 'close':
+      close(m.sid);
+      break;
+  }
+});
+
+function get(m) {
+  const st = { sid: m.sid, controller: undefined, phase: 'head', queued: [], ended: false, skip: 0, captured: [], capturedBytes: 0, cancelled: false };
+  requests.set(m.rid, st);
+  const opts = { origin: m.origin, path: m.path, method: 'GET', headers: m.headers, headersTimeout: m.headersTimeout, bodyTimeout: m.bodyTimeout };
+  try {
+    agent.dispatch(opts, handler(m.rid, st));
+  } catch (e) {
+    fail(m.rid, st, e);
+  }
+}
+
+function handler(rid, st) {
+  return {
+    onRequestStart(controller) {
+      st.controller = controller;
+      if (st.cancelled) controller.abort(new Error('cancelled'));
+    },
+    onResponseStart(controller, status, headers) {
+      if (st.cancelled) return;
+      st.status = status;
+      st.headers = headers;
+      if (status === 200 || status === 206) {
+        // Parked until the main thread has checked the answer (Content-Range, size) and says go.
+        st.phase = 'parked';
+        controller.pause();
+        post({ op: 'head', rid, status, headers: plain(headers), text: '' });
+      } else {
+        st.phase = 'capture';
+      }
+    },
+    onResponseData(controller, chunk) {
+      if (st.cancelled) return;
+      if (st.phase === 'parked') st.queued.push(chunk);
+      else if (st.phase === 'writing') take(rid, st, chunk);
+      else if (st.phase === 'capture') {
+        if (st.capturedBytes + chunk.length > MAX_ERROR_BODY) {
+          st.captured.push(chunk.subarray(0, MAX_ERROR_BODY - st.capturedBytes));
+          answer(rid, st);
+          controller.abort(new Error('error body too long'));
+          return;
+        }
+        st.captured.push(chunk);
+        st.capturedBytes += chunk.length;
+      }
+    },
+    onResponseEnd() {
+      if (st.cancelled) return;
+      if (st.phase === 'capture') answer(rid, st);
+      else if (st.phase === 'parked') st.ended = true;
+      else if (st.phase === 'writing') finish(rid, st);
+    },
+    onResponseError(_controller, err) {
+      if (st.cancelled || st.phase === 'done') return;
+      // Bytes received before the cut are good: they reach the file, so a Range resume continues
+      // the file and the hash exactly where the main thread's count says.
+      if (st.phase === 'writing' && !flush(rid, st, sinks.get(st.sid))) return;
+      fail(rid, st, err);
+    },
+  };
+}
+
+/** A non-2xx answer with what its body said; the request is over. */
+function answer(rid, st) {
+  st.phase = 'done';
+  requests.delete(rid);
+  post({ op: 'head', rid, status: st.status, headers: plain(st.headers), text: Buffer.concat(st.captured).toString('utf8') });
+}
+
+function go(rid, skip, at) {
+  const st = requests.get(rid);
+  if (!st || st.phase !== 'parked') return;
+  const sink = sinks.get(st.sid);
+  if (!sink || sink.position !== at) {
+    // The main thread counts bytes the file does not hold, or the other way round: never guess.
+    fail(rid, st, new Error(`the download thread's file is at ${sink?.position}, not at ${at}`));
+    st.controller?.abort(new Error('position mismatch'));
+    return;
+  }
+  st.phase = 'writing';
+  st.skip = skip;
+  const queued = st.queued;
+  st.queued = [];
+  for (const c of queued) {
+    take(rid, st, c);
+    if (st.phase !== 'writing') return;
+  }
+  if (st.ended) finish(rid, st);
+  else st.controller.resume();
+}
+
+/** One chunk of a 2xx body: hashed now (while it is in the CPU cache), written with its batch. */
+function take(rid, st, chunk) {
+  let c = chunk;
+  if (st.skip > 0) {
+    const n = Math.min(st.skip, c.length);
+    st.skip -= n;
+    c = c.subarray(n);
+    if (c.length === 0) return;
+  }
+  const sink = sinks.get(st.sid);
+  if (!sink) {
+    fail(rid, st, new Error('the sink was closed'));
+    st.controller?.abort(new Error('sink closed'));
+    return;
+  }
+  sink.hash.update(c);
+  sink.batch.push(c);
+  sink.batchBytes += c.length;
+  if (sink.batchBytes >= BATCH) {
+    if (!flush(rid, st, sink)) return;
+  } else if (sink.timer === undefined) {
+    sink.timer = setTimeout(() => {
+      sink.timer = undefined;
+      if (st.phase === 'writing') flush(rid, st, sink);
+    }, BATCH_DELAY_MS);
+  }
+}
+
+/** Writes the sink's batch; false (and the request failed) when the write failed, e.g. ENOSPC. */
+function flush(rid, st, sink) {
+  if (!sink) {
+    fail(rid, st, new Error('the sink was closed'));
+    st.controller?.abort(new Error('sink closed'));
+    return false;
+  }
+  if (sink.timer !== undefined) {
+    clearTimeout(sink.timer);
+    sink.timer = undefined;
+  }
+  if (sink.batchBytes === 0) return true;
+  let parts = sink.batch;
+  const total = sink.batchBytes;
+  sink.batch = [];
+  sink.batchBytes = 0;
+  try {
+    let done = 0;
+    while (done < total) {
+      const n = writevSync(sink.fd, parts, sink.position + done);
+      done += n;
+      if (done < total) parts = rest(parts, n);
+    }
+  } catch (e) {
+    sink.broken = true;
+    // What reached the file before the failure is not known exactly: the main thread re-reads
+    // [0, position) and hashes it itself before anything else is decided (fill.ts, spill).
+    fail(rid, st, e);
+    st.controller?.abort(e);
+    return false;
+  }
+  sink.position += total;
+  post({ op: 'progress', sid: st.sid, position: sink.position });
+  return true;
+}
+
+function finish(rid, st) {
+  const sink = sinks.get(st.sid);
+  if (!flush(rid, st, sink)) return;
+  st.phase = 'done';
+  requests.delete(rid);
+  post({ op: 'end', rid });
+}
+
+function cancel(rid) {
+  const st = requests.get(rid);
+  if (!st) return;
+  // Batched bytes are written first: the file and the hash stay in step for a resume.
+  if (st.phase === 'writing') flush(rid, st, sinks.get(st.sid));
+  st.cancelled = true;
+  requests.delete(rid);
+  st.controller?.abort(new Error('cancelled'));
+}
+
+function close(sid) {
+  const sink = sinks.get(sid);
+  if (!sink) return;
+  // Nothing may write into the file after this (its descriptor is closed next, and reused).
+  for (const [rid, st] of requests) {
+    if (st.sid !== sid) continue;
+    st.cancelled = true;
+    requests.delete(rid);
+    st.controller?.abort(new Error('sink closed'));
+  }
+  if (sink.timer !== undefined) clearTimeout(sink.timer);
+  sinks.delete(sid);
+  // After a failed write the hash covers bytes the file may not hold: no digest then.
+  post({ op: 'closed', sid, position: sink.position, hex: sink.broken || sink.batchBytes > 0 ? undefined : sink.hash.digest('hex') });
+}
+
+function fail(rid, st, e) {
+  st.phase = 'done';
+  requests.delete(rid);
+  post({ op: 'error', rid, error: { name: e?.name ?? 'Error', code: typeof e?.code === 'string' ? e.code : undefined, message: String(e?.message ?? e) } });
+}
+
+/** The parts of a short write's batch still to write after its first `n` bytes. */
+function rest(parts, n) {
+  const out = [];
+  let skip = n;
+  for (const p of parts) {
+    if (skip >= p.length) {
+      skip -= p.length;
+      continue;
+    }
+    out.push(skip > 0 ? p.subarray(skip) : p);
+    skip = 0;
+  }
+  return out;
+}
+
+/** undici's headers object as plain data for postMessage. */
+function plain(headers) {
+  const out = {};
+  for (const [k, v] of Object.entries(headers ?? {})) out[k] = Array.isArray(v) ? v.map(String) : String(v);
+  return out;
+}
+
+function post(m) {
+  parentPort.postMessage(m);
+}
