@@ -64,6 +64,7 @@ export class DownloadThread implements BlobSinks {
     const sid = this.next++;
     const sink: Sink = { file, position: 0, onBytes: undefined };
     this.sinks.set(sid, sink);
+    this.holdOpen();
     worker.postMessage({ op: 'sink', sid, fd: file.fd, position: 0, algorithm: file.algorithm });
     return {
       get failure() {
@@ -107,7 +108,7 @@ export class DownloadThread implements BlobSinks {
     if (this.stopping) throw new Error('the download thread was stopped');
     const undici = createRequire(import.meta.url).resolve('undici');
     const worker = new Worker(new URL('./thread.cjs', import.meta.url), { workerData: { undici, agent: this.opts.agent } });
-    // Downloads keep the process busy through their sockets to clients; the worker alone does not.
+    // An idle worker does not keep the process alive; one with downloads does (holdOpen).
     worker.unref();
     worker.on('message', (m: FromThread) => this.onMessage(worker, m));
     const died = (e: Error) => {
@@ -164,6 +165,7 @@ export class DownloadThread implements BlobSinks {
         const sink = this.sinks.get(m.sid);
         if (!sink) return;
         this.sinks.delete(m.sid);
+        this.holdOpen();
         sink.closed?.(m.hex);
         return;
       }
@@ -194,6 +196,16 @@ export class DownloadThread implements BlobSinks {
         r.written?.reject(new Error('cancelled'));
       },
     };
+  }
+
+  /**
+   * Keeps the process alive while downloads are open: their sockets live in the worker, and a
+   * command may have nothing else to wait on. (`regmirror prefetch --data-dir` keeps itself alive
+   * today, test/ops/prefetch-process.test.ts; this does not rely on it.)
+   */
+  private holdOpen(): void {
+    if (this.sinks.size > 0) this.worker?.ref();
+    else this.worker?.unref();
   }
 
   private failAll(e: Error): void {
