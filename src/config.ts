@@ -146,6 +146,8 @@ export interface Config {
   admin: { listen: { host: string; port: number } | undefined };
   /** How blobs leave the mirror. */
   serve: ServeConfig;
+  /** Cold blob bodies are written to the filesystem store by a worker thread (src/offload/), off the event loop. */
+  downloads: { thread: boolean };
   /** Largest manifest accepted from upstream (bytes); largest `n` of a page. */
   limits: { maxManifestBytes: number; maxPageSize: number };
   /** Milliseconds; `revalidate` is how long a tag revalidation may hold a client before the cached copy is served. */
@@ -228,6 +230,7 @@ export function applyEnv(raw: Raw, env: Record<string, string | undefined>): Raw
   if (env.MIRROR_REDIS_URL !== undefined) set(['storage', 'redis', 'url'], env.MIRROR_REDIS_URL);
   if (env.MIRROR_REDIS_KEY_PREFIX !== undefined) set(['storage', 'redis', 'keyPrefix'], env.MIRROR_REDIS_KEY_PREFIX);
   if (env.MIRROR_SERVE_ACCEL_REDIRECT !== undefined) set(['serve', 'accelRedirect'], env.MIRROR_SERVE_ACCEL_REDIRECT);
+  if (env.MIRROR_DOWNLOADS_THREAD !== undefined && env.MIRROR_DOWNLOADS_THREAD !== '') set(['downloads', 'thread'], env.MIRROR_DOWNLOADS_THREAD);
   const upstreams = isObject(out.upstreams) ? out.upstreams : {};
   for (const name of Object.keys(upstreams)) {
     const key = envKey(name);
@@ -275,7 +278,7 @@ export function validateConfig(raw: Raw): Config {
     for (const k of Object.keys(o)) if (!keys.includes(k)) throw new ConfigError(key ? `${key}.${k}` : k, 'unknown key');
   };
 
-  known('', raw, ['listen', 'dataDir', 'offline', 'defaultRegistry', 'log', 'cache', 'admin', 'limits', 'timeouts', 'upstreamHealth', 'tls', 'upstreams', 'auth', 'storage', 'fleet', 'serve']);
+  known('', raw, ['listen', 'dataDir', 'offline', 'defaultRegistry', 'log', 'cache', 'admin', 'limits', 'timeouts', 'upstreamHealth', 'tls', 'upstreams', 'auth', 'storage', 'fleet', 'serve', 'downloads']);
   // YAML reads a bare port (`listen: 8080`) as a number.
   const listen = parseListen(typeof raw.listen === 'number' ? String(raw.listen) : str('listen', raw.listen));
   const log = obj('log', raw.log);
@@ -304,6 +307,8 @@ export function validateConfig(raw: Raw): Config {
   if (accel !== '' && (!/^(\/[A-Za-z0-9_~-][A-Za-z0-9._~-]*)+$/.test(accel) || accel.split('/').some((p) => p === '.' || p === '..'))) {
     throw new ConfigError('serve.accelRedirect', 'must be an absolute path like /_regmirror/blobs (letters, digits, . _ ~ -; no trailing slash, no dot segments), or empty for off');
   }
+  const downloadsRaw = obj('downloads', req('downloads', raw.downloads));
+  known('downloads', downloadsRaw, ['thread']);
   const limits = obj('limits', raw.limits);
   known('limits', limits, ['maxManifestBytes', 'maxPageSize']);
   const timeouts = obj('timeouts', raw.timeouts);
@@ -432,6 +437,7 @@ export function validateConfig(raw: Raw): Config {
       negativeTtl: num('cache.negativeTtl', req('cache.negativeTtl', cache.negativeTtl), 0, 86400),
     },
     serve: { accelRedirect: accel === '' ? undefined : accel },
+    downloads: { thread: bool('downloads.thread', req('downloads.thread', downloadsRaw.thread)) },
     limits: {
       maxManifestBytes: num('limits.maxManifestBytes', req('limits.maxManifestBytes', limits.maxManifestBytes), 1024),
       maxPageSize: num('limits.maxPageSize', req('limits.maxPageSize', limits.maxPageSize), 1),

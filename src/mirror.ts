@@ -492,7 +492,7 @@ export async function buildMirror(config: Config, opts: MirrorOptions = {}): Pro
   // Blob bodies are written off the event loop by a worker with its own Agent, built like ours: so
   // only when we built ours (an injected dispatcher, as tests use for TLS or faults, is used as is).
   const downloadThread =
-    ownDispatcher && opts.downloadThread !== 'off'
+    ownDispatcher && config.downloads.thread && opts.downloadThread !== 'off'
       ? new DownloadThread({
           agent: { connect: { timeout: config.timeouts.connect }, keepAliveTimeout: AGENT_KEEP_ALIVE_MS, connections: AGENT_CONNECTIONS },
           onCrash: (e) => logger.error({ err: e.message }, 'the download thread stopped; the downloads it was writing failed'),

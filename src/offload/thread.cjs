@@ -24,16 +24,35 @@
 const { parentPort, workerData } = require('node:worker_threads');
 const { createHash } = require('node:crypto');
 const { writevSync } = require('node:fs');
-const { Agent } = require(workerData.undici);
+const { dirname, join } = require('node:path');
+
+/**
+ * undici's Agent alone: its own module loads in a quarter of the time of the whole package (48 vs
+ * 184 ms) and keeps the worker 7 MiB smaller; the package's entry point if that module moved.
+ */
+function loadAgent(entry) {
+  try {
+    return require(join(dirname(entry), 'lib', 'dispatcher', 'agent.js'));
+  } catch {
+    return require(entry).Agent;
+  }
+}
+const Agent = loadAgent(workerData.undici);
 
 /** Bytes gathered before one write: fewer syscalls than one per socket read (64 KiB). */
-const BATCH = 256 * 1024;
+const BATCH = 512 * 1024;
+/**
+ * Progress is told at most once per this many bytes while data keeps coming (each message costs
+ * both threads; 1,000 of them were 6 % of the worker's time on a cold 256 MiB pull), and always
+ * when the timer writes a partial batch, at a body's end, and before a failure is reported.
+ */
+const PROGRESS_EVERY = 2 * 1024 * 1024;
 /** A partial batch is written after this long, so readers at the live edge of a slow download see it. */
 const BATCH_DELAY_MS = 10;
 const MAX_ERROR_BODY = 64 * 1024;
 
 const agent = new Agent(workerData.agent);
-/** sid -> { fd, position, hash, batch, batchBytes, timer, broken } */
+/** sid -> { fd, position (written), told (position last told), hash, batch, batchBytes, timer, broken } */
 const sinks = new Map();
 /** rid -> { sid, controller, phase, queued, ended, skip, captured, capturedBytes, cancelled } */
 const requests = new Map();
@@ -41,7 +60,7 @@ const requests = new Map();
 parentPort.on('message', (m) => {
   switch (m.op) {
     case 'sink':
-      sinks.set(m.sid, { fd: m.fd, position: m.position, hash: createHash(m.algorithm), batch: [], batchBytes: 0, timer: undefined, broken: false });
+      sinks.set(m.sid, { fd: m.fd, position: m.position, hash: createHash(m.algorithm), batch: [], batchBytes: 0, timer: undefined, broken: false, told: m.position });
       break;
     case 'get':
       get(m);
@@ -167,8 +186,9 @@ function take(rid, st, chunk) {
   sink.batch.push(c);
   sink.batchBytes += c.length;
   if (sink.batchBytes >= BATCH) {
-    if (!flush(rid, st, sink)) return;
-  } else if (sink.timer === undefined) {
+    if (!flush(rid, st, sink, false)) return;
+  }
+  if (sink.timer === undefined && (sink.batchBytes > 0 || sink.position > sink.told)) {
     sink.timer = setTimeout(() => {
       sink.timer = undefined;
       if (st.phase === 'writing') flush(rid, st, sink);
@@ -176,8 +196,11 @@ function take(rid, st, chunk) {
   }
 }
 
-/** Writes the sink's batch; false (and the request failed) when the write failed, e.g. ENOSPC. */
-function flush(rid, st, sink) {
+/**
+ * Writes the sink's batch and tells the main thread (unless `tell` is false and less than
+ * PROGRESS_EVERY is untold); false (and the request failed) when the write failed, e.g. ENOSPC.
+ */
+function flush(rid, st, sink, tell = true) {
   if (!sink) {
     fail(rid, st, new Error('the sink was closed'));
     st.controller?.abort(new Error('sink closed'));
@@ -187,7 +210,10 @@ function flush(rid, st, sink) {
     clearTimeout(sink.timer);
     sink.timer = undefined;
   }
-  if (sink.batchBytes === 0) return true;
+  if (sink.batchBytes === 0) {
+    if (tell) progress(st.sid, sink);
+    return true;
+  }
   let parts = sink.batch;
   const total = sink.batchBytes;
   sink.batch = [];
@@ -208,8 +234,14 @@ function flush(rid, st, sink) {
     return false;
   }
   sink.position += total;
-  post({ op: 'progress', sid: st.sid, position: sink.position });
+  if (tell || sink.position - sink.told >= PROGRESS_EVERY) progress(st.sid, sink);
   return true;
+}
+
+function progress(sid, sink) {
+  if (sink.position === sink.told) return;
+  sink.told = sink.position;
+  post({ op: 'progress', sid, position: sink.position });
 }
 
 function finish(rid, st) {

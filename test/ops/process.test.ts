@@ -4,6 +4,7 @@
  * that lets a download in flight finish into the cache.
  */
 import { spawn } from 'node:child_process';
+import { createHash } from 'node:crypto';
 import { existsSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { request } from 'undici';
@@ -82,6 +83,25 @@ describe('the mirror process', () => {
       expect(m.output()).toMatch(/INFO\s+regmirror listening/);
     } finally {
       await m.stop();
+    }
+  });
+
+  it('writes cold blobs with its download thread, or without one when downloads.thread is false', async () => {
+    const threads = (pid: number) => readdirSync(`/proc/${pid}/task`).length;
+    const on = await spawnMirror({ upstreams: { 'docker.io': { url: hub.url, libraryPrefix: true, username: 'ops-user', password: 'ops-Secret-123' } } });
+    const off = await spawnMirror({ upstreams: { 'docker.io': { url: hub.url, libraryPrefix: true, username: 'ops-user', password: 'ops-Secret-123' } }, env: { MIRROR_DOWNLOADS_THREAD: 'false' } });
+    try {
+      // The server starts its worker with it: one thread more than the same server without.
+      await waitFor(() => threads(on.pid) === threads(off.pid) + 1, 5000, () => `one thread more with the download thread (${threads(on.pid)} vs ${threads(off.pid)})`);
+      for (const m of [on, off]) {
+        const b = await request(`${m.url}/v2/ops/blobs/${slow.digest}`);
+        expect(b.statusCode).toBe(200);
+        expect(createHash('sha256').update(Buffer.from(await b.body.arrayBuffer())).digest('hex')).toBe(slow.digest.slice(7));
+        await waitFor(() => existsSync(join(m.dataDir, 'blobs', 'sha256', slow.digest.slice(7, 9), slow.digest.slice(7))), 5000, 'the blob stored');
+      }
+    } finally {
+      await on.stop();
+      await off.stop();
     }
   });
 

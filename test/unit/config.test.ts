@@ -55,6 +55,7 @@ describe('the embedded default config', () => {
     expect(c.timeouts).toEqual({ connect: 5000, headers: 30000, bodyIdle: 30000, revalidate: 2000 });
     expect(c.upstreamHealth).toEqual({ offlineMinMs: 5000, offlineMaxMs: 120000 });
     expect(c.tls).toBeUndefined();
+    expect(c.downloads).toEqual({ thread: true });
   });
 
   it('has the five upstreams, docker.io with the library prefix and its aliases', () => {
@@ -171,6 +172,11 @@ describe('environment overrides', () => {
     expect(load({ env: { MIRROR_OFFLINE: 'false' } }).offline).toBe(false);
   });
 
+  it('MIRROR_DOWNLOADS_THREAD switches the download thread (empty: the file or the default)', () => {
+    expect(load({ env: { MIRROR_DOWNLOADS_THREAD: 'false' } }).downloads).toEqual({ thread: false });
+    expect(load({ env: { MIRROR_DOWNLOADS_THREAD: '' } }).downloads).toEqual({ thread: true });
+  });
+
   it('MIRROR_UPSTREAM_<KEY>_URL/_USERNAME/_PASSWORD/_TAG_TTL set one upstream', () => {
     expect(envKey('docker.io')).toBe('DOCKER_IO');
     expect(envKey('registry.k8s.io')).toBe('REGISTRY_K8S_IO');
@@ -211,6 +217,7 @@ describe('validation names the bad key', () => {
     ['MIRROR_LISTEN', '0.0.0.0:70000', 'listen'],
     ['MIRROR_LISTEN', '0.0.0.0:', 'listen'],
     ['MIRROR_OFFLINE', 'yes', 'offline'],
+    ['MIRROR_DOWNLOADS_THREAD', 'off', 'downloads.thread'],
     ['MIRROR_DATA_DIR', '', 'dataDir'],
     ['MIRROR_LOG_LEVEL', 'verbose', 'log.level'],
     ['MIRROR_LOG_FORMAT', 'xml', 'log.format'],
