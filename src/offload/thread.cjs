@@ -227,6 +227,8 @@ function flush(rid, st, sink, tell = true) {
     }
   } catch (e) {
     sink.broken = true;
+    // What earlier batches wrote is told first: a resume then continues exactly there.
+    progress(st.sid, sink);
     // What reached the file before the failure is not known exactly: the main thread re-reads
     // [0, position) and hashes it itself before anything else is decided (fill.ts, spill).
     fail(rid, st, e);
