@@ -55,14 +55,14 @@ afterEach(async () => {
   }
 });
 
-async function rig(): Promise<Rig> {
+async function rig(opts: { idleMs?: number } = {}): Promise<Rig> {
   const root = await mkdtemp(join(tmpdir(), 'download-thread-'));
   const store = new FsBlobStore(root);
   await store.init();
   let bytes = 0;
   const observer: UpstreamObserver = { request: () => undefined, bytes: (_u, n) => (bytes += n), token: () => undefined, rateLimit: () => undefined };
   const client = new UpstreamClient({ name: 'docker.io', url: hub.url, dispatcher, now: Date.now, observer, timeouts: { headers: 5000, bodyIdle: 2000 }, maxManifestBytes: 4 << 20, userAgent: 'test' });
-  const thread = new DownloadThread({ agent: { connect: { timeout: 2000 }, keepAliveTimeout: 30_000, connections: 8 } });
+  const thread = new DownloadThread({ agent: { connect: { timeout: 2000 }, keepAliveTimeout: 30_000, connections: 8 }, ...opts });
   const events: string[] = [];
   const inflightObserver: InflightObserver = {
     started: () => events.push('started'),
@@ -188,6 +188,29 @@ describe('the download thread', () => {
     expect(digestOf(ok.bytes)).toBe(layer.digest);
     expect(ok.maxBuffered).toBe(0);
     expect(digestOf((await r.store.read(layer.digest))!)).toBe(layer.digest);
+  });
+
+  it('lets an idle worker go and starts another for the next download', async () => {
+    const r = await rig({ idleMs: 100 });
+    Object.assign(hub.faults, { trickle: { bytesPerTick: 512 * 1024, tickMs: 20 } });
+    const first = r.pull();
+    const draining = drain(first.reader, first.dl);
+    await waitFor(() => first.dl.received > 0, 5000, 'the first bytes');
+    expect(r.thread.running).toBe(true);
+    expect(digestOf((await draining).bytes)).toBe(layer.digest);
+    await first.dl.finished;
+    await waitFor(() => !r.thread.running, 5000, 'the idle worker gone');
+    // The same blob again: removed from the store, so it is downloaded anew, by a new worker.
+    await r.store.delete(layer.digest);
+    r.inflight.removed(layer.digest);
+    hub.resetCounters();
+    const second = r.pull();
+    const got = await drain(second.reader, second.dl);
+    await second.dl.finished;
+    expect(r.thread.running).toBe(true);
+    expect(digestOf(got.bytes)).toBe(layer.digest);
+    expect(got.maxBuffered).toBe(0);
+    expect(blobGets()).toHaveLength(1);
   });
 
   it('once closed, fails what it was writing and takes no more', async () => {
