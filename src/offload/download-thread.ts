@@ -15,6 +15,7 @@ import { createRequire } from 'node:module';
 import { Worker } from 'node:worker_threads';
 import type { ExternalAppend } from '../storage/store.js';
 import type { BlobSinks, OpenSink } from '../transfer/inflight.js';
+import { SinkFailure } from '../upstream/errors.js';
 import type { SinkAnswer, SinkRequest, SunkBody } from '../upstream/types.js';
 
 /** The worker's undici Agent: plain data (it crosses to the worker), as for the main dispatcher. */
@@ -103,11 +104,11 @@ export class DownloadThread implements BlobSinks {
     const w = this.worker;
     this.worker = undefined;
     if (w) await w.terminate();
-    this.failAll(new Error('the download thread was stopped'));
+    this.failAll(new SinkFailure('the download thread was stopped'));
   }
 
   private request(worker: Worker, sid: number, req: SinkRequest): Promise<SinkAnswer> {
-    if (this.worker !== worker || !this.sinks.has(sid)) return Promise.reject(new Error('the download thread stopped'));
+    if (this.worker !== worker || !this.sinks.has(sid)) return Promise.reject(new SinkFailure('the download thread stopped'));
     const rid = this.next++;
     return new Promise<SinkAnswer>((answer, refuse) => {
       this.requests.set(rid, { sid, phase: 'head', answer, refuse });
@@ -117,7 +118,7 @@ export class DownloadThread implements BlobSinks {
 
   private start(): Worker {
     if (this.worker) return this.worker;
-    if (this.stopping) throw new Error('the download thread was stopped');
+    if (this.stopping) throw new SinkFailure('the download thread was stopped');
     const undici = createRequire(import.meta.url).resolve('undici');
     const worker = new Worker(new URL('./thread.cjs', import.meta.url), { workerData: { undici, agent: this.opts.agent } });
     // An idle worker does not keep the process alive; one with downloads does (holdOpen).
@@ -126,11 +127,11 @@ export class DownloadThread implements BlobSinks {
     const died = (e: Error) => {
       if (this.worker !== worker) return;
       this.worker = undefined;
-      this.failAll(e);
+      this.failAll(new SinkFailure(`the download thread stopped: ${e.message}`, { cause: e }));
       this.opts.onCrash?.(e);
     };
     worker.on('error', died);
-    worker.on('exit', (code) => died(new Error(`the download thread exited (${code})`)));
+    worker.on('exit', (code) => died(new Error(`it exited (${code})`)));
     this.worker = worker;
     this.holdOpen();
     return worker;

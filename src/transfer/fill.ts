@@ -68,8 +68,14 @@ export class Fill {
   /** Bytes of the current body still to drop (upstream ignored the Range and started over). */
   private skip = 0;
   /** The temp file as another thread writes it, and the sink doing so (until closed). */
-  private readonly ext: ExternalAppend | undefined;
+  private ext: ExternalAppend | undefined;
   private sink: OpenSink | undefined;
+  /**
+   * No sink is offered (any more): there are no sinks, or a body came through this thread, or the
+   * download spilled. The sink opens at the first request made through it, so a source that ignores
+   * it (a fleet owner's, which may read the shared store) keeps the writer's own write().
+   */
+  private sinkless: boolean;
 
   constructor(
     private readonly dl: Download,
@@ -79,8 +85,28 @@ export class Fill {
     private hash: Hash | undefined,
   ) {
     this.disk = dl.writer && !dl.spilled ? new WriteBehind(dl.writer, WRITE_LAG, () => dl.trim()) : undefined;
-    this.ext = this.disk && opts.sinks ? dl.writer!.external?.() : undefined;
-    this.sink = this.ext ? opts.sinks!.open(this.ext) : undefined;
+    this.sinkless = !this.disk || !opts.sinks;
+  }
+
+  /** What the source may send its GET through (undefined: this thread takes the body). */
+  private offer(): BlobSink | undefined {
+    if (this.sinkless || this.dl.spilled) return undefined;
+    if (this.sink) return this.sink;
+    return {
+      request: (req) => {
+        const sink = this.openSink();
+        return sink ? sink.request(req) : Promise.reject(new Error('the temp file can no longer be handed to another thread'));
+      },
+    };
+  }
+
+  private openSink(): OpenSink | undefined {
+    if (!this.sink && !this.sinkless) {
+      this.ext = this.dl.writer!.external?.();
+      if (this.ext) this.sink = this.opts.sinks!.open(this.ext);
+      else this.sinkless = true;
+    }
+    return this.sink;
   }
 
   /** Copies the whole blob; returns the hash verifying a spilled download (undefined when stored). */
@@ -129,7 +155,7 @@ export class Fill {
     const { dl } = this;
     let body: BlobBody;
     try {
-      body = await this.source(dl.received, this.sink && !dl.spilled ? this.sink : undefined);
+      body = await this.source(dl.received, this.offer());
     } catch (e) {
       if (this.sink?.failure) throw this.sink.failure;
       // Failing before any body is the request's answer (a 404, a refusal): not retried here.
@@ -149,6 +175,12 @@ export class Fill {
   private async copy(body: BlobBody): Promise<void> {
     if (body.direct) return this.copyDirect(body.direct);
     const { dl } = this;
+    if (this.sink && !dl.spilled) {
+      // Its file belongs to the other thread now: this thread may not write it.
+      body.cancel();
+      throw new Error('a body came through this thread after the temp file was handed to another');
+    }
+    this.sinkless = true;
     try {
       for await (const chunk of body.body) await this.take(chunk, body);
       if (dl.size !== undefined && dl.received < dl.size) throw new Error(`upstream body ended at ${dl.received} of ${dl.size} bytes`);
@@ -224,6 +256,7 @@ export class Fill {
     if (!(e instanceof StoreFullError)) throw e;
     const { dl } = this;
     await this.closeSink();
+    this.sinkless = true;
     const hash = this.opts.onSpill(e);
     this.hash = hash;
     for (let pos = 0; pos < dl.writer!.written; ) {

@@ -8,7 +8,7 @@ import { Readable } from 'node:stream';
 import type { Dispatcher } from 'undici';
 import { readLimited, UpstreamAuth, type Credentials } from './auth.js';
 import { parseChallenge } from './challenge.js';
-import { UpstreamError } from './errors.js';
+import { SinkFailure, UpstreamError } from './errors.js';
 import type { BlobBody, BlobHead, BlobSink, ErrorClass, ManifestHead, ManifestResult, RequestKind, SunkBody, TagsPage, Upstream, UpstreamObserver } from './types.js';
 
 /** Bytes a blob body buffers before undici stops reading its socket (undici's default is 64 KiB). */
@@ -236,6 +236,7 @@ export class UpstreamClient implements Upstream {
       try {
         res = await this.requestOnce(kind, method, url, hdrs, sink);
       } catch (e) {
+        if (e instanceof SinkFailure) throw e;
         const timeout = isTimeout(e);
         this.observe(kind, 0, started, timeout ? 'timeout' : 'network');
         throw new UpstreamError(timeout ? 'timeout' : 'unreachable', this.name, `upstream ${this.name} ${timeout ? 'timed out' : 'is unreachable'} (${errorCode(e)})`, { cause: e });

@@ -60,3 +60,14 @@ export class UpstreamError extends Error {
 }
 
 export const isUpstreamError = (e: unknown): e is UpstreamError => e instanceof UpstreamError;
+
+/**
+ * A BlobSink that cannot go on (its thread died or was stopped). It says nothing about the upstream:
+ * the client passes it on as is, never as "unreachable" (which would mark the upstream offline).
+ */
+export class SinkFailure extends Error {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super(message, options);
+    this.name = 'SinkFailure';
+  }
+}

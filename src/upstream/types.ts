@@ -39,7 +39,10 @@ export interface BlobBody {
  * upstream client keeps auth, redirects and statuses.
  */
 export interface BlobSink {
-  /** Rejects when no answer came; the error carries the HTTP client's `code` (timeouts, resets). */
+  /**
+   * Rejects when no answer came; the error carries the HTTP client's `code` (timeouts, resets), or
+   * is a SinkFailure (errors.ts) when the sink itself cannot go on.
+   */
   request(req: SinkRequest): Promise<SinkAnswer>;
 }
 

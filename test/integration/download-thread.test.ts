@@ -13,7 +13,9 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { DownloadThread } from '../../src/offload/download-thread.js';
 import { FsBlobStore } from '../../src/storage/fs-store.js';
 import { InflightDownloads, type Download, type InflightObserver } from '../../src/transfer/inflight.js';
+import { AvailabilityGuard } from '../../src/upstream/availability.js';
 import { UpstreamClient } from '../../src/upstream/client.js';
+import { SinkFailure } from '../../src/upstream/errors.js';
 import type { UpstreamObserver } from '../../src/upstream/types.js';
 import { digestOf } from '../helpers/digest.js';
 import { FakeUpstream } from '../helpers/fake-upstream.js';
@@ -211,6 +213,35 @@ describe('the download thread', () => {
     expect(digestOf(got.bytes)).toBe(layer.digest);
     expect(got.maxBuffered).toBe(0);
     expect(blobGets()).toHaveLength(1);
+  });
+
+  it('leaves the file to this thread when the source ignores the sink (a fleet owner reading the shared store)', async () => {
+    const r = await rig();
+    // The rig's own client, through a source that never passes the sink on.
+    const client = new UpstreamClient({ name: 'docker.io', url: hub.url, dispatcher, now: Date.now, observer: { request: () => undefined, bytes: () => undefined, token: () => undefined, rateLimit: () => undefined }, timeouts: { headers: 5000, bodyIdle: 2000 }, maxManifestBytes: 4 << 20, userAgent: 'test' });
+    const dl = r.inflight.join(layer.digest, 'docker.io/library/app', (offset) => client.getBlob('library/app', layer.digest, offset));
+    const got = await drain(dl.createReader(), dl);
+    await dl.finished;
+    expect(got.error).toBeUndefined();
+    expect(digestOf(got.bytes)).toBe(layer.digest);
+    expect(digestOf((await r.store.read(layer.digest))!)).toBe(layer.digest);
+    expect(r.thread.running).toBe(false);
+    expect(r.events).toEqual(['started', 'completed']);
+  });
+
+  it('a stopped thread fails the download as its own failure, not as an unreachable upstream', async () => {
+    const r = await rig();
+    await r.thread.close();
+    const client = new UpstreamClient({ name: 'docker.io', url: hub.url, dispatcher, now: Date.now, observer: { request: () => undefined, bytes: () => undefined, token: () => undefined, rateLimit: () => undefined }, timeouts: { headers: 5000, bodyIdle: 2000 }, maxManifestBytes: 4 << 20, userAgent: 'test' });
+    const guard = new AvailabilityGuard(client, { offlineMinMs: 60_000, offlineMaxMs: 60_000, now: Date.now, logger: { warn: () => undefined, info: () => undefined } });
+    try {
+      const dl = r.inflight.join(layer.digest, 'docker.io/library/app', (offset, sink) => guard.getBlob('library/app', layer.digest, offset, sink));
+      await expect(dl.finished).rejects.toBeInstanceOf(SinkFailure);
+      expect(guard.offline).toBe(false);
+      expect(await r.store.stat(layer.digest)).toBeUndefined();
+    } finally {
+      guard.close();
+    }
   });
 
   it('once closed, fails what it was writing and takes no more', async () => {
