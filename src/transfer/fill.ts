@@ -12,7 +12,7 @@
 import type { Hash } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { StoreFullError, type ExternalAppend } from '../storage/store.js';
-import { UpstreamError } from '../upstream/errors.js';
+import { SinkFailure, UpstreamError } from '../upstream/errors.js';
 import type { BlobBody, BlobSink, SunkBody } from '../upstream/types.js';
 import type { Download } from './download.js';
 import { isTransient, PassThroughAbandonedError } from './errors.js';
@@ -85,7 +85,8 @@ export class Fill {
     private hash: Hash | undefined,
   ) {
     this.disk = dl.writer && !dl.spilled ? new WriteBehind(dl.writer, WRITE_LAG, () => dl.trim()) : undefined;
-    this.sinkless = !this.disk || !opts.sinks;
+    // Only a writer that can hand its file over (the filesystem store's) is offered a sink.
+    this.sinkless = !this.disk || !opts.sinks || typeof dl.writer!.external !== 'function';
   }
 
   /** What the source may send its GET through (undefined: this thread takes the body). */
@@ -95,7 +96,7 @@ export class Fill {
     return {
       request: (req) => {
         const sink = this.openSink();
-        return sink ? sink.request(req) : Promise.reject(new Error('the temp file can no longer be handed to another thread'));
+        return sink ? sink.request(req) : Promise.reject(new SinkFailure('the temp file can no longer be handed to another thread'));
       },
     };
   }
