@@ -41,6 +41,8 @@ interface Rig {
   store: FsBlobStore;
   thread: DownloadThread;
   inflight: InflightDownloads;
+  /** The upstream client the rig's downloads use. */
+  client: UpstreamClient;
   events: string[];
   upstreamBytes: () => number;
   root: string;
@@ -79,6 +81,7 @@ async function rig(opts: { idleMs?: number } = {}): Promise<Rig> {
     store,
     thread,
     inflight,
+    client,
     events,
     root,
     upstreamBytes: () => bytes,
@@ -218,7 +221,7 @@ describe('the download thread', () => {
   it('leaves the file to this thread when the source ignores the sink (a fleet owner reading the shared store)', async () => {
     const r = await rig();
     // The rig's own client, through a source that never passes the sink on.
-    const client = new UpstreamClient({ name: 'docker.io', url: hub.url, dispatcher, now: Date.now, observer: { request: () => undefined, bytes: () => undefined, token: () => undefined, rateLimit: () => undefined }, timeouts: { headers: 5000, bodyIdle: 2000 }, maxManifestBytes: 4 << 20, userAgent: 'test' });
+    const { client } = r;
     const dl = r.inflight.join(layer.digest, 'docker.io/library/app', (offset) => client.getBlob('library/app', layer.digest, offset));
     const got = await drain(dl.createReader(), dl);
     await dl.finished;
@@ -232,7 +235,7 @@ describe('the download thread', () => {
   it('a stopped thread fails the download as its own failure, not as an unreachable upstream', async () => {
     const r = await rig();
     await r.thread.close();
-    const client = new UpstreamClient({ name: 'docker.io', url: hub.url, dispatcher, now: Date.now, observer: { request: () => undefined, bytes: () => undefined, token: () => undefined, rateLimit: () => undefined }, timeouts: { headers: 5000, bodyIdle: 2000 }, maxManifestBytes: 4 << 20, userAgent: 'test' });
+    const { client } = r;
     const guard = new AvailabilityGuard(client, { offlineMinMs: 60_000, offlineMaxMs: 60_000, now: Date.now, logger: { warn: () => undefined, info: () => undefined } });
     try {
       const dl = r.inflight.join(layer.digest, 'docker.io/library/app', (offset, sink) => guard.getBlob('library/app', layer.digest, offset, sink));
