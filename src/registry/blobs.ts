@@ -149,6 +149,10 @@ export class BlobService {
       await this.confirm(ref, digest);
     }
     const source: BlobSource = (offset, sink) => upstream.getBlob(ref.repo, digest, offset, sink);
+    // A download that already holds every verified byte is the cache by another name: the blob is
+    // only being made durable (synced and renamed), or lingers for late joiners. A client pulling
+    // again right after a pull finished must see a hit, in its header and in the metrics, not a miss.
+    const stored = running?.verified === true;
     const dl = deps.coordinator ? await deps.coordinator.join(digest, origin, source) : deps.inflight.join(digest, origin, source);
     await dl.ready;
     if (dl.origin === origin) await this.ctx.link(ref, [digest]);
@@ -159,8 +163,9 @@ export class BlobService {
     }
     const range = spec && size !== undefined ? resolveRanges([spec], size)[0] : undefined;
     const ranges = range ? [range] : undefined;
-    deps.observer.result('blob', ref.upstream, 'miss');
-    return { size, ranges, body: await dl.open(range?.start ?? 0, range?.end), source: 'upstream' };
+    const hit = stored && dl === running;
+    deps.observer.result('blob', ref.upstream, hit ? 'hit' : 'miss');
+    return { size, ranges, body: await dl.open(range?.start ?? 0, range?.end), source: hit ? 'cache' : 'upstream' };
   }
 
   /** The blob's bytes (or a range of them) from disk: one read for a small blob, else a stream. */

@@ -36,3 +36,10 @@ export async function waitFor<T>(
     await sleep(intervalMs);
   }
 }
+
+/** A promise with its resolve at hand: a gate a test opens, or an event a test waits for. */
+export function deferred<T = void>(): { promise: Promise<T>; resolve: (v: T) => void } {
+  let resolve!: (v: T) => void;
+  const promise = new Promise<T>((r) => (resolve = r));
+  return { promise, resolve };
+}

@@ -2,6 +2,8 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { FakeUpstream } from '../helpers/fake-upstream.js';
 import { makeImage, makeLayer, makeRandomLayer } from '../helpers/images.js';
 import { DOCKER_ACCEPT, startMirror, type TestMirror } from '../helpers/mirror.js';
+import { deferred } from '../helpers/wait.js';
+import { digestOf } from '../helpers/digest.js';
 
 /** After a scripted pull, /metrics must add up to what happened. */
 describe('/metrics after a scripted pull', () => {
@@ -74,5 +76,63 @@ describe('/metrics after a scripted pull', () => {
     expect(await mirror.metric('mirror_http_requests_total', { route: 'manifest', status: '200' })).toBe(3);
     expect(await mirror.metric('mirror_upstream_ratelimit_remaining', { upstream: 'docker.io' })).toBe(hub.rateLimit!.remaining);
     expect(await mirror.metric('mirror_inflight_downloads')).toBe(0);
+  });
+});
+
+/**
+ * A client has every byte of a blob once its digest is verified, before the file is synced and
+ * renamed into the cache. Pulling again in that window joins the finished download: that answer
+ * costs upstream nothing and must be a hit, in its header and in the metrics the console shows.
+ */
+describe('a pull right after a pull, while the blob is still being made durable', () => {
+  let hub: FakeUpstream;
+  let mirror: TestMirror;
+  const layer = makeRandomLayer(300_000, 'metrics-durable');
+
+  beforeAll(async () => {
+    hub = await FakeUpstream.start();
+    hub.putBlob('library/d', layer);
+    mirror = await startMirror({ upstreams: { 'docker.io': { url: hub.url, libraryPrefix: true } } });
+  });
+  afterAll(async () => {
+    await mirror.stop();
+    await hub.close();
+  });
+
+  it('answers the second request from the verified download as a hit, and counts its bytes as saved', async () => {
+    // A slow disk: the writer's fsync waits until the test lets it go.
+    const synced = deferred();
+    const syncing = deferred();
+    const create = mirror.blobs.createWriter.bind(mirror.blobs);
+    mirror.blobs.createWriter = async (digest) => {
+      const w = await create(digest);
+      const handle = (w as unknown as { handle: { sync(): Promise<void> } }).handle;
+      const sync = handle.sync.bind(handle);
+      handle.sync = async () => {
+        syncing.resolve();
+        await synced.promise;
+        return sync();
+      };
+      return w;
+    };
+    const get = () => mirror.request(`/v2/d/blobs/${layer.digest}`);
+    const first = await get();
+    expect(first.headers.get('x-mirror-cache')).toBe('miss');
+    expect(digestOf(Buffer.from(await first.arrayBuffer()))).toBe(layer.digest);
+    await syncing.promise;
+    expect(await mirror.blobs.stat(layer.digest)).toBeUndefined(); // not in the cache yet
+
+    const second = await get();
+    expect(second.headers.get('x-mirror-cache')).toBe('hit');
+    expect(digestOf(Buffer.from(await second.arrayBuffer()))).toBe(layer.digest);
+    synced.resolve();
+    expect(await mirror.registry.drain(5000)).toBe(true);
+
+    expect(await mirror.metric('mirror_served_bytes_total', { source: 'cache' })).toBe(layer.size);
+    expect(await mirror.metric('mirror_served_bytes_total', { source: 'upstream' })).toBe(layer.size);
+    expect(await mirror.metric('mirror_cache_requests_total', { kind: 'blob', result: 'hit' })).toBe(1);
+    expect(await mirror.metric('mirror_cache_requests_total', { kind: 'blob', result: 'miss' })).toBe(1);
+    expect(hub.count({ kind: 'blob', method: 'GET', status: 307 })).toBe(1);
+    expect(hub.count({ kind: 'cdn', method: 'GET', status: 200 })).toBe(1);
   });
 });
