@@ -43,15 +43,19 @@ export function createApp(deps: AppDeps): Hono<Env> {
     const started = performance.now();
     const id = sanitizeId(c.req.header('x-request-id')) ?? randomUUID();
     c.set('route', 'other');
-    const common: Record<string, string> = { 'x-request-id': id };
-    if (c.req.path.startsWith('/v2')) common['docker-distribution-api-version'] = 'registry/2.0';
-    // Streamed bodies write their headers straight to Node's response: give it these first.
-    const out = c.env?.outgoing;
-    if (out && typeof out.setHeader === 'function') for (const [k, v] of Object.entries(common)) out.setHeader(k, v);
+    const frame: Record<string, string> = c.req.path.startsWith('/v2') ? { 'x-request-id': id, 'docker-distribution-api-version': 'registry/2.0' } : { 'x-request-id': id };
+    // A head written by the route itself (http/send.ts) takes the frame in; any other answer gets it below.
+    c.set('frame', frame);
     await next();
-    // Under Node the headers went in with setHeader above. c.header() on a finished response rebuilds
-    // it (turning a buffered body into a web stream), so it is only for app.request (tests, no Node).
-    if (!out) for (const [k, v] of Object.entries(common)) c.header(k, v);
+    const out = c.env?.outgoing;
+    if (out && typeof out.setHeader === 'function') {
+      // The adapter writes a returned Response after this: these join its headers then.
+      if (!out.headersSent) for (const k in frame) out.setHeader(k, frame[k]!);
+    } else {
+      // app.request (tests, no Node). c.header() on a finished response rebuilds it (a buffered body
+      // becomes a web stream), which is why Node answers never take this path.
+      for (const k in frame) c.header(k, frame[k]);
+    }
     const route = c.get('route');
     const seconds = (performance.now() - started) / 1000;
     const status = c.res.status === 200 && c.res.headers.get('x-hono-already-sent') ? (c.env?.outgoing?.statusCode ?? 200) : c.res.status;
@@ -76,6 +80,8 @@ export function createApp(deps: AppDeps): Hono<Env> {
         },
         'request',
       );
+    // Not written at this level (the default is info; `warn` under load): no closure, no listener.
+    if (logger.isLevelEnabled?.('info') === false) return;
     // A body written already (sendBytes) is known in full now; a stream's bytes only when it closes.
     if (out && !out.writableEnded && typeof out.once === 'function') out.once('close', log);
     else log();

@@ -12,7 +12,7 @@ import { descriptor, platformOf, platformWanted, type Descriptor } from './layou
 
 /** What prefetch needs of the Registry service (registry/service.ts) and the blob store. */
 export interface PrefetchDeps {
-  getManifest(ref: RepoRef, reference: string, accept: Set<string> | undefined): Promise<{ bytes: Buffer; mediaType: string; digest: string }>;
+  getManifest(ref: RepoRef, reference: string, accept: ReadonlySet<string> | undefined): Promise<{ bytes: Buffer; mediaType: string; digest: string }>;
   openBlob(ref: RepoRef, digest: string, ranges: undefined): Promise<{ body: Readable | Buffer }>;
   /** `docker.io/library/alpine` or `alpine` → where it is cached; throws when no upstream serves it. */
   route(name: string): RepoRef;

@@ -5,7 +5,7 @@
 import type { Context, Hono } from 'hono';
 import type { Identity } from '../access/service.js';
 import { RegistryError } from '../registry/errors.js';
-import { parseAccept } from '../registry/media-types.js';
+import { AcceptParser } from '../registry/media-types.js';
 import { parseRange, resolveRanges } from '../registry/range.js';
 import type { Page, Registry } from '../registry/service.js';
 import { paginate } from '../registry/listings.js';
@@ -18,7 +18,8 @@ const STALE_WARNING = '110 - "Response is Stale"';
 
 export type Env = {
   Bindings: StreamSink;
-  Variables: { route: string; repo?: string; digest?: string; cache?: string; bytes?: number; reference?: string; identity?: Identity; user?: string; client?: string };
+  /** `frame`: the headers every answer carries (set by the app's middleware; see send.ts). */
+  Variables: { frame?: Record<string, string>; route: string; repo?: string; digest?: string; cache?: string; bytes?: number; reference?: string; identity?: Identity; user?: string; client?: string };
 };
 
 const API_PATH = /^\/v2\/(.+)\/(manifests|blobs|tags|referrers)\/([^/]+(?:\/[^/]+)?)$/;
@@ -28,6 +29,7 @@ const API_PATH = /^\/v2\/(.+)\/(manifests|blobs|tags|referrers)\/([^/]+(?:\/[^/]
  * `accelRedirect`: nginx's internal location over the blob directory (config `serve.accelRedirect`), see accelBlob().
  */
 export function mountRoutes(app: Hono<Env>, registry: Registry, onServed: (source: 'cache' | 'upstream', n: number) => void, gate?: AccessGate, accelRedirect?: string): void {
+  const accept = new AcceptParser();
   app.on(['GET', 'HEAD'], '/v2', (c) => (gate?.enter(c), base(c)));
   app.on(['GET', 'HEAD'], '/v2/', (c) => (gate?.enter(c), base(c)));
 
@@ -73,7 +75,7 @@ export function mountRoutes(app: Hono<Env>, registry: Registry, onServed: (sourc
     const head = c.req.method === 'HEAD';
     switch (kind) {
       case 'manifests':
-        return manifest(c, registry, ref, rest, head, onServed);
+        return manifest(c, registry, ref, rest, head, onServed, accept);
       case 'blobs':
         if (rest.startsWith('uploads')) throw new RegistryError('METHOD_UNSUPPORTED', 'this mirror is read-only: pushes are not supported');
         if (!head && accelRedirect !== undefined && c.req.header(ACCEL_REQUEST_HEADER) === 'on') {
@@ -110,9 +112,17 @@ function base(c: Context<Env>): Response {
   return c.json({}, 200);
 }
 
-async function manifest(c: Context<Env>, registry: Registry, ref: ReturnType<Registry['route']>, reference: string, head: boolean, onServed: (s: 'cache' | 'upstream', n: number) => void): Promise<Response> {
+async function manifest(
+  c: Context<Env>,
+  registry: Registry,
+  ref: ReturnType<Registry['route']>,
+  reference: string,
+  head: boolean,
+  onServed: (s: 'cache' | 'upstream', n: number) => void,
+  accept: AcceptParser,
+): Promise<Response> {
   if (reference.includes('/')) throw new RegistryError('MANIFEST_UNKNOWN', 'invalid manifest reference');
-  const res = await registry.getManifest(ref, reference, parseAccept(c.req.header('accept')));
+  const res = await registry.getManifest(ref, reference, accept.parse(c.req.header('accept')));
   c.set('digest', res.digest);
   c.set('cache', res.cache);
   const etag = `"${res.digest}"`;
@@ -126,12 +136,12 @@ async function manifest(c: Context<Env>, registry: Registry, ref: ReturnType<Reg
   if (res.cache === 'stale') headers.warning = STALE_WARNING;
   if (c.req.header('if-none-match') === etag) {
     delete headers['content-length'];
-    return head ? c.body(null, 304, headers) : sendBytes(c.env, 304, headers, null);
+    return head ? c.body(null, 304, headers) : sendBytes(c, 304, headers, null);
   }
   c.set('bytes', head ? 0 : res.bytes.length);
   if (head) return c.body(null, 200, headers);
   onServed(res.cache === 'miss' ? 'upstream' : 'cache', res.bytes.length);
-  return sendBytes(c.env, 200, headers, res.bytes);
+  return sendBytes(c, 200, headers, res.bytes);
 }
 
 async function blob(c: Context<Env>, registry: Registry, ref: ReturnType<Registry['route']>, digest: string, head: boolean, onServed: (s: 'cache' | 'upstream', n: number) => void): Promise<Response> {
@@ -159,7 +169,7 @@ async function blob(c: Context<Env>, registry: Registry, ref: ReturnType<Registr
     const multi = multipartByteranges(res.ranges, res.size, 'application/octet-stream', res.body, res.openRange);
     headers['content-type'] = multi.contentType;
     headers['content-length'] = String(multi.length);
-    return sendStream(c.env, 206, headers, multi.stream, (n) => {
+    return sendStream(c, 206, headers, multi.stream, (n) => {
       c.set('bytes', n);
       onServed(res.source, n);
     });
@@ -175,9 +185,9 @@ async function blob(c: Context<Env>, registry: Registry, ref: ReturnType<Registr
   if (Buffer.isBuffer(res.body)) {
     c.set('bytes', res.body.length);
     onServed(res.source, res.body.length);
-    return sendBytes(c.env, status, headers, res.body);
+    return sendBytes(c, status, headers, res.body);
   }
-  return sendStream(c.env, status, headers, res.body, (n) => {
+  return sendStream(c, status, headers, res.body, (n) => {
     c.set('bytes', n);
     onServed(res.source, n);
   });

@@ -35,7 +35,7 @@ export class ManifestService {
 
   constructor(private readonly ctx: RegistryContext) {}
 
-  async get(ref: RepoRef, reference: string, accept: Set<string> | undefined): Promise<ManifestResponse> {
+  async get(ref: RepoRef, reference: string, accept: ReadonlySet<string> | undefined): Promise<ManifestResponse> {
     let res: ManifestResponse;
     if (DIGEST_SHAPED.test(reference)) {
       parseDigest(reference);
@@ -88,7 +88,7 @@ export class ManifestService {
     });
   }
 
-  private async byTag(ref: RepoRef, tag: string, accept: Set<string> | undefined): Promise<ManifestResponse> {
+  private async byTag(ref: RepoRef, tag: string, accept: ReadonlySet<string> | undefined): Promise<ManifestResponse> {
     const { deps } = this.ctx;
     const record = await this.loadTag(ref, tag);
     const variant = pickVariant(record, accept);
@@ -137,7 +137,7 @@ export class ManifestService {
   }
 
   /** GETs a manifest from upstream (coalesced), verifies and stores it, and records the tag. */
-  private fetch(ref: RepoRef, reference: string, accept: Set<string> | undefined, tag: string | undefined): Promise<ManifestResponse> {
+  private fetch(ref: RepoRef, reference: string, accept: ReadonlySet<string> | undefined, tag: string | undefined): Promise<ManifestResponse> {
     return this.flights.run(flightKey(ref, reference, accept), async () => {
       const key = negativeKey(ref, reference, accept);
       this.ctx.deps.negative.check(key);
@@ -150,7 +150,7 @@ export class ManifestService {
     });
   }
 
-  private async fetchOnce(ref: RepoRef, reference: string, accept: Set<string> | undefined, tag: string | undefined): Promise<ManifestResponse> {
+  private async fetchOnce(ref: RepoRef, reference: string, accept: ReadonlySet<string> | undefined, tag: string | undefined): Promise<ManifestResponse> {
     // By digest the client's Accept does not matter: ask for every type, so upstream sends the content as it is.
     const wanted = tag === undefined ? [...new Set([...ALL_MANIFEST_TYPES, ...(accept ?? [])])] : upstreamAccept(accept);
     const upstream = this.ctx.upstream(ref);
@@ -203,11 +203,11 @@ const isTag = (s: string): boolean => {
   }
 };
 
-const flightKey = (ref: RepoRef, reference: string, accept: Set<string> | undefined) =>
+const flightKey = (ref: RepoRef, reference: string, accept: ReadonlySet<string> | undefined) =>
   `${repoKey(ref)}:${reference}|${accept ? [...accept].sort().join(',') : '*'}`;
 
 /** A missing tag depends on the Accept (a list may be unknown to one client, narrowed for another); a digest does not. */
-const negativeKey = (ref: RepoRef, reference: string, accept: Set<string> | undefined) =>
+const negativeKey = (ref: RepoRef, reference: string, accept: ReadonlySet<string> | undefined) =>
   reference.includes(':') ? `manifest ${repoKey(ref)}@${reference}` : `manifest ${flightKey(ref, reference, accept)}`;
 
 /**

@@ -51,7 +51,7 @@ export class Registry {
     return ref;
   }
 
-  getManifest(ref: RepoRef, reference: string, accept: Set<string> | undefined): Promise<ManifestResponse> {
+  getManifest(ref: RepoRef, reference: string, accept: ReadonlySet<string> | undefined): Promise<ManifestResponse> {
     return edge(this.manifests.get(ref, reference, accept), 'manifest');
   }
 

@@ -15,13 +15,13 @@ import type { TagRecord, TagVariant } from '../storage/meta-store.js';
 import { accepts, INDEX_TYPES, isIndexType } from './media-types.js';
 
 /** The variant to record for an answer given to a request with this Accept. */
-export function variantFor(v: Omit<TagVariant, 'narrowedFor'>, accept: Set<string> | undefined): TagVariant {
+export function variantFor(v: Omit<TagVariant, 'narrowedFor'>, accept: ReadonlySet<string> | undefined): TagVariant {
   if (accept === undefined || isIndexType(v.mediaType) || INDEX_TYPES.every((t) => accept.has(t))) return v;
   return { ...v, narrowedFor: INDEX_TYPES.filter((t) => accept.has(t)) };
 }
 
 /** Whether upstream would give a client with this Accept the same answer as the variant's request. */
-export function servable(v: TagVariant, accept: Set<string> | undefined): boolean {
+export function servable(v: TagVariant, accept: ReadonlySet<string> | undefined): boolean {
   if (!accepts(accept, v.mediaType)) return false;
   if (v.narrowedFor === undefined) return true;
   if (accept === undefined) return false;
@@ -29,7 +29,7 @@ export function servable(v: TagVariant, accept: Set<string> | undefined): boolea
 }
 
 /** The most recently confirmed variant the client may be given. */
-export function pickVariant(record: TagRecord | undefined, accept: Set<string> | undefined): TagVariant | undefined {
+export function pickVariant(record: TagRecord | undefined, accept: ReadonlySet<string> | undefined): TagVariant | undefined {
   let best: TagVariant | undefined;
   for (const v of record?.variants ?? []) if (servable(v, accept) && (!best || v.fetchedAt > best.fetchedAt)) best = v;
   return best;

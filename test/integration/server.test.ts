@@ -37,11 +37,35 @@ describe('the mirror over real HTTP', () => {
     expect(Number(b.headers['content-length'])).toBe(big.size);
   });
 
+  it('every answer carries its request id and the API version once: written by the route, built by Hono, or an error', async () => {
+    const answers = {
+      manifest: await request(`${mirror.url}/v2/srv/manifests/latest`, { headers: { accept: DOCKER_ACCEPT, 'x-request-id': 'id-manifest' } }),
+      notModified: await request(`${mirror.url}/v2/srv/manifests/${img.manifest.digest}`, { headers: { 'if-none-match': `"${img.manifest.digest}"`, 'x-request-id': 'id-304' } }),
+      head: await request(`${mirror.url}/v2/srv/manifests/latest`, { method: 'HEAD', headers: { accept: DOCKER_ACCEPT, 'x-request-id': 'id-head' } }),
+      config: await request(`${mirror.url}/v2/srv/blobs/${img.config.digest}`, { headers: { 'x-request-id': 'id-config' } }),
+      base: await request(`${mirror.url}/v2/`, { headers: { 'x-request-id': 'id-base' } }),
+      unknown: await request(`${mirror.url}/v2/srv/manifests/nosuchtag`, { headers: { 'x-request-id': 'id-unknown' } }),
+    };
+    const statuses = { manifest: 200, notModified: 304, head: 200, config: 200, base: 200, unknown: 404 };
+    for (const [name, r] of Object.entries(answers)) {
+      await r.body.dump();
+      expect(r.statusCode, name).toBe(statuses[name as keyof typeof statuses]);
+      expect(r.headers['x-request-id'], name).toBe(name === 'notModified' ? 'id-304' : `id-${name}`);
+      expect(r.headers['docker-distribution-api-version'], name).toBe('registry/2.0');
+    }
+    // Outside /v2: a request id, and no registry API version.
+    const health = await request(`${mirror.url}/healthz`);
+    await health.body.dump();
+    expect(health.headers['x-request-id']).toMatch(/^[0-9a-f-]{36}$/);
+    expect(health.headers['docker-distribution-api-version']).toBeUndefined();
+  });
+
   it('streams a cold blob to concurrent clients and then serves it from disk', async () => {
     const pull = async () => {
       const r = await request(`${mirror.url}/v2/srv/blobs/${big.digest}`);
       expect(r.statusCode).toBe(200);
       expect(r.headers['docker-distribution-api-version']).toBe('registry/2.0');
+      expect(r.headers['x-request-id']).toMatch(/^[0-9a-f-]{36}$/);
       expect(r.headers['content-encoding']).toBeUndefined();
       return digestOfStream(r.body);
     };

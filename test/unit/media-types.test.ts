@@ -1,9 +1,35 @@
 import { describe, expect, it } from 'vitest';
 import { digestOf } from '../helpers/digest.js';
-import { accepts, ALL_MANIFEST_TYPES, MediaTypes, parseAccept, parseManifest, upstreamAccept } from '../../src/registry/media-types.js';
+import { AcceptParser, accepts, ALL_MANIFEST_TYPES, MediaTypes, parseAccept, parseManifest, upstreamAccept } from '../../src/registry/media-types.js';
 
 const sha = (s: string) => digestOf(s);
 const bytes = (v: unknown) => Buffer.from(JSON.stringify(v));
+
+describe('AcceptParser', () => {
+  it('parses as parseAccept does, and hands the same set back for a header seen before', () => {
+    const p = new AcceptParser();
+    const header = `${MediaTypes.ociIndex}, ${MediaTypes.dockerManifest};q=0.5`;
+    const first = p.parse(header);
+    expect(first).toEqual(parseAccept(header));
+    expect(p.parse(header)).toBe(first);
+    expect(p.parse('*/*')).toBeUndefined();
+    expect(p.parse('*/*')).toBeUndefined();
+    expect(p.parse(undefined)).toBeUndefined();
+  });
+
+  it('is bounded: past `max` distinct headers it starts over, and a long header is parsed each time', () => {
+    const p = new AcceptParser(3);
+    const sets = ['a/1', 'a/2', 'a/3'].map((h) => p.parse(h));
+    expect(p.parse('a/1')).toBe(sets[0]);
+    expect(p.parse('a/4')).toEqual(new Set(['a/4'])); // the fourth: the memory starts over
+    const again = p.parse('a/1');
+    expect(again).toEqual(sets[0]);
+    expect(again).not.toBe(sets[0]);
+    const long = `${'x/y, '.repeat(300)}a/b`;
+    expect(p.parse(long)).toEqual(new Set(['x/y', 'a/b']));
+    expect(p.parse(long)).not.toBe(p.parse(long));
+  });
+});
 
 describe('parseAccept', () => {
   it('no header means anything', () => {
