@@ -21,7 +21,7 @@ import { ConfigError, loadConfig, type Config } from './config.js';
 import { createServer } from 'node:http';
 import { getRequestListener } from '@hono/node-server';
 import { createMirrorServer } from './http/server.js';
-import { HtpasswdError } from './access/htpasswd.js';
+import { HtpasswdError } from './access/htpasswd-error.js';
 import { PolicyError } from './access/policy.js';
 import { createLogger } from './logger.js';
 import { buildMirror, openAirgap, openCacheAdmin, openPrefetch } from './mirror.js';

@@ -18,7 +18,7 @@ import type { Redis } from 'ioredis';
 import { Registry as PromRegistry } from 'prom-client';
 import { Agent, type Dispatcher } from 'undici';
 import { createApp } from './app.js';
-import { AccessControl } from './access/service.js';
+import type { AccessControl } from './access/service.js';
 import { limitUpstream } from './access/upstream-limit.js';
 import { createAdminApp, requireAdmin } from './admin/app.js';
 import { Airgap } from './airgap/service.js';
@@ -404,9 +404,11 @@ export async function openAirgap(config: Config, opts: { now?: () => number; for
 }
 
 /** Access control from `auth` (undefined when off); an unreadable or invalid htpasswd, policy or key file throws, naming it. */
-function buildAccess(config: Config, now: () => number): AccessControl | undefined {
+async function buildAccess(config: Config, now: () => number): Promise<AccessControl | undefined> {
   const a = config.auth;
   if (!a.enabled) return undefined;
+  // Loaded only when on: JOSE and bcrypt are ~10 MiB of a mirror's memory that nobody else uses.
+  const { AccessControl } = await import('./access/service.js');
   let tokenKey: Uint8Array = randomBytes(32);
   if (a.tokenKeyFile) {
     try {
@@ -451,7 +453,7 @@ export async function buildMirror(config: Config, opts: MirrorOptions = {}): Pro
   const now = opts.now ?? Date.now;
   const logger = opts.logger ?? silentLogger;
   // First: a bad htpasswd or policy file stops start-up before anything is opened.
-  const access = buildAccess(config, now);
+  const access = await buildAccess(config, now);
   const ownDispatcher = opts.dispatcher === undefined;
   const dispatcher =
     opts.dispatcher ??

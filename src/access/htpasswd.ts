@@ -5,14 +5,9 @@
  */
 import { readFileSync } from 'node:fs';
 import bcrypt from 'bcryptjs';
+import { HtpasswdError } from './htpasswd-error.js';
 
-/** Thrown when the file cannot be read or a line is not `user:bcrypt-hash` (names the file and line). */
-export class HtpasswdError extends Error {
-  constructor(message: string) {
-    super(message);
-    this.name = 'HtpasswdError';
-  }
-}
+export { HtpasswdError };
 
 const BCRYPT = /^\$2[aby]\$\d\d\$[./A-Za-z0-9]{53}$/;
 /** Compared against when the user is unknown (a hash of a random string; never matches a real password). */

@@ -15,7 +15,6 @@
  */
 import type { Readable, Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
-import { pack } from 'tar-stream';
 import { isIndexType, parseManifest } from '../registry/media-types.js';
 import { pickVariant } from '../registry/tag-variants.js';
 import type { MetaStore, RepoKey } from '../storage/meta-store.js';
@@ -141,6 +140,8 @@ export function indexJson(plan: ExportPlan): string {
  * bytes written (for progress). A blob that vanished since planning (evicted) fails the export.
  */
 export async function writeBundle(plan: ExportPlan, deps: ExportDeps, out: Writable, onBytes?: (n: number) => void): Promise<void> {
+  // Loaded on first use: a mirror that never exports a bundle never holds the tar code.
+  const { pack } = await import('tar-stream');
   const tar = pack();
   const done = pipeline(tar, out, { end: false });
   const mtime = new Date(0);

@@ -7,7 +7,6 @@ import { createReadStream } from 'node:fs';
 import { lstat, readdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Readable } from 'node:stream';
-import { extract } from 'tar-stream';
 import { BundleError } from './layout.js';
 
 export interface BundleEntry {
@@ -20,6 +19,8 @@ export interface BundleEntry {
 
 /** The entries of a tar stream. Truncation and malformed headers become BundleErrors naming the entry. */
 export async function* tarEntries(input: Readable): AsyncGenerator<BundleEntry> {
+  // Loaded on first use: a mirror that never imports a bundle never holds the tar code.
+  const { extract } = await import('tar-stream');
   const ex = extract();
   input.on('error', (e) => ex.destroy(e));
   input.pipe(ex);
