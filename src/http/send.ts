@@ -31,8 +31,8 @@ function framed(c: Context<Env>, headers: Record<string, string>): Record<string
 /** Sends status, headers and the stream; `onBytes` learns the body bytes actually handed to the socket. */
 export function sendStream(c: Context<Env>, status: number, headers: Record<string, string>, stream: Readable, onBytes: (n: number) => void): Response {
   let sent = 0;
-  stream.on('data', (c: Buffer) => {
-    sent += c.length;
+  stream.on('data', (chunk: Buffer) => {
+    sent += chunk.length;
   });
   stream.once('close', () => onBytes(sent));
   const out = c.env?.outgoing;
