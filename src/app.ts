@@ -61,6 +61,8 @@ export function createApp(deps: AppDeps): Hono<Env> {
     const status = c.res.status === 200 && c.res.headers.get('x-hono-already-sent') ? (c.env?.outgoing?.statusCode ?? 200) : c.res.status;
     metrics.httpRequests.inc({ route, method: c.req.method, status: String(status) });
     metrics.httpDuration.observe({ route, method: c.req.method }, seconds);
+    // Not written at this level (the default is info; `warn` under load): no closure, no listener.
+    if (logger.isLevelEnabled?.('info') === false) return;
     const log = () =>
       logger.info(
         {
@@ -80,8 +82,6 @@ export function createApp(deps: AppDeps): Hono<Env> {
         },
         'request',
       );
-    // Not written at this level (the default is info; `warn` under load): no closure, no listener.
-    if (logger.isLevelEnabled?.('info') === false) return;
     // A body written already (sendBytes) is known in full now; a stream's bytes only when it closes.
     if (out && !out.writableEnded && typeof out.once === 'function') out.once('close', log);
     else log();

@@ -140,10 +140,17 @@ export function indexJson(plan: ExportPlan): string {
  * bytes written (for progress). A blob that vanished since planning (evicted) fails the export.
  */
 export async function writeBundle(plan: ExportPlan, deps: ExportDeps, out: Writable, onBytes?: (n: number) => void): Promise<void> {
+  // `out`'s errors are taken from now on: one while tar-stream loads is held (an error with no
+  // listener would end the process) and thrown once it has loaded.
+  let early: Error | undefined;
+  const hold = (e: Error) => (early ??= e);
+  out.on('error', hold);
   // Loaded on first use: a mirror that never exports a bundle never holds the tar code.
   const { pack } = await import('tar-stream');
+  if (early) throw early;
   const tar = pack();
   const done = pipeline(tar, out, { end: false });
+  out.off('error', hold);
   const mtime = new Date(0);
   const add = (name: string, body: string) =>
     new Promise<void>((resolve, reject) => tar.entry({ name, mtime, mode: 0o644 }, body, (e) => (e ? reject(e) : resolve())));

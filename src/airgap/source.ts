@@ -19,10 +19,15 @@ export interface BundleEntry {
 
 /** The entries of a tar stream. Truncation and malformed headers become BundleErrors naming the entry. */
 export async function* tarEntries(input: Readable): AsyncGenerator<BundleEntry> {
+  // The input's errors are taken from now on: while tar-stream loads, one is held for the extractor
+  // (an error with no listener would end the process instead of becoming a BundleError).
+  const held: { ex?: ReturnType<typeof import('tar-stream').extract>; early?: Error } = {};
+  input.on('error', (e) => (held.ex ? held.ex.destroy(e) : (held.early ??= e)));
   // Loaded on first use: a mirror that never imports a bundle never holds the tar code.
   const { extract } = await import('tar-stream');
   const ex = extract();
-  input.on('error', (e) => ex.destroy(e));
+  held.ex = ex;
+  if (held.early) ex.destroy(held.early);
   input.pipe(ex);
   let current: string | undefined;
   try {

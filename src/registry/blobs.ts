@@ -152,7 +152,8 @@ export class BlobService {
     // A download that already holds every verified byte is the cache by another name: the blob is
     // only being made durable (synced and renamed), or lingers for late joiners. A client pulling
     // again right after a pull finished must see a hit, in its header and in the metrics, not a miss.
-    const stored = running?.verified === true;
+    // Not a spilled one (passed through a full store: nothing is kept, the next pull fetches again).
+    const stored = running?.verified === true && !running.spilled;
     const dl = deps.coordinator ? await deps.coordinator.join(digest, origin, source) : deps.inflight.join(digest, origin, source);
     await dl.ready;
     if (dl.origin === origin) await this.ctx.link(ref, [digest]);

@@ -49,9 +49,13 @@ describe('packages loaded by the built server', () => {
     expect(mirror).toContain('undici');
   });
 
-  it('access control loads them when it is used', async () => {
+  it('access control and the bundle reader load them when they are used', async () => {
     const access = await loaded(['-e', `import(${JSON.stringify(pathToFileURL(join(ROOT, 'dist', 'access', 'service.js')).href)})`]);
     expect(access).toContain('jose');
     expect(access).toContain('bcryptjs');
+    const source = pathToFileURL(join(ROOT, 'dist', 'airgap', 'source.js')).href;
+    // Reading an empty stream as a bundle: the tar code loads, and the empty archive is refused.
+    const reader = await loaded(['-e', `import(${JSON.stringify(source)}).then(async ({ tarEntries }) => { const { Readable } = await import('node:stream'); try { for await (const _ of tarEntries(Readable.from([]))) {} } catch {} })`]);
+    expect(reader).toContain('tar-stream');
   });
 });
