@@ -70,7 +70,7 @@ describe('nginx in front: X-Accel-Redirect for cache hits (deploy/nginx/regmirro
 
     const hitsBefore = await mirror.metric('mirror_cache_requests_total', { kind: 'blob', result: 'hit' });
     const servedBefore = await mirror.metric('mirror_served_bytes_total', { source: 'cache' });
-    const r2 = await get(nginx.url, path('library/app', layer.digest));
+    const r2 = await get(nginx.url, path('library/app', layer.digest), { 'x-request-id': 'accel-hit-1' });
     expect(r2.status).toBe(200);
     expect(r2.body.length).toBe(layer.size);
     expect(digestOf(r2.body)).toBe(layer.digest);
@@ -80,6 +80,7 @@ describe('nginx in front: X-Accel-Redirect for cache hits (deploy/nginx/regmirro
     expect(r2.headers.etag).toBe(`"${layer.digest}"`);
     expect(r2.headers['x-mirror-cache']).toBe('hit');
     expect(r2.headers['docker-distribution-api-version']).toBe('registry/2.0');
+    expect(r2.headers['x-request-id']).toBe('accel-hit-1'); // the id the mirror logged it under
     // nginx acted on the redirect: the client never sees it.
     expect(r2.headers['x-accel-redirect']).toBeUndefined();
     // The mirror did its part: counted the hit and the bytes nginx sent for it.
