@@ -51,6 +51,31 @@ const PROGRESS_EVERY = 2 * 1024 * 1024;
 const BATCH_DELAY_MS = 10;
 const MAX_ERROR_BODY = 64 * 1024;
 
+/**
+ * A young-generation collection after this many bytes written. Each socket read is a fresh 64 KiB
+ * buffer from this thread's malloc arena, freed only when V8 collects its Buffer object, and V8
+ * waits for ~64 MiB of such memory before it does. The arena kept what it had grown to: ~34 MiB
+ * resident after one 256 MiB download, until the thread exited, and memory the main thread cannot
+ * reuse (its peak with 20 warm clients 184-193 MiB, 150 without the thread). Collected every 4 MiB
+ * the arena stays under 1 MiB and that peak fell to 164-166 MiB; a cold pull's CPU did not change
+ * (980-1,100 ms for the process, against 1,040-1,110 without).
+ */
+const COLLECT_EVERY = 4 * 1024 * 1024;
+/**
+ * gc() of a context made after --expose-gc is set: how a running Node collects on request. Where
+ * that fails (a runtime that refuses the flag), nothing is collected early and all else still works.
+ */
+const collectYoung = (() => {
+  try {
+    require('node:v8').setFlagsFromString('--expose-gc');
+    const gc = require('node:vm').runInNewContext('gc');
+    return typeof gc === 'function' ? () => gc({ type: 'minor' }) : () => undefined;
+  } catch {
+    return () => undefined;
+  }
+})();
+let writtenSinceCollect = 0;
+
 const agent = new Agent(workerData.agent);
 /** sid -> { fd, position (written), told (position last told), hash, batch, batchBytes, timer, broken } */
 const sinks = new Map();
@@ -237,6 +262,11 @@ function flush(rid, st, sink, tell = true) {
   }
   sink.position += total;
   if (tell || sink.position - sink.told >= PROGRESS_EVERY) progress(st.sid, sink);
+  writtenSinceCollect += total;
+  if (writtenSinceCollect >= COLLECT_EVERY) {
+    writtenSinceCollect = 0;
+    collectYoung();
+  }
   return true;
 }
 
