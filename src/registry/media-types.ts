@@ -40,6 +40,8 @@ export function parseAccept(header: string | undefined): ReadonlySet<string> | u
  * parseAccept with a memory: a fleet of clients sends a handful of distinct Accept headers, and
  * parsing one was 5 % of a cached manifest's CPU. Bounded (forgets everything when full), so a client
  * sending a new header on every request costs a parse each, never memory. The sets are shared: read-only.
+ * A plain Map, not util/lru.ts: an LRU lookup costs about what the parse does, and "anything" (a
+ * wildcard) is remembered as undefined, which lru-cache does not store.
  */
 export class AcceptParser {
   private readonly seen = new Map<string, ReadonlySet<string> | undefined>();
