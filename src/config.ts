@@ -148,6 +148,8 @@ export interface Config {
   serve: ServeConfig;
   /** Cold blob bodies are written to the filesystem store by a worker thread (src/offload/), off the event loop. */
   downloads: { thread: boolean };
+  /** V8's old generation may grow to (1 + growthPercent/100) × what survived the last full collection; 0: V8's own factor (src/heap.ts). */
+  heap: { growthPercent: number };
   /** Largest manifest accepted from upstream (bytes); largest `n` of a page. */
   limits: { maxManifestBytes: number; maxPageSize: number };
   /** Milliseconds; `revalidate` is how long a tag revalidation may hold a client before the cached copy is served. */
@@ -231,6 +233,7 @@ export function applyEnv(raw: Raw, env: Record<string, string | undefined>): Raw
   if (env.MIRROR_REDIS_KEY_PREFIX !== undefined) set(['storage', 'redis', 'keyPrefix'], env.MIRROR_REDIS_KEY_PREFIX);
   if (env.MIRROR_SERVE_ACCEL_REDIRECT !== undefined) set(['serve', 'accelRedirect'], env.MIRROR_SERVE_ACCEL_REDIRECT);
   if (env.MIRROR_DOWNLOADS_THREAD !== undefined && env.MIRROR_DOWNLOADS_THREAD !== '') set(['downloads', 'thread'], env.MIRROR_DOWNLOADS_THREAD);
+  if (env.MIRROR_HEAP_GROWTH_PERCENT !== undefined && env.MIRROR_HEAP_GROWTH_PERCENT !== '') set(['heap', 'growthPercent'], env.MIRROR_HEAP_GROWTH_PERCENT);
   const upstreams = isObject(out.upstreams) ? out.upstreams : {};
   for (const name of Object.keys(upstreams)) {
     const key = envKey(name);
@@ -278,7 +281,7 @@ export function validateConfig(raw: Raw): Config {
     for (const k of Object.keys(o)) if (!keys.includes(k)) throw new ConfigError(key ? `${key}.${k}` : k, 'unknown key');
   };
 
-  known('', raw, ['listen', 'dataDir', 'offline', 'defaultRegistry', 'log', 'cache', 'admin', 'limits', 'timeouts', 'upstreamHealth', 'tls', 'upstreams', 'auth', 'storage', 'fleet', 'serve', 'downloads']);
+  known('', raw, ['listen', 'dataDir', 'offline', 'defaultRegistry', 'log', 'cache', 'admin', 'limits', 'timeouts', 'upstreamHealth', 'tls', 'upstreams', 'auth', 'storage', 'fleet', 'serve', 'downloads', 'heap']);
   // YAML reads a bare port (`listen: 8080`) as a number.
   const listen = parseListen(typeof raw.listen === 'number' ? String(raw.listen) : str('listen', raw.listen));
   const log = obj('log', raw.log);
@@ -309,6 +312,10 @@ export function validateConfig(raw: Raw): Config {
   }
   const downloadsRaw = obj('downloads', req('downloads', raw.downloads));
   known('downloads', downloadsRaw, ['thread']);
+  const heapRaw = obj('heap', req('heap', raw.heap));
+  known('heap', heapRaw, ['growthPercent']);
+  const growthPercent = num('heap.growthPercent', req('heap.growthPercent', heapRaw.growthPercent), 0, 1000);
+  if (!Number.isInteger(growthPercent)) throw new ConfigError('heap.growthPercent', 'must be a whole number of percent (0: V8 decides)');
   const limits = obj('limits', raw.limits);
   known('limits', limits, ['maxManifestBytes', 'maxPageSize']);
   const timeouts = obj('timeouts', raw.timeouts);
@@ -438,6 +445,7 @@ export function validateConfig(raw: Raw): Config {
     },
     serve: { accelRedirect: accel === '' ? undefined : accel },
     downloads: { thread: bool('downloads.thread', req('downloads.thread', downloadsRaw.thread)) },
+    heap: { growthPercent },
     limits: {
       maxManifestBytes: num('limits.maxManifestBytes', req('limits.maxManifestBytes', limits.maxManifestBytes), 1024),
       maxPageSize: num('limits.maxPageSize', req('limits.maxPageSize', limits.maxPageSize), 1),

@@ -23,6 +23,7 @@ import { getRequestListener } from '@hono/node-server';
 import { createMirrorServer } from './http/server.js';
 import { HtpasswdError } from './access/htpasswd-error.js';
 import { PolicyError } from './access/policy.js';
+import { applyHeapGrowth } from './heap.js';
 import { createLogger } from './logger.js';
 import { buildMirror, openAirgap, openCacheAdmin, openPrefetch } from './mirror.js';
 
@@ -80,6 +81,8 @@ async function main(argv: string[], env: NodeJS.ProcessEnv): Promise<void> {
     return;
   }
   const logger = createLogger(config);
+  // The server only: a CLI command's short life gains nothing from a tighter heap.
+  applyHeapGrowth(config.heap.growthPercent);
   let mirror: Awaited<ReturnType<typeof buildMirror>>;
   try {
     mirror = await buildMirror(config, { logger, processMetrics: true, downloadThread: 'at-start' });

@@ -56,6 +56,7 @@ describe('the embedded default config', () => {
     expect(c.upstreamHealth).toEqual({ offlineMinMs: 5000, offlineMaxMs: 120000 });
     expect(c.tls).toBeUndefined();
     expect(c.downloads).toEqual({ thread: true });
+    expect(c.heap).toEqual({ growthPercent: 150 });
   });
 
   it('has the five upstreams, docker.io with the library prefix and its aliases', () => {
@@ -177,6 +178,11 @@ describe('environment overrides', () => {
     expect(load({ env: { MIRROR_DOWNLOADS_THREAD: '' } }).downloads).toEqual({ thread: true });
   });
 
+  it('MIRROR_HEAP_GROWTH_PERCENT sets the old generation headroom (0: V8 decides; empty: the file or the default)', () => {
+    expect(load({ env: { MIRROR_HEAP_GROWTH_PERCENT: '0' } }).heap).toEqual({ growthPercent: 0 });
+    expect(load({ env: { MIRROR_HEAP_GROWTH_PERCENT: '' } }).heap).toEqual({ growthPercent: 150 });
+  });
+
   it('MIRROR_UPSTREAM_<KEY>_URL/_USERNAME/_PASSWORD/_TAG_TTL set one upstream', () => {
     expect(envKey('docker.io')).toBe('DOCKER_IO');
     expect(envKey('registry.k8s.io')).toBe('REGISTRY_K8S_IO');
@@ -218,6 +224,10 @@ describe('validation names the bad key', () => {
     ['MIRROR_LISTEN', '0.0.0.0:', 'listen'],
     ['MIRROR_OFFLINE', 'yes', 'offline'],
     ['MIRROR_DOWNLOADS_THREAD', 'off', 'downloads.thread'],
+    ['MIRROR_HEAP_GROWTH_PERCENT', 'lots', 'heap.growthPercent'],
+    ['MIRROR_HEAP_GROWTH_PERCENT', '-1', 'heap.growthPercent'],
+    ['MIRROR_HEAP_GROWTH_PERCENT', '2.5', 'heap.growthPercent'],
+    ['MIRROR_HEAP_GROWTH_PERCENT', '5000', 'heap.growthPercent'],
     ['MIRROR_DATA_DIR', '', 'dataDir'],
     ['MIRROR_LOG_LEVEL', 'verbose', 'log.level'],
     ['MIRROR_LOG_FORMAT', 'xml', 'log.format'],
