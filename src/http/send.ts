@@ -5,7 +5,7 @@
  * (app.request in tests) both become a web Response.
  */
 import type { IncomingMessage, ServerResponse } from 'node:http';
-import { Readable } from 'node:stream';
+import { Readable, type Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { RESPONSE_ALREADY_SENT } from '@hono/node-server/utils/response';
 import type { Context } from 'hono';
@@ -28,14 +28,30 @@ function framed(c: Context<Env>, headers: Record<string, string>): Record<string
   return frame ? Object.assign(headers, frame) : headers;
 }
 
+/**
+ * A body that writes itself into the response reusing its buffers (a stored file's: storage's
+ * FileBody, which matches this shape without importing it). It ends `out`, or destroys it on a
+ * failure, and resolves with the bytes `out` took; it releases its own resources.
+ */
+export interface WritesItself {
+  writeInto(out: Writable): Promise<number>;
+}
+
+const writesItself = (s: Readable): s is Readable & WritesItself => typeof (s as Partial<WritesItself>).writeInto === 'function';
+
 /** Sends status, headers and the stream; `onBytes` learns the body bytes actually handed to the socket. */
 export function sendStream(c: Context<Env>, status: number, headers: Record<string, string>, stream: Readable, onBytes: (n: number) => void): Response {
+  const out = c.env?.outgoing;
+  if (out && typeof out.writeHead === 'function' && writesItself(stream)) {
+    out.writeHead(status, framed(c, headers));
+    void stream.writeInto(out).then(onBytes);
+    return RESPONSE_ALREADY_SENT;
+  }
   let sent = 0;
   stream.on('data', (chunk: Buffer) => {
     sent += chunk.length;
   });
   stream.once('close', () => onBytes(sent));
-  const out = c.env?.outgoing;
   if (out && typeof out.writeHead === 'function') {
     out.writeHead(status, framed(c, headers));
     pipeline(stream, out).catch(() => {

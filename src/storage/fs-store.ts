@@ -6,6 +6,7 @@ import { createHash, type Hash } from 'node:crypto';
 import { mkdir, open, readdir, readFile, rename, rm, stat, statfs, unlink, type FileHandle } from 'node:fs/promises';
 import { dirname, join, relative } from 'node:path';
 import type { Readable } from 'node:stream';
+import { FileBody } from './file-body.js';
 import { StorePaths, splitDigest } from './paths.js';
 import { DigestMismatchError, StoreFullError, type BlobInfo, type BlobStore, type BlobWriter, type ByteRange, type ExternalAppend, type StatOptions } from './store.js';
 
@@ -62,14 +63,19 @@ export class FsBlobStore implements BlobStore {
       if (isNotFound(e)) return undefined;
       throw e;
     }
-    const length = range ? range.end - range.start + 1 : (await handle.stat()).size;
+    let start = 0;
+    let end = -1;
+    try {
+      if (range) ({ start, end } = range);
+      else end = (await handle.stat()).size - 1;
+    } catch (e) {
+      await handle.close().catch(() => undefined);
+      throw e;
+    }
+    const length = end - start + 1;
     const share = Math.max(MIN_READ, Math.min(MAX_READ, Math.floor(READ_BUDGET / (this.openStreams + 1))));
-    const stream = handle.createReadStream({
-      ...(range ? { start: range.start, end: range.end } : {}),
-      // Never more than the bytes to be read: a small blob must not cost a large buffer.
-      highWaterMark: Math.max(1, Math.min(share, length)),
-      autoClose: true,
-    });
+    // Never more than the bytes to be read: a small blob must not cost a large buffer.
+    const stream = new FileBody(handle, start, end, Math.max(1, Math.min(share, length)));
     this.openStreams++;
     this.reading.set(digest, (this.reading.get(digest) ?? 0) + 1);
     stream.once('close', () => {
