@@ -35,7 +35,7 @@ async function oldSpacePeak(percent: number): Promise<number> {
 }
 
 describe('heap.growthPercent', () => {
-  it('the default (150 %), set after start-up, keeps the promoted garbage well below V8\'s own factor', async () => {
+  it('150 %, set after start-up, keeps the promoted garbage well below V8\'s own factor', async () => {
     const [ownFactor, atDefault] = await Promise.all([oldSpacePeak(0), oldSpacePeak(150)]);
     // Measured here: 256-258 MiB of old space with V8's factor, 166-167 MiB at 150 % (and 106 at 50 %).
     expect(atDefault).toBeLessThan(ownFactor * 0.8);
