@@ -1,9 +1,9 @@
 /**
  * The Node ceiling peer of the bench: the least a node:http server can do to serve a blob file —
  * every GET answered 200 with the file piped from `fs.createReadStream` (default read size) into
- * the response. What regmirror's warm blob path is measured against: the mirror does the same work
- * plus routing, checks and metrics, so this is the rate it can reach on this Node, not a target of
- * another language.
+ * the response. What regmirror's warm blob path is measured against: the rate a Node server
+ * reaches the usual way, not a target of another language. The mirror reads a stored blob into two
+ * buffers it reuses (src/storage/file-body.ts) where this allocates every chunk, so it may beat it.
  *
  *   node bench/out/bench/ceiling.js FILE PORT
  */
