@@ -79,6 +79,22 @@ describe('the mirror over real HTTP', () => {
     await vi.waitFor(async () => expect(await mirror.metric('mirror_served_bytes_total', { source: 'cache' })).toBeGreaterThanOrEqual(big.size));
   });
 
+  it('a stored blob is written from disk whole and as a range, and its file is released after each', async () => {
+    await vi.waitFor(async () => expect(await mirror.blobs.stat(big.digest)).toBeDefined());
+    const url = `${mirror.url}/v2/srv/blobs/${big.digest}`;
+    const whole = await request(url);
+    expect(whole.statusCode).toBe(200);
+    expect(whole.headers['x-mirror-cache']).toBe('hit');
+    expect(await digestOfStream(whole.body)).toBe(big.digest);
+    const last = big.size - 2;
+    const part = await request(url, { headers: { range: `bytes=1000-${last}` } });
+    expect(part.statusCode).toBe(206);
+    expect(part.headers['content-range']).toBe(`bytes 1000-${last}/${big.size}`);
+    const got = Buffer.from(await part.body.arrayBuffer());
+    expect(got.equals(Buffer.from(big.bytes.subarray(1000, last + 1)))).toBe(true);
+    await vi.waitFor(() => expect(mirror.blobs.busy(big.digest)).toBe(false));
+  });
+
   it('aborts every client on a digest mismatch and keeps nothing', async () => {
     hub.faults.corruptBlob = true;
     const pull = async () => {
