@@ -87,6 +87,8 @@ export class FileBody extends Readable {
         resolve(written);
       };
       const early = () => settle(new Error('the response closed before the body was written'));
+      // Closed already (the client left while the blob was being looked up): its 'close' has passed.
+      if (out.destroyed || out.writableEnded) return early();
       out.once('close', early);
       const step = () => {
         if (over || reading) return;

@@ -108,6 +108,16 @@ describe('FileBody', () => {
     await closed(c);
   });
 
+  it('a writer closed before writeInto starts (the client left during the lookup) gets nothing and the file is closed', async () => {
+    const b = await body(0, bytes.length - 1, 16 * KiB);
+    const sink = new SlowSink();
+    sink.destroy();
+    await new Promise((r) => sink.once('close', r));
+    expect(await b.writeInto(sink)).toBe(0);
+    expect(sink.parts).toEqual([]);
+    await closed(b);
+  });
+
   it('as a Readable it gives the same bytes; a short file is an error there too', async () => {
     const b = await body(5, bytes.length - 6, 16 * KiB);
     const chunks: Buffer[] = [];
