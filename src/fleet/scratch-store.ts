@@ -61,7 +61,7 @@ export class ScratchStore implements BlobStore {
         return inner.written;
       },
       write: (data) => inner.write(data),
-      readAt: (position, length) => inner.readAt(position, length),
+      readAt: (position, length, into) => inner.readAt(position, length, into),
       abort: () => inner.abort(),
       close: () => inner.close(),
       async commit(expectedSize, onVerified) {

@@ -239,16 +239,16 @@ class FsBlobWriter implements BlobWriter {
     };
   }
 
-  async readAt(position: number, length: number): Promise<Buffer> {
-    const n = Math.max(0, Math.min(length, this.written - position));
-    const buf = Buffer.allocUnsafe(n);
+  async readAt(position: number, length: number, into?: Buffer): Promise<Buffer> {
+    const n = Math.max(0, Math.min(length, this.written - position, into ? into.length : Infinity));
+    const buf = into ?? Buffer.allocUnsafe(n);
     let got = 0;
     while (got < n) {
       const { bytesRead } = await this.handle.read(buf, got, n - got, position + got);
       if (bytesRead === 0) break;
       got += bytesRead;
     }
-    return got === n ? buf : buf.subarray(0, got);
+    return got === buf.length ? buf : buf.subarray(0, got);
   }
 
   async commit(expectedSize?: number, onVerified?: () => void): Promise<void> {

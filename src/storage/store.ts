@@ -104,8 +104,11 @@ export interface BlobWriter {
    * switching to pass-through hash [0, written) and then the bytes they still hold.
    */
   write(data: Uint8Array | Uint8Array[]): Promise<void>;
-  /** Reads back up to `length` bytes at `position` (< written). */
-  readAt(position: number, length: number): Promise<Buffer>;
+  /**
+   * Reads back up to `length` bytes at `position` (< written). With `into` (at least `length`
+   * bytes) the bytes are read into it and a view of it is returned; a reader reuses its buffers so.
+   */
+  readAt(position: number, length: number, into?: Buffer): Promise<Buffer>;
   /**
    * Verifies the digest (and `expectedSize` when given), makes the data durable and publishes it.
    * Throws DigestMismatchError, after which nothing is kept. `onVerified` runs as soon as the bytes

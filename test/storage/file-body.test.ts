@@ -6,36 +6,13 @@ import { randomBytes } from 'node:crypto';
 import { mkdtemp, open, rm, truncate, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { Writable } from 'node:stream';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { FileBody } from '../../src/storage/file-body.js';
 import { FsBlobStore } from '../../src/storage/fs-store.js';
 import { digestOf } from '../helpers/digest.js';
+import { SlowSink } from '../helpers/slow-sink.js';
 
 const KiB = 1024;
-
-/**
- * A writer that holds every chunk for a few turns before it calls back, checking at that moment
- * that the chunk still holds the bytes it was given (a buffer read into early would not).
- */
-class SlowSink extends Writable {
-  readonly parts: Buffer[] = [];
-  readonly buffers = new Set<ArrayBufferLike>();
-  overwritten = 0;
-  constructor(private readonly failAfter = Infinity) {
-    super({ highWaterMark: 1 });
-  }
-  override _write(chunk: Buffer, _enc: string, cb: (err?: Error | null) => void): void {
-    const copy = Buffer.from(chunk);
-    this.buffers.add(chunk.buffer);
-    if (this.parts.length >= this.failAfter) return void setImmediate(() => cb(new Error('socket gone')));
-    setTimeout(() => {
-      if (!copy.equals(chunk)) this.overwritten++;
-      this.parts.push(copy);
-      cb();
-    }, 2);
-  }
-}
 
 describe('FileBody', () => {
   let dir: string;

@@ -6,6 +6,7 @@ import type { Readable } from 'node:stream';
 import { setImmediate as tick, setTimeout as sleep } from 'node:timers/promises';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { UpstreamError } from '../../src/upstream/errors.js';
+import { SlowSink } from '../helpers/slow-sink.js';
 import { waitFor } from '../helpers/wait.js';
 import { InflightDownloads, type BlobSource, type Download, type InflightObserver } from '../../src/transfer/inflight.js';
 import { FsBlobStore } from '../../src/storage/fs-store.js';
@@ -285,6 +286,61 @@ describe('InflightDownloads', () => {
     const late = await collect(dl.createReader());
     expect(late.error).toBeInstanceOf(UpstreamError);
     expect(late.bytes.length).toBe(0);
+  });
+
+  describe('writeInto (the HTTP answer\'s path, with reused buffers)', () => {
+    type Writes = { writeInto(out: SlowSink): Promise<number> };
+    const writeInto = async (r: Readable, sink = new SlowSink()) => {
+      sink.on('error', () => undefined);
+      const n = await (r as unknown as Writes).writeInto(sink);
+      return { n, sink };
+    };
+
+    it('readers joined early, mid-way and after get the identical bytes; no buffer is read into before the writer took it', async () => {
+      const blob = randomBytes(2 * 1024 * 1024 + 333);
+      const d = digestOf(blob);
+      const up = scripted(blob);
+      const dl = inflight.join(d, ORIGIN, up.source);
+      const early = [writeInto(dl.createReader()), writeInto(dl.createReader(1000, 700_000))];
+      await waitFor(() => dl.received > blob.length / 2, 2000);
+      const mid = writeInto(inflight.join(d, ORIGIN, up.source).createReader());
+      const results = await Promise.all([...early, mid]);
+      const late = await writeInto(inflight.join(d, ORIGIN, up.source).createReader());
+      for (const [i, r] of [...results, late].entries()) {
+        const want = i === 1 ? blob.subarray(1000, 700_001) : blob;
+        expect(r.sink.overwritten).toBe(0);
+        expect(r.n).toBe(want.length);
+        expectBytes(r.sink.bytes, want);
+        expect(r.sink.writableEnded).toBe(true);
+      }
+      expect(up.offsets).toEqual([0]);
+    });
+
+    it('a digest mismatch cuts every writer short of the last byte', async () => {
+      const blob = randomBytes(900 * 1024);
+      const d = digestOf(blob);
+      const corrupt = Buffer.from(blob);
+      corrupt[4321] = corrupt[4321]! ^ 0xff;
+      const dl = inflight.join(d, ORIGIN, scripted(blob, [{ data: corrupt }]).source);
+      const results = await Promise.all([writeInto(dl.createReader()), writeInto(dl.createReader(blob.length - 1))]);
+      for (const [i, r] of results.entries()) {
+        expect(r.sink.destroyed).toBe(true);
+        expect(r.sink.writableEnded).toBe(false);
+        expect(r.sink.bytes.length).toBeLessThan(i === 0 ? blob.length : 1);
+      }
+      await expect(dl.finished).rejects.toMatchObject({ kind: 'digest_mismatch' });
+    });
+
+    it('a writer that goes away detaches its reader; the download still completes into the store', async () => {
+      const blob = randomBytes(1024 * 1024);
+      const d = digestOf(blob);
+      const dl = inflight.join(d, ORIGIN, scripted(blob).source);
+      const r = await writeInto(dl.createReader(), new SlowSink(2));
+      expect(r.sink.destroyed).toBe(true);
+      expect(r.n).toBeLessThan(blob.length);
+      await dl.finished;
+      expectBytes(await store.read(d), blob);
+    });
   });
 
   it('without an announced size, a mismatch still errors the readers instead of ending them cleanly', async () => {
