@@ -13,6 +13,7 @@
  */
 import type { FileHandle } from 'node:fs/promises';
 import { Readable, type Writable } from 'node:stream';
+import { watchResponse } from '../util/response-end.js';
 
 export class FileBody extends Readable {
   private pos: number;
@@ -76,22 +77,13 @@ export class FileBody extends Readable {
       let written = 0;
       let writing = 0;
       let reading = false;
-      let over = false;
-      const settle = (err?: Error) => {
-        if (over) return;
-        over = true;
-        out.off('close', early);
-        if (err) out.destroy(err);
-        else out.end();
+      const end = watchResponse(out, () => {
         this.destroy();
         resolve(written);
-      };
-      const early = () => settle(new Error('the response closed before the body was written'));
-      // Closed already (the client left while the blob was being looked up): its 'close' has passed.
-      if (out.destroyed || out.writableEnded) return early();
-      out.once('close', early);
+      });
+      const settle = end.settle;
       const step = () => {
-        if (over || reading) return;
+        if (end.over || reading) return;
         if (this.pos >= this.stop) {
           if (writing === 0) settle();
           return;
@@ -103,7 +95,7 @@ export class FileBody extends Readable {
         this.handle.read(buf, 0, len, this.pos).then(
           ({ bytesRead }) => {
             reading = false;
-            if (over) return;
+            if (end.over) return;
             if (bytesRead === 0) return settle(endedEarly(this.pos, this.stop));
             this.pos += bytesRead;
             writing++;

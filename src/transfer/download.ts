@@ -14,6 +14,7 @@
  */
 import { Readable, type Writable } from 'node:stream';
 import type { BlobStore, BlobWriter } from '../storage/store.js';
+import { watchResponse } from '../util/response-end.js';
 
 const READ_CHUNK = 512 * 1024;
 /** Bytes of recent chunks a spilled download keeps for its readers (besides any not yet on disk). */
@@ -383,21 +384,14 @@ class DownloadReader extends Readable {
       const free: Buffer[] = [];
       let written = 0;
       let writing = 0;
-      let over = false;
       let wakeWriter: (() => void) | undefined;
-      const settle = (err?: Error) => {
-        if (over) return;
-        over = true;
-        out.off('close', early);
-        if (err) out.destroy(err);
-        else out.end();
+      const end = watchResponse(out, () => {
         this.destroy();
         wakeWriter?.();
         resolve(written);
-      };
-      const early = () => settle(new Error('the response closed before the body was written'));
-      if (out.destroyed || out.writableEnded) return early();
-      out.once('close', early);
+      });
+      const settle = end.settle;
+      if (end.over) return;
       const send = (bytes: Uint8Array, buf?: Buffer) => {
         writing++;
         out.write(bytes, (err) => {
@@ -412,11 +406,11 @@ class DownloadReader extends Readable {
       };
       /** Until fewer than `n` writes are under way (or it is over). */
       const below = async (n: number) => {
-        while (writing >= n && !over) await new Promise<void>((r) => (wakeWriter = r));
+        while (writing >= n && !end.over) await new Promise<void>((r) => (wakeWriter = r));
       };
       const run = async () => {
         for (;;) {
-          if (over) return;
+          if (end.over) return;
           const dl = this.dl;
           const limit = this.end !== undefined ? this.end + 1 : Infinity;
           if (this.pos >= limit) break;
@@ -426,7 +420,7 @@ class DownloadReader extends Readable {
           const available = Math.min(ceiling, limit);
           if (this.pos < available) {
             await below(2);
-            if (over) return;
+            if (end.over) return;
             const held = dl.fromWindow(this.pos, available);
             if (held && held.length > 0) {
               this.pos += held.length;
@@ -438,7 +432,7 @@ class DownloadReader extends Readable {
             // Fewer than two writes under way and at most two buffers: one is free, or one more may be made.
             const buf = free.pop() ?? Buffer.allocUnsafeSlow(READ_CHUNK);
             const got = await dl.writer.readAt(this.pos, Math.min(available, dl.writer.written) - this.pos, buf);
-            if (over) return;
+            if (end.over) return;
             if (got.length === 0) return settle(new Error('reader fell behind a pass-through download'));
             this.pos += got.length;
             dl.wake();
