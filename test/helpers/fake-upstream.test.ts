@@ -1,6 +1,7 @@
 import { request } from 'undici';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { digestOf } from './digest.js';
+import { deferred } from './wait.js';
 import { FakeUpstream } from './fake-upstream.js';
 import { MT, blobOf, makeImage, makeIndex, makeLayer, makeRandomLayer, type Image } from './images.js';
 
@@ -397,6 +398,27 @@ describe('FakeUpstream (bearer, CDN)', () => {
         })(),
       ).rejects.toThrow();
       expect(got).toBe(2000);
+    });
+
+    it('holdBlobBody sends N bytes, then the rest once the gate opens', async () => {
+      const gate = deferred();
+      up.faults.holdBlobBody = { after: 1000, until: gate.promise };
+      const r = await http(`${up.url}/v2/library/alpine/blobs/${big.digest}`, { headers: auth() });
+      const res = await request(r.headers.location!);
+      const chunks: Buffer[] = [];
+      let got = 0;
+      let opened = false;
+      for await (const c of res.body) {
+        chunks.push(c as Buffer);
+        got += (c as Buffer).length;
+        if (!opened) expect(got).toBeLessThanOrEqual(1000); // nothing past the gate before it opens
+        if (got === 1000 && !opened) {
+          opened = true;
+          gate.resolve();
+        }
+      }
+      expect(opened).toBe(true);
+      expect(Buffer.concat(chunks).equals(big.bytes)).toBe(true);
     });
 
     it('delayMs and trickle slow responses down', async () => {

@@ -6,6 +6,7 @@ import { digestOfStream } from '../helpers/digest.js';
 import { FakeUpstream } from '../helpers/fake-upstream.js';
 import { makeImage, makeRandomLayer } from '../helpers/images.js';
 import { DOCKER_ACCEPT, startMirror, type TestMirror } from '../helpers/mirror.js';
+import { deferred } from '../helpers/wait.js';
 
 /** Over a real socket: HEAD headers, streamed bodies, aborted responses on a digest mismatch. */
 describe('the mirror over real HTTP', () => {
@@ -97,8 +98,15 @@ describe('the mirror over real HTTP', () => {
 
   it('aborts every client on a digest mismatch and keeps nothing', async () => {
     hub.faults.corruptBlob = true;
-    const pull = async () => {
-      const r = await request(`${mirror.url}/v2/srv/blobs/${bad.digest}`);
+    // The upstream body stops after its first bytes until all three clients have their answers: they
+    // share one download, however slowly the requests arrive (one that failed first would start another).
+    const gate = deferred();
+    hub.faults.holdBlobBody = { after: 64 * 1024, until: gate.promise };
+    const answers = await Promise.all([0, 1, 2].map(() => request(`${mirror.url}/v2/srv/blobs/${bad.digest}`)));
+    gate.resolve();
+    delete hub.faults.holdBlobBody;
+    const pull = async (r: (typeof answers)[number]) => {
+      expect(r.statusCode).toBe(200);
       let n = 0;
       try {
         for await (const c of r.body) n += c.length;
@@ -107,7 +115,7 @@ describe('the mirror over real HTTP', () => {
       }
       return { aborted: false, n };
     };
-    const results = await Promise.all([pull(), pull(), pull()]);
+    const results = await Promise.all(answers.map(pull));
     for (const r of results) {
       expect(r.aborted || r.n < bad.size).toBe(true);
       expect(r.n).toBeLessThan(bad.size);

@@ -1,6 +1,6 @@
 /**
  * Blob bodies, registry and CDN alike: single ranges the way S3 answers them, then the bytes with
- * the body faults applied (truncate, stall, trickle, corrupt); and huge manifest bodies streamed.
+ * the body faults applied (hold, truncate, stall, trickle, corrupt); and huge manifest bodies streamed.
  */
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { Blob } from '../images.js';
@@ -61,9 +61,13 @@ async function sendBody(ctx: Ctx, f: Faults, body: Buffer): Promise<void> {
   }
   const trickle = f.trickle;
   const step = trickle ? Math.max(1, trickle.bytesPerTick) : 64 * 1024;
-  for (let off = 0; off < limit; off += step) {
+  const hold = f.holdBlobBody;
+  for (let off = 0; off < limit; ) {
     if (res.destroyed) return;
-    const ok = res.write(body.subarray(off, Math.min(off + step, limit)));
+    if (hold && off === hold.after) await hold.until;
+    const next = Math.min(off + step, limit, hold && off < hold.after ? hold.after : Infinity);
+    const ok = res.write(body.subarray(off, next));
+    off = next;
     if (trickle) await sleep(trickle.tickMs);
     else if (!ok) await drained(res);
   }

@@ -69,6 +69,8 @@ export interface Faults {
   trickle?: { bytesPerTick: number; tickMs: number };
   /** Blob bodies: send this many bytes, then neither send more nor end. */
   stallBlobAfter?: number;
+  /** Blob bodies: send `after` bytes, then wait for `until` before the rest (a gate the test opens). */
+  holdBlobBody?: { after: number; until: Promise<void> };
   /** Blob GETs redirect to themselves forever. */
   redirectLoop?: boolean;
   /** Blob GETs redirect here (e.g. 'ftp://x/y'). */
