@@ -29,8 +29,9 @@ function framed(c: Context<Env>, headers: Record<string, string>): Record<string
 }
 
 /**
- * A body that writes itself into the response reusing its buffers (a stored file's: storage's
- * FileBody, which matches this shape without importing it). It ends `out`, or destroys it on a
+ * A body that writes itself into the response reusing its buffers (storage's FileBody, a stored
+ * file; transfer's DownloadReader, a download under way: both match this shape without importing
+ * it). It ends `out`, or destroys it on a
  * failure, and resolves with the bytes `out` took; it releases its own resources.
  */
 export interface WritesItself {

@@ -340,12 +340,11 @@ class DownloadReader extends Readable {
         if (this.pos >= limit) return this.finish();
         if (dl.state === 'failed') return void this.destroy(asError(dl.error));
         const verified = dl.verified;
-        const ceiling = verified ? dl.received : Math.min(dl.received, (dl.size ?? Infinity) - 1);
-        const available = Math.min(ceiling, limit);
+        const available = this.releasable(limit);
         if (this.pos < available) {
           let buf = dl.fromWindow(this.pos, available);
           if (!buf && dl.writer && this.pos < dl.writer.written) {
-            buf = await dl.writer.readAt(this.pos, Math.min(available, dl.writer.written) - this.pos > READ_CHUNK ? READ_CHUNK : Math.min(available, dl.writer.written) - this.pos);
+            buf = await dl.writer.readAt(this.pos, this.onDisk(available));
           }
           if (!buf || buf.length === 0) return void this.destroy(new Error('reader fell behind a pass-through download'));
           this.pos += buf.length;
@@ -366,6 +365,21 @@ class DownloadReader extends Readable {
   private finish(): void {
     this.push(null);
     this.dl.detach(this);
+  }
+
+  /**
+   * Where this reader may read up to now (exclusive): what has arrived, short of the blob's last
+   * byte until the digest is verified, and not past `limit`. Both paths below read by this rule.
+   */
+  private releasable(limit: number): number {
+    const dl = this.dl;
+    const ceiling = dl.verified ? dl.received : Math.min(dl.received, (dl.size ?? Infinity) - 1);
+    return Math.min(ceiling, limit);
+  }
+
+  /** Bytes from the position to read back from the file in one read (at most READ_CHUNK). */
+  private onDisk(available: number): number {
+    return Math.min(READ_CHUNK, Math.min(available, this.dl.writer?.written ?? 0) - this.pos);
   }
 
   /**
@@ -416,8 +430,7 @@ class DownloadReader extends Readable {
           if (this.pos >= limit) break;
           if (dl.state === 'failed') return settle(asError(dl.error));
           const verified = dl.verified;
-          const ceiling = verified ? dl.received : Math.min(dl.received, (dl.size ?? Infinity) - 1);
-          const available = Math.min(ceiling, limit);
+          const available = this.releasable(limit);
           if (this.pos < available) {
             await below(2);
             if (end.over) return;
@@ -431,7 +444,7 @@ class DownloadReader extends Readable {
             if (!dl.writer || this.pos >= dl.writer.written) return settle(new Error('reader fell behind a pass-through download'));
             // Fewer than two writes under way and at most two buffers: one is free, or one more may be made.
             const buf = free.pop() ?? Buffer.allocUnsafeSlow(READ_CHUNK);
-            const got = await dl.writer.readAt(this.pos, Math.min(available, dl.writer.written) - this.pos, buf);
+            const got = await dl.writer.readAt(this.pos, this.onDisk(available), buf);
             if (end.over) return;
             if (got.length === 0) return settle(new Error('reader fell behind a pass-through download'));
             this.pos += got.length;
