@@ -236,6 +236,27 @@ export function peakRss(pid: number): number | undefined {
   }
 }
 
+/** CPU seconds (user + system, all threads) a process has used so far; undefined once it is gone. */
+export function processCpuSeconds(pid: number): number | undefined {
+  try {
+    // Fields after the command name (which may hold spaces): utime and stime are the 12th and 13th.
+    const f = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]!.split(' ');
+    return (Number(f[11]) + Number(f[12])) / CLOCK_TICKS;
+  } catch {
+    return undefined;
+  }
+}
+
+/** CPU seconds the whole machine has been busy (all cores, everything but idle and iowait). */
+export function machineBusySeconds(): number {
+  const t = readFileSync('/proc/stat', 'utf8').split('\n')[0]!.trim().split(/\s+/).slice(1).map(Number);
+  const total = t.reduce((a, b) => a + b, 0);
+  return (total - t[3]! - t[4]!) / CLOCK_TICKS;
+}
+
+/** USER_HZ: the unit of /proc times, 100 on every Linux that Node runs on. */
+const CLOCK_TICKS = 100;
+
 /** Resets VmHWM to the current RSS (Linux ≥ 4.0; needs to own the process or be root). */
 export function resetPeakRss(pid: number): boolean {
   try {
