@@ -247,11 +247,14 @@ export function processCpuSeconds(pid: number): number | undefined {
   }
 }
 
-/** CPU seconds the whole machine has been busy (all cores, everything but idle and iowait). */
+/**
+ * CPU seconds the whole machine has been busy, all cores: user, nice, system, irq and softirq.
+ * Not idle or iowait; not steal (another guest had the core); not guest and guest_nice, which
+ * user and nice already include.
+ */
 export function machineBusySeconds(): number {
-  const t = readFileSync('/proc/stat', 'utf8').split('\n')[0]!.trim().split(/\s+/).slice(1).map(Number);
-  const total = t.reduce((a, b) => a + b, 0);
-  return (total - t[3]! - t[4]!) / CLOCK_TICKS;
+  const [user, nice, system, , , irq, softirq] = readFileSync('/proc/stat', 'utf8').split('\n')[0]!.trim().split(/\s+/).slice(1).map(Number);
+  return (user! + nice! + system! + irq! + softirq!) / CLOCK_TICKS;
 }
 
 /** USER_HZ: the unit of /proc times, 100 on every Linux that Node runs on. */

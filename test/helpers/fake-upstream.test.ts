@@ -419,6 +419,14 @@ describe('FakeUpstream (bearer, CDN)', () => {
       }
       expect(opened).toBe(true);
       expect(Buffer.concat(chunks).equals(big.bytes)).toBe(true);
+
+      // At 0 the headers still go out: the client has its answer while the gate is closed.
+      const gate0 = deferred();
+      up.faults.holdBlobBody = { after: 0, until: gate0.promise };
+      const held = await request(r.headers.location!);
+      expect(held.statusCode).toBe(200);
+      gate0.resolve();
+      expect(Buffer.from(await held.body.arrayBuffer()).equals(big.bytes)).toBe(true);
     });
 
     it('delayMs and trickle slow responses down', async () => {

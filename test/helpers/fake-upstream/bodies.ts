@@ -64,7 +64,12 @@ async function sendBody(ctx: Ctx, f: Faults, body: Buffer): Promise<void> {
   const hold = f.holdBlobBody;
   for (let off = 0; off < limit; ) {
     if (res.destroyed) return;
-    if (hold && off === hold.after) await hold.until;
+    if (hold && off === hold.after) {
+      // Headers go out with the first write: at 0 they are sent now, so the client has its answer.
+      if (off === 0) res.flushHeaders();
+      await hold.until;
+      if (res.destroyed) return;
+    }
     const next = Math.min(off + step, limit, hold && off < hold.after ? hold.after : Infinity);
     const ok = res.write(body.subarray(off, next));
     off = next;

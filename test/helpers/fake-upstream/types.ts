@@ -69,7 +69,10 @@ export interface Faults {
   trickle?: { bytesPerTick: number; tickMs: number };
   /** Blob bodies: send this many bytes, then neither send more nor end. */
   stallBlobAfter?: number;
-  /** Blob bodies: send `after` bytes, then wait for `until` before the rest (a gate the test opens). */
+  /**
+   * Blob bodies: send `after` bytes (the headers at least), then wait for `until` before the rest (a
+   * gate the test opens). Counted from the start of each response's body, a Range resume's too.
+   */
   holdBlobBody?: { after: number; until: Promise<void> };
   /** Blob GETs redirect to themselves forever. */
   redirectLoop?: boolean;
