@@ -152,8 +152,12 @@ export interface Config {
   heap: { growthPercent: number };
   /** Largest manifest accepted from upstream (bytes); largest `n` of a page. */
   limits: { maxManifestBytes: number; maxPageSize: number };
-  /** Milliseconds; `revalidate` is how long a tag revalidation may hold a client before the cached copy is served. */
-  timeouts: { connect: number; headers: number; bodyIdle: number; revalidate: number };
+  /**
+   * Milliseconds; `revalidate` is how long a tag revalidation may hold a client before the cached
+   * copy is served; `clientIdle` closes a client connection with nothing read or written for that
+   * long (0: never).
+   */
+  timeouts: { connect: number; headers: number; bodyIdle: number; revalidate: number; clientIdle: number };
   /** Assumed offline (upstream/availability.ts): the first and the longest offline period, ms; offlineMinMs 0 switches it off. */
   upstreamHealth: { offlineMinMs: number; offlineMaxMs: number };
   /** Certificate and key files: the registry listener serves HTTPS. */
@@ -319,7 +323,7 @@ export function validateConfig(raw: Raw): Config {
   const limits = obj('limits', raw.limits);
   known('limits', limits, ['maxManifestBytes', 'maxPageSize']);
   const timeouts = obj('timeouts', raw.timeouts);
-  known('timeouts', timeouts, ['connect', 'headers', 'bodyIdle', 'revalidate']);
+  known('timeouts', timeouts, ['connect', 'headers', 'bodyIdle', 'revalidate', 'clientIdle']);
   const health = obj('upstreamHealth', raw.upstreamHealth);
   known('upstreamHealth', health, ['offlineMinMs', 'offlineMaxMs']);
   const offlineMinMs = num('upstreamHealth.offlineMinMs', req('upstreamHealth.offlineMinMs', health.offlineMinMs), 0, 3_600_000);
@@ -455,6 +459,7 @@ export function validateConfig(raw: Raw): Config {
       headers: num('timeouts.headers', req('timeouts.headers', timeouts.headers), 1),
       bodyIdle: num('timeouts.bodyIdle', req('timeouts.bodyIdle', timeouts.bodyIdle), 1),
       revalidate: num('timeouts.revalidate', req('timeouts.revalidate', timeouts.revalidate), 1),
+      clientIdle: num('timeouts.clientIdle', req('timeouts.clientIdle', timeouts.clientIdle), 0),
     },
     upstreamHealth: { offlineMinMs, offlineMaxMs },
     ...(tlsRaw ? { tls: { cert: str('tls.cert', tlsRaw.cert), key: str('tls.key', tlsRaw.key) } } : {}),

@@ -95,7 +95,7 @@ async function main(argv: string[], env: NodeJS.ProcessEnv): Promise<void> {
     throw e;
   }
   const tls = config.tls ? { cert: readFileSync(config.tls.cert), key: readFileSync(config.tls.key) } : undefined;
-  const server = createMirrorServer({ fetch: mirror.app.fetch, ...(tls ? { tls } : {}) });
+  const server = createMirrorServer({ fetch: mirror.app.fetch, idleTimeoutMs: config.timeouts.clientIdle, ...(tls ? { tls } : {}) });
   server.listen(config.listen.port, config.listen.host, () => {
     const info = server.address() as AddressInfo;
     logger.info(

@@ -14,6 +14,12 @@ import type { StreamSink } from './send.js';
 export interface ServerOptions {
   fetch: (request: Request, env: StreamSink) => Response | Promise<Response>;
   tls?: { cert: Buffer; key: Buffer };
+  /**
+   * A connection with nothing read or written for this long is destroyed (config
+   * `timeouts.clientIdle`; 0 or unset: never). Node counts any socket activity, so a client reading
+   * a long body slowly is not cut; one that stopped reading is, and its answer's resources go.
+   */
+  idleTimeoutMs?: number;
 }
 
 export function createMirrorServer(opts: ServerOptions): Server {
@@ -27,6 +33,8 @@ export function createMirrorServer(opts: ServerOptions): Server {
   // The listener handles its own errors (errorHandler above); Node only needs it called.
   const handle = (req: IncomingMessage, res: ServerResponse) => void listener(req, res);
   const server = opts.tls ? createHttpsServer({ cert: opts.tls.cert, key: opts.tls.key }, handle) : createHttpServer(handle);
+  // With no 'timeout' listener on the server, request or response, Node destroys the socket.
+  server.timeout = opts.idleTimeoutMs ?? 0;
   server.on('clientError', (err: NodeJS.ErrnoException, socket: Duplex) => {
     // Node's parser refused the request (CR/LF in a header, a request line too long, ...).
     if (!socket.writable) return socket.destroy();

@@ -61,7 +61,7 @@ export async function startMirror(opts: TestMirrorOptions): Promise<TestMirror> 
   let server: Server | undefined;
   let url = '';
   if (opts.listen) {
-    server = createMirrorServer({ fetch: mirror.app.fetch });
+    server = createMirrorServer({ fetch: mirror.app.fetch, idleTimeoutMs: config.timeouts.clientIdle });
     url = `http://127.0.0.1:${await listenOn(server)}`;
   }
   return {

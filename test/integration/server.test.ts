@@ -1,4 +1,5 @@
 import { readdir } from 'node:fs/promises';
+import { connect, type Socket } from 'node:net';
 import { join } from 'node:path';
 import { request } from 'undici';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
@@ -127,5 +128,77 @@ describe('the mirror over real HTTP', () => {
     hub.faults.corruptBlob = false;
     const again = await request(`${mirror.url}/v2/srv/blobs/${bad.digest}`);
     expect(await digestOfStream(again.body)).toBe(bad.digest);
+  });
+});
+
+/** timeouts.clientIdle: a client that stopped reading is let go, one that reads slowly is not. */
+describe('idle clients over real HTTP', () => {
+  let hub: FakeUpstream;
+  let mirror: TestMirror;
+  // More than loopback's socket buffers take in (here a receive buffer may grow to 32 MiB), so a
+  // client that reads nothing stalls the answer inside the mirror.
+  const layer = makeRandomLayer(64 * 1024 * 1024, 'server-idle');
+  const IDLE_MS = 1000;
+
+  beforeAll(async () => {
+    hub = await FakeUpstream.start();
+    hub.putBlob('library/idle', layer);
+    mirror = await startMirror({ upstreams: { 'docker.io': { url: hub.url, libraryPrefix: true } }, listen: true, raw: { timeouts: { clientIdle: IDLE_MS } } });
+    expect(await digestOfStream((await request(`${mirror.url}/v2/idle/blobs/${layer.digest}`)).body)).toBe(layer.digest);
+    await vi.waitFor(async () => expect(await mirror.blobs.stat(layer.digest)).toBeDefined());
+  });
+  afterAll(async () => {
+    await mirror.stop();
+    await hub.close();
+  });
+
+  /** A raw GET of the blob; `pace` sees every chunk and may pause the socket. Counts what it read (headers too). */
+  const get = (pace: (received: number, socket: Socket) => void) => {
+    const { hostname, port } = new URL(mirror.url);
+    const socket = connect({ host: hostname, port: Number(port) }, () => {
+      socket.write(`GET /v2/idle/blobs/${layer.digest} HTTP/1.1\r\nHost: ${hostname}\r\nConnection: close\r\n\r\n`);
+    });
+    const got = { bytes: 0 };
+    socket.on('data', (c: Buffer) => {
+      got.bytes += c.length;
+      pace(got.bytes, socket);
+    });
+    socket.on('error', () => undefined); // a reset after the server gave up: 'close' follows
+    const closed = new Promise<number>((resolve) => socket.on('close', () => resolve(got.bytes)));
+    return { socket, got, closed };
+  };
+
+  it('closes a connection whose client stopped reading, and releases the blob', async () => {
+    const started = deferred();
+    const { socket, got, closed } = get((_, s) => {
+      // The first bytes, then nothing more: the mirror's writes stop draining.
+      s.pause();
+      started.resolve();
+    });
+    await started.promise;
+    expect(mirror.blobs.busy(layer.digest)).toBe(true); // the answer is under way, held by the client
+    // Released only when the idle timeout destroys the connection: the blob cannot fit in the buffers.
+    await vi.waitFor(() => expect(mirror.blobs.busy(layer.digest)).toBe(false), { timeout: 15_000, interval: 50 });
+    // Reading again, the client finds the connection closed short of the blob.
+    socket.removeAllListeners('data');
+    socket.on('data', (c: Buffer) => (got.bytes += c.length));
+    socket.resume();
+    expect(await closed).toBeLessThan(layer.size);
+  });
+
+  it('keeps a client that reads slowly, with pauses shorter than the idle time', async () => {
+    const every = 16 * 1024 * 1024;
+    let next = every;
+    let pauses = 0;
+    const { closed } = get((received, socket) => {
+      if (received < next) return;
+      next += every;
+      pauses++;
+      socket.pause();
+      setTimeout(() => socket.resume(), IDLE_MS / 3);
+    });
+    // The whole answer, headers and every byte of the blob, with a pause every 16 MiB.
+    expect(await closed).toBeGreaterThan(layer.size);
+    expect(pauses).toBeGreaterThanOrEqual(3);
   });
 });

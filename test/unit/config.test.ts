@@ -52,7 +52,7 @@ describe('the embedded default config', () => {
     expect(c.cache).toEqual({ tagTtl: 300, memoryBytes: 64 * 1024 * 1024, negativeTtl: 30, maxBytes: undefined, minFreeBytes: undefined, minFreePercent: undefined, lowWatermark: 0.9, pin: [], evictionInterval: 10 });
     expect(c.admin).toEqual({ listen: { host: '127.0.0.1', port: 5001 } });
     expect(c.limits).toEqual({ maxManifestBytes: 4 * 1024 * 1024, maxPageSize: 10000 });
-    expect(c.timeouts).toEqual({ connect: 5000, headers: 30000, bodyIdle: 30000, revalidate: 2000 });
+    expect(c.timeouts).toEqual({ connect: 5000, headers: 30000, bodyIdle: 30000, revalidate: 2000, clientIdle: 300000 });
     expect(c.upstreamHealth).toEqual({ offlineMinMs: 5000, offlineMaxMs: 120000 });
     expect(c.tls).toBeUndefined();
     expect(c.downloads).toEqual({ thread: true });
@@ -253,6 +253,11 @@ describe('validation names the bad key', () => {
     expect((await errorForFile('upstreams:\n  docker.io:\n    url: https://x\n    token: t\n')).key).toBe('upstreams.docker.io.token');
   });
 
+  it('timeouts.clientIdle: 0 switches the client idle timeout off', async () => {
+    expect(load({ file: await userFile('timeouts:\n  clientIdle: 0\n') }).timeouts.clientIdle).toBe(0);
+    expect(load({ file: await userFile('timeouts:\n  clientIdle: 60000\n') }).timeouts).toEqual({ connect: 5000, headers: 30000, bodyIdle: 30000, revalidate: 2000, clientIdle: 60000 });
+  });
+
   it('wrong types in the file are named', async () => {
     expect((await errorForFile('cache: 5\n')).key).toBe('cache');
     expect((await errorForFile('cache:\n  tagTtl: forever\n')).key).toBe('cache.tagTtl');
@@ -260,6 +265,8 @@ describe('validation names the bad key', () => {
     expect((await errorForFile('limits:\n  maxManifestBytes: 10\n')).key).toBe('limits.maxManifestBytes');
     expect((await errorForFile('timeouts:\n  connect: 0\n')).key).toBe('timeouts.connect');
     expect((await errorForFile('timeouts:\n  revalidate: 0\n')).key).toBe('timeouts.revalidate');
+    expect((await errorForFile('timeouts:\n  clientIdle: -1\n')).key).toBe('timeouts.clientIdle');
+    expect((await errorForFile('timeouts:\n  clientIdle: soon\n')).key).toBe('timeouts.clientIdle');
     expect((await errorForFile('upstreamHealth:\n  offlineMinMs: 10000\n  offlineMaxMs: 5000\n')).key).toBe('upstreamHealth.offlineMaxMs');
     expect((await errorForFile('upstreamHealth:\n  offlineMs: 1\n')).key).toBe('upstreamHealth.offlineMs');
     expect((await errorForFile('upstreams:\n  docker.io:\n    url: https://x\n    aliases: host\n')).key).toBe('upstreams.docker.io.aliases');
