@@ -442,9 +442,11 @@ class DownloadReader extends Readable {
               continue;
             }
             if (!dl.writer || this.pos >= dl.writer.written) return settle(new Error('reader fell behind a pass-through download'));
-            // Fewer than two writes under way and at most two buffers: one is free, or one more may be made.
-            const buf = free.pop() ?? Buffer.allocUnsafeSlow(READ_CHUNK);
-            const got = await dl.writer.readAt(this.pos, this.onDisk(available), buf);
+            // Fewer than two writes under way and at most two buffers: one is free, or one more may be
+            // made, no larger than what is left to send (a small blob must not cost 512 KiB; what is
+            // left only shrinks, so a buffer made earlier is never too small for a later read).
+            const buf = free.pop() ?? Buffer.allocUnsafeSlow(Math.max(1, Math.min(READ_CHUNK, Math.min(limit, dl.size ?? Infinity) - this.pos)));
+            const got = await dl.writer.readAt(this.pos, Math.min(this.onDisk(available), buf.length), buf);
             if (end.over) return;
             if (got.length === 0) return settle(new Error('reader fell behind a pass-through download'));
             this.pos += got.length;

@@ -316,6 +316,20 @@ describe('InflightDownloads', () => {
       expect(up.offsets).toEqual([0]);
     });
 
+    it('a buffer for reading back from the file is no larger than what the reader has left to send', async () => {
+      const blob = randomBytes(3 * 1024 * 1024);
+      const d = digestOf(blob);
+      const up = scripted(blob);
+      const first = await writeInto(inflight.join(d, ORIGIN, up.source).createReader());
+      expect(first.n).toBe(blob.length);
+      // The download is over and its window dropped: this reader reads [0, 50000) back from the file.
+      const small = await writeInto(inflight.join(d, ORIGIN, up.source).createReader(0, 49_999));
+      expectBytes(small.sink.bytes, blob.subarray(0, 50_000));
+      expect(small.sink.overwritten).toBe(0);
+      expect(up.offsets).toEqual([0]);
+      expect([...small.sink.buffers].map((b) => b.byteLength)).toEqual([50_000]);
+    });
+
     it('a digest mismatch cuts every writer short of the last byte', async () => {
       const blob = randomBytes(900 * 1024);
       const d = digestOf(blob);
