@@ -53,6 +53,7 @@ import { Metrics } from './metrics.js';
 import type { Logger } from './observability/types.js';
 import { DownloadThread } from './offload/download-thread.js';
 import { InflightDownloads, type InflightObserver } from './transfer/inflight.js';
+import { DEFAULT_READER_STALL_MS } from './transfer/download.js';
 import { NegativeCache } from './registry/negative-cache.js';
 import { Registry } from './registry/service.js';
 import { routeName, type RoutingTable } from './registry/reference.js';
@@ -504,6 +505,9 @@ export async function buildMirror(config: Config, opts: MirrorOptions = {}): Pro
   const inflight: InflightDownloads = new InflightDownloads({
     store: blobs,
     ...(downloadThread ? { sinks: downloadThread } : {}),
+    // Well inside upstream's body timeout: a pass-through held up by one client must cut that client
+    // before the upstream connection times out under all of them.
+    readerStallMs: Math.min(DEFAULT_READER_STALL_MS, config.timeouts.bodyIdle / 2),
     observer: {
       ...downloads,
       started: (digest) => {

@@ -7,7 +7,8 @@
  * When the store is full ("spilled": no writer, or a write failed with ENOSPC) the bytes still reach
  * the readers, now through a bounded window of recent chunks in memory, and the download waits for
  * its slowest reader (a plain pass-through proxy); nothing is kept. A reader that falls behind the
- * window is aborted rather than given a gap.
+ * window is aborted rather than given a gap, and one that takes nothing for readerStallMs is cut
+ * loose so that the others go on.
  *
  * Until the digest is verified the last byte of the blob is held back from every reader: a client
  * that received Content-Length bytes takes the body as complete, so a mismatch must leave it short.
@@ -28,6 +29,12 @@ export const SPILL_WINDOW = 16 * 1024 * 1024;
  * ~150 and still serves live readers from memory (bench/RESULTS.md, issue 13).
  */
 const KEEP_BEHIND = 2 * 1024 * 1024;
+/**
+ * How long a pass-through waits for a reader that takes nothing before it cuts that reader loose
+ * (its client sees a cut transfer) so the others go on. Without it one client that stopped reading
+ * held every other client of the blob until upstream's body timeout ended the download for all.
+ */
+export const DEFAULT_READER_STALL_MS = 10_000;
 
 interface Chunk {
   offset: number;
@@ -73,6 +80,8 @@ export class Download {
     readonly origin: string,
     /** Where a finished download is read from once its reference to the temp file may be gone. */
     private readonly store: Pick<BlobStore, 'open'>,
+    /** A pass-through cuts a reader that took nothing for this long (DEFAULT_READER_STALL_MS). */
+    private readonly readerStallMs = DEFAULT_READER_STALL_MS,
   ) {
     this.ready = new Promise((res, rej) => {
       this.resolveReady = res;
@@ -220,8 +229,22 @@ export class Download {
 
   /** In spill mode: resolves once the slowest reader is within half a window of the live edge. */
   async waitForReaders(): Promise<void> {
+    let slowest = this.slowestReader();
+    let since = performance.now();
     while (this.state === 'running' && this.received - this.slowestReader() > SPILL_WINDOW / 2) {
-      await this.nextProgress();
+      const at = this.slowestReader();
+      if (at !== slowest) {
+        slowest = at;
+        since = performance.now();
+      }
+      const left = this.readerStallMs - (performance.now() - since);
+      if (left <= 0) {
+        // Cut (asynchronously: a response closes on its own turn) and give them a full period again.
+        for (const r of this.readers) if (r.position === at) r.abandon(new Error(`a client took nothing from a pass-through for ${this.readerStallMs} ms`));
+        since = performance.now();
+        continue;
+      }
+      await this.progressWithin(left);
     }
     this.trim();
   }
@@ -259,6 +282,17 @@ export class Download {
   /** Resolves at the next chunk, completion, failure or reader progress. */
   nextProgress(): Promise<void> {
     return new Promise((res) => this.waiters.push(res));
+  }
+
+  /** nextProgress(), or after `ms` without any. */
+  private progressWithin(ms: number): Promise<void> {
+    return new Promise((res) => {
+      const timer = setTimeout(res, ms);
+      this.waiters.push(() => {
+        clearTimeout(timer);
+        res();
+      });
+    });
   }
 
   /**
@@ -311,6 +345,8 @@ export class Download {
 class DownloadReader extends Readable {
   private pos: number;
   private pumping = false;
+  /** The response writeInto() writes into, once it does. */
+  private out: Writable | undefined;
 
   constructor(private readonly dl: Download, start: number, private readonly end: number | undefined) {
     super({ highWaterMark: READ_CHUNK });
@@ -367,6 +403,12 @@ class DownloadReader extends Readable {
     this.dl.detach(this);
   }
 
+  /** Cut loose by a pass-through that will not wait for it: its consumer sees a failure, its client a cut transfer. */
+  abandon(err: Error): void {
+    if (this.out) this.out.destroy(err); // writeInto settles on the response's 'close'
+    else this.destroy(err);
+  }
+
   /**
    * Where this reader may read up to now (exclusive): what has arrived, short of the blob's last
    * byte until the digest is verified, and not past `limit`. Both paths below read by this rule.
@@ -394,6 +436,7 @@ class DownloadReader extends Readable {
   writeInto(out: Writable): Promise<number> {
     if (this.pumping || this.readableFlowing !== null || this.readableLength > 0 || this.destroyed) throw new Error('writeInto: the reader is already being read');
     this.pumping = true;
+    this.out = out;
     return new Promise((resolve) => {
       const free: Buffer[] = [];
       let written = 0;

@@ -58,6 +58,8 @@ export interface InflightOptions {
    * used when the store's writer allows it (BlobWriter.external) and the source takes a sink.
    */
   sinks?: BlobSinks;
+  /** A pass-through cuts a reader that took nothing for this long (default DEFAULT_READER_STALL_MS, download.ts). */
+  readerStallMs?: number;
 }
 
 export class InflightDownloads {
@@ -113,7 +115,7 @@ export class InflightDownloads {
       this.opts.observer.joined(digest);
       return existing;
     }
-    const dl = new Download(digest, origin, this.opts.store);
+    const dl = new Download(digest, origin, this.opts.store, this.opts.readerStallMs);
     this.downloads.set(digest, dl);
     this.opts.observer.started(digest);
     void this.run(dl, source);

@@ -2,13 +2,14 @@ import { randomBytes } from 'node:crypto';
 import { mkdtemp, readdir, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import type { Readable } from 'node:stream';
+import { Writable, type Readable } from 'node:stream';
 import { setImmediate as tick, setTimeout as sleep } from 'node:timers/promises';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { UpstreamError } from '../../src/upstream/errors.js';
 import { SlowSink } from '../helpers/slow-sink.js';
 import { waitFor } from '../helpers/wait.js';
 import { InflightDownloads, type BlobSource, type Download, type InflightObserver } from '../../src/transfer/inflight.js';
+import { SPILL_WINDOW } from '../../src/transfer/download.js';
 import { FsBlobStore } from '../../src/storage/fs-store.js';
 import { StoreFullError, type BlobStore, type BlobWriter } from '../../src/storage/store.js';
 import type { BlobBody } from '../../src/upstream/types.js';
@@ -590,6 +591,30 @@ describe('InflightDownloads', () => {
       expect(r.ended).toBe(false);
       expect((r.error as UpstreamError).kind).toBe('digest_mismatch');
       expect(r.bytes.length).toBeLessThan(blob.length);
+    });
+
+    it('a reader that takes nothing is cut loose after readerStallMs; the others get every byte', async () => {
+      inflight = new InflightDownloads({ store: fullStore(store), observer, lingerMs: 60_000, readerStallMs: 200 });
+      // More than half the pass-through window: the download has to wait for its slowest reader.
+      const blob = randomBytes(SPILL_WINDOW);
+      const d = digestOf(blob);
+      const up = scripted(blob);
+      const dl = inflight.join(d, ORIGIN, up.source);
+      // A stream nobody reads, and a response whose client never takes a write.
+      const unread = dl.createReader();
+      const unreadError = new Promise<Error>((resolve) => unread.on('error', resolve));
+      const neverSink = new Writable({ write: () => undefined });
+      neverSink.on('error', () => undefined);
+      const untaken = (dl.createReader() as unknown as { writeInto(out: Writable): Promise<number> }).writeInto(neverSink);
+      const good = await collect(dl.createReader());
+      expect(good.error).toBeUndefined();
+      expectBytes(good.bytes, blob);
+      expect((await unreadError).message).toMatch(/took nothing from a pass-through/);
+      expect(await untaken).toBe(0);
+      expect(neverSink.destroyed).toBe(true);
+      expect(up.offsets).toEqual([0]);
+      await dl.finished;
+      expect(dl.readerCount).toBe(0);
     });
 
     it('a reader created just after ready (as a request does, after linking the repository) is not too late', async () => {
