@@ -16,6 +16,7 @@ import { S3BlobStore } from '../../src/storage/s3-store.js';
 import { DigestMismatchError, StoreFullError, StoreUnavailableError, type BlobStore } from '../../src/storage/store.js';
 import { cephSkipReason, s3Server, type S3Server } from '../helpers/ceph.js';
 import { freePort, listenOn } from '../helpers/ports.js';
+import { waitFor } from '../helpers/wait.js';
 import { blobStoreContract, digestOf, expectBytes, readStream } from './store.contract.js';
 
 const SKIP = cephSkipReason('S3 blob store');
@@ -90,7 +91,8 @@ describe.skipIf(SKIP !== undefined)('S3BlobStore on Ceph RGW', () => {
       const d = digestOf(bytes);
       const w = await store.createWriter(d);
       for (let off = 0; off < bytes.length; off += MiB) await w.write(bytes.subarray(off, off + MiB));
-      // Parts went up during the writes: an upload is open, and still no object.
+      // Parts go up during the writes, in the background: an upload opens, and still no object.
+      await waitFor(async () => (await uploads()).length > 0, 10_000, 'the multipart upload to open');
       expect((await uploads()).map((u) => u.Key)).toEqual([store.keys.blob(d)]);
       expect(await objects()).toEqual([]);
       expect(await store.stat(d)).toBeUndefined();
@@ -108,6 +110,8 @@ describe.skipIf(SKIP !== undefined)('S3BlobStore on Ceph RGW', () => {
       const d = digestOf(Buffer.from('something else'));
       const w = await store.createWriter(d);
       for (let off = 0; off < bytes.length; off += MiB) await w.write(bytes.subarray(off, off + MiB));
+      // The parts upload in the background: wait for the upload to open (under load it trails write()).
+      await waitFor(async () => (await uploads()).length > 0, 10_000, 'the multipart upload to open');
       expect(await uploads()).toHaveLength(1);
       await expect(w.commit()).rejects.toBeInstanceOf(DigestMismatchError);
       await w.close();
