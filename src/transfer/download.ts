@@ -231,20 +231,26 @@ export class Download {
   async waitForReaders(): Promise<void> {
     let slowest = this.slowestReader();
     let since = performance.now();
-    while (this.state === 'running' && this.received - this.slowestReader() > SPILL_WINDOW / 2) {
-      const at = this.slowestReader();
-      if (at !== slowest) {
-        slowest = at;
-        since = performance.now();
+    // One timer for the whole wait (not one per reader's chunk): it wakes the loop to look at the
+    // clock, so a stalled reader is cut between readerStallMs and 1.25 × that.
+    let tick: NodeJS.Timeout | undefined;
+    try {
+      while (this.state === 'running' && this.received - this.slowestReader() > SPILL_WINDOW / 2) {
+        const at = this.slowestReader();
+        if (at !== slowest) {
+          slowest = at;
+          since = performance.now();
+        }
+        if (performance.now() - since >= this.readerStallMs) {
+          // Cut (asynchronously: a response closes on its own turn) and give them a full period again.
+          for (const r of this.readers) if (r.position === at) r.abandon(new Error(`a client took nothing from a pass-through for ${this.readerStallMs} ms`));
+          since = performance.now();
+        }
+        tick ??= setInterval(() => this.wake(), Math.max(10, this.readerStallMs / 4));
+        await this.nextProgress();
       }
-      const left = this.readerStallMs - (performance.now() - since);
-      if (left <= 0) {
-        // Cut (asynchronously: a response closes on its own turn) and give them a full period again.
-        for (const r of this.readers) if (r.position === at) r.abandon(new Error(`a client took nothing from a pass-through for ${this.readerStallMs} ms`));
-        since = performance.now();
-        continue;
-      }
-      await this.progressWithin(left);
+    } finally {
+      clearInterval(tick);
     }
     this.trim();
   }
@@ -282,17 +288,6 @@ export class Download {
   /** Resolves at the next chunk, completion, failure or reader progress. */
   nextProgress(): Promise<void> {
     return new Promise((res) => this.waiters.push(res));
-  }
-
-  /** nextProgress(), or after `ms` without any. */
-  private progressWithin(ms: number): Promise<void> {
-    return new Promise((res) => {
-      const timer = setTimeout(res, ms);
-      this.waiters.push(() => {
-        clearTimeout(timer);
-        res();
-      });
-    });
   }
 
   /**
