@@ -4,6 +4,7 @@
  * scope until shortly before they expire, and one fetch per scope is in flight at a time, so fifty
  * clients pulling one repository cause one token request.
  */
+import { LRUCache } from 'lru-cache';
 import type { Dispatcher } from 'undici';
 import type { Challenge } from './challenge.js';
 import { UpstreamError } from './errors.js';
@@ -26,6 +27,8 @@ export interface AuthDeps {
   /** The upstream's key, for errors. */
   upstream: string;
   userAgent: string;
+  /** The token cache's bound in units of one token of up to 1 KiB (default MAX_TOKEN_UNITS). */
+  maxTokenUnits?: number;
 }
 
 interface Token {
@@ -38,22 +41,36 @@ interface Token {
 const EXPIRY_MARGIN_MS = 15_000;
 const DEFAULT_TOKEN_TTL_S = 60;
 const MAX_TOKEN_BODY = 256 * 1024;
+/**
+ * Tokens kept, counted in KiB started (a Docker Hub token is ~1-2 KiB): ~4 MiB at most. A scope is
+ * one repository, and a registry like Docker Hub gives a token for any name, even one that does
+ * not exist, so a client asking for many names must not grow this for ever; the least recently
+ * used token goes first and is fetched again if its repository comes back.
+ */
+export const MAX_TOKEN_UNITS = 4096;
 
 export class UpstreamAuth {
-  private readonly tokens = new Map<string, Token>();
+  private readonly tokens: LRUCache<string, Token>;
   /** One token request per scope at a time. */
   private readonly pending = new SingleFlight<string | undefined>();
   /** The last Bearer challenge seen: lets a new scope fetch its token without a 401 round trip first. */
   private bearer: { realm: string; service: string | undefined } | undefined;
   private basicOnly = false;
 
-  constructor(private readonly deps: AuthDeps) {}
+  constructor(private readonly deps: AuthDeps) {
+    this.tokens = new LRUCache<string, Token>({
+      maxSize: Math.max(1, deps.maxTokenUnits ?? MAX_TOKEN_UNITS),
+      sizeCalculation: (t, scope) => Math.max(1, Math.ceil((t.value.length + scope.length) / 1024)),
+    });
+  }
 
   /** The Authorization header to send for a scope before any challenge, if one is known. */
   async headerFor(scope: string): Promise<string | undefined> {
     if (this.basicOnly) return this.basicHeader();
     const t = this.tokens.get(scope);
     if (t && t.renewAt > this.deps.now()) return `Bearer ${t.value}`;
+    // A token past its time is never sent again: it goes now rather than when the cache fills.
+    if (t && !this.pending.has(scope)) this.tokens.delete(scope);
     if (this.bearer) return this.fetchToken(scope, this.bearer.realm, this.bearer.service);
     return undefined;
   }

@@ -133,6 +133,34 @@ describe('UpstreamAuth', () => {
     expect(requests).toHaveLength(2);
   });
 
+  it('keeps a bounded number of tokens: asking for many repositories evicts the least recently used, fetched again when asked', async () => {
+    const auth = make({ maxTokenUnits: 3 });
+    handler = issue(300, 0);
+    expect(await auth.answer(bearer(), A)).toBe('Bearer tok-1');
+    expect(await auth.headerFor(B)).toBe('Bearer tok-2');
+    const C = 'repository:library/c:pull';
+    expect(await auth.headerFor(C)).toBe('Bearer tok-3');
+    // A, B and C fill the cache; A used last of them keeps its token when D arrives, B goes.
+    expect(await auth.headerFor(A)).toBe('Bearer tok-1');
+    expect(await auth.headerFor('repository:library/d:pull')).toBe('Bearer tok-4');
+    expect(requests).toHaveLength(4);
+    expect(await auth.headerFor(A)).toBe('Bearer tok-1');
+    expect(await auth.headerFor(C)).toBe('Bearer tok-3');
+    expect(requests).toHaveLength(4);
+    expect(await auth.headerFor(B)).toBe('Bearer tok-5');
+    expect(requests.map((r) => r.scope)).toEqual([A, B, C, 'repository:library/d:pull', B]);
+  });
+
+  it('a large token counts for the KiB it takes: a 3 KiB token fills a cache of 3 units alone', async () => {
+    const auth = make({ maxTokenUnits: 4 });
+    handler = (_req, res, n) => json(res, 200, { token: n === 1 ? 'x'.repeat(3 * 1024) : `tok-${n}`, expires_in: 300 });
+    expect(await auth.answer(bearer(), A)).toBe(`Bearer ${'x'.repeat(3 * 1024)}`);
+    expect(await auth.headerFor(B)).toBe('Bearer tok-2');
+    // A (4 units: 3 KiB and its scope) and B (1) exceed 4: A, the older, went.
+    expect(await auth.headerFor(A)).toBe('Bearer tok-3');
+    expect(requests.map((r) => r.scope)).toEqual([A, B, A]);
+  });
+
   it('concurrent answers for one scope cause ONE token request', async () => {
     const auth = make();
     const headers = await Promise.all(Array.from({ length: 10 }, () => auth.answer(bearer(), A)));
