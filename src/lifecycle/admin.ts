@@ -202,6 +202,8 @@ export class CacheAdminService implements CacheAdmin {
       [...inv.sizes.keys()].filter((d) => !inv.refs.has(d) && !linked.has(d)),
       removed,
     );
+    // Uses of content that is not stored (passed through a full store, asked for and gone): not kept for ever.
+    records += this.deps.usage.prune((d) => inv.sizes.has(d), inv.takenAt - this.deps.tempGraceMs);
     const tempFiles = await blobs.sweepTemp(this.deps.tempGraceMs);
     const result: GcResult = { blobs: removed.blobs, bytes: removed.bytes, records, tempFiles };
     this.deps.logger.info({ ...result }, 'garbage collected');

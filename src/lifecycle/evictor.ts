@@ -10,6 +10,7 @@ import type { Logger } from '../observability/types.js';
 import type { EvictionReason, EvictionResult } from './types.js';
 import { blobLastUse, type ImageUnit, type Inventory } from './inventory.js';
 import { emptyRemoved, type Remover } from './remover.js';
+import { UNSTORED_USE_GRACE_MS, type UsageTracker } from './usage.js';
 
 export interface Limits {
   maxBytes: number | undefined;
@@ -32,7 +33,7 @@ export interface EvictorDeps {
   inventory: () => Promise<Inventory>;
   remover: Remover;
   pinned: (img: ImageUnit) => boolean;
-  usage: { get(key: string): number | undefined };
+  usage: Pick<UsageTracker, 'get' | 'prune'>;
   observer: EvictionObserver;
   logger: Logger;
   /**
@@ -127,6 +128,8 @@ export class Evictor {
       const unreferenced = c.image ? await this.deps.remover.removeImage(inv, c.image, removed) : [c.blob!];
       await this.deps.remover.deleteBlobs(inv, unreferenced, removed);
     }
+    // A full store passes blobs through without keeping them: their uses go with this inventory.
+    this.deps.usage.prune((d) => inv.sizes.has(d), inv.takenAt - UNSTORED_USE_GRACE_MS);
     this.deps.observer.evicted(need.reason, removed.blobs, removed.bytes);
     const result: EvictionResult = { reason: need.reason, images: removed.images, blobs: removed.blobs, bytes: removed.bytes, after: this.deps.cacheBytes() };
     this.deps.logger.info({ ...result, wanted: need.bytes, ms: Math.round(performance.now() - started) }, 'evicted least recently used images');

@@ -79,7 +79,7 @@ export interface GcResult {
   /** Blobs no repository record refers to, removed. */
   blobs: number;
   bytes: number;
-  /** Links and manifest records to blobs no longer on disk, removed. */
+  /** Links, manifest records and use records of content no longer on disk, removed. */
   records: number;
   /** Temp files left by a crash, removed (only at start or with the mirror stopped). */
   tempFiles: number;

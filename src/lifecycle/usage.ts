@@ -16,6 +16,15 @@ export interface UsageRecorder {
 
 export const manifestKey = (upstream: string, repo: string, digest: string) => `m ${upstream}/${repo}@${digest}`;
 export const blobKey = (digest: string) => `b ${digest}`;
+/** The digest a key names: what must be stored for the key to mean anything. */
+const digestOfKey = (key: string) => key.slice(key.startsWith('m ') ? key.lastIndexOf('@') + 1 : 2);
+
+/**
+ * How long a use of content that is not stored is kept. A download by digest records its use when
+ * it starts, before its blob is stored, and a GC keeps that download's records while its use is
+ * this recent; the same hour as GC's grace for temp files.
+ */
+export const UNSTORED_USE_GRACE_MS = 60 * 60 * 1000;
 
 export class UsageTracker implements UsageRecorder {
   private entries = new Map<string, number>();
@@ -52,6 +61,23 @@ export class UsageTracker implements UsageRecorder {
     let min: number | undefined;
     for (const v of this.entries.values()) if (min === undefined || v < min) min = v;
     return min;
+  }
+
+  /**
+   * Forgets the uses older than `before` of content that is not stored (`stored(digest)` false): a
+   * blob passed through a full store, content removed behind the mirror's back. Called with an
+   * inventory (GC, an eviction pass), so the figures hold what the cache holds and no more, however
+   * long the mirror runs. Returns how many were forgotten.
+   */
+  prune(stored: (digest: string) => boolean, before: number): number {
+    let n = 0;
+    for (const [k, at] of this.entries) {
+      if (at >= before || stored(digestOfKey(k))) continue;
+      this.entries.delete(k);
+      n++;
+    }
+    if (n > 0) this.dirty = true;
+    return n;
   }
 
   /** Forgets keys (evicted or purged content). */

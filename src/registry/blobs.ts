@@ -66,8 +66,10 @@ export class BlobService {
   /** Size of a blob without downloading it: from disk, or from an upstream HEAD. */
   async stat(ref: RepoRef, digest: string): Promise<BlobStat> {
     parseDigest(digest);
-    this.ctx.deps.usage.blob(digest);
     const local = await this.ctx.localBlobSize(digest);
+    // A use is recorded for content the mirror holds or fetches, never for a name alone: a client
+    // asking for digests nobody has must not grow the figures (lifecycle/usage.ts).
+    if (local !== undefined) this.ctx.deps.usage.blob(digest);
     if (local !== undefined && (await this.ctx.linked(ref, digest))) {
       this.ctx.deps.observer.result('blob', ref.upstream, 'hit');
       return { size: local };
@@ -102,10 +104,10 @@ export class BlobService {
 
   async open(ref: RepoRef, digest: string, specs: RangeSpec[] | undefined): Promise<BlobResponse> {
     parseDigest(digest);
-    this.ctx.deps.usage.blob(digest);
     const { deps } = this.ctx;
     const local = await this.ctx.localBlobSize(digest);
     if (local !== undefined) {
+      deps.usage.blob(digest);
       if (!(await this.ctx.linked(ref, digest))) {
         this.ctx.assertOnline('blob', ref);
         await this.confirm(ref, digest);
@@ -156,6 +158,8 @@ export class BlobService {
     const stored = running?.verified === true && !running.spilled;
     const dl = deps.coordinator ? await deps.coordinator.join(digest, origin, source) : deps.inflight.join(digest, origin, source);
     await dl.ready;
+    // Upstream has it and its bytes are coming: a use (a download by digest is younger than any GC's grace).
+    deps.usage.blob(digest);
     if (dl.origin === origin) await this.ctx.link(ref, [digest]);
     let size = dl.size;
     if (size === undefined && spec) {

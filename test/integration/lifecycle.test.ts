@@ -259,6 +259,51 @@ describe('a cache that stays within its limits', () => {
     await rm(dataDir, { recursive: true, force: true });
   });
 
+  it('uses are kept for content only: digests nobody has leave no trace, and GC and eviction passes forget the uses of content gone from the store', async () => {
+    const savedUses = async (dataDir: string) => {
+      const { FsMetaStore } = await import('../../src/storage/fs-meta-store.js');
+      const state = (await new FsMetaStore(dataDir).getState('usage')) as { entries: Record<string, number> } | undefined;
+      return Object.keys(state?.entries ?? {});
+    };
+    await start();
+    await pull('a');
+    const absent = Array.from({ length: 40 }, (_, i) => digestOf(Buffer.from(`nobody has this ${i}`)));
+    for (const d of absent) {
+      expect((await mirror!.request(`/v2/a/blobs/${d}`, { method: 'HEAD' })).status).toBe(404);
+      expect((await mirror!.request(`/v2/a/blobs/${d}`)).status).toBe(404);
+    }
+    const dataDir = mirror!.dataDir;
+    await mirror!.stop({ keepData: true });
+    mirror = undefined;
+    const img = images.a!;
+    const before = await savedUses(dataDir);
+    for (const b of [img.config, ...img.layers]) expect(before).toContain(`b ${b.digest}`);
+    expect(before.filter((k) => absent.some((d) => k.includes(d)))).toEqual([]);
+
+    // The layer's file removed behind the mirror's back: past GC's grace, its use goes with its records.
+    await rm(`${dataDir}/blobs/sha256/${img.layers[0]!.digest.slice(7, 9)}/${img.layers[0]!.digest.slice(7)}`);
+    await start({}, dataDir);
+    clock.now += 2 * 60 * 60 * 1000;
+    expect((await mirror!.admin.gc()).records).toBeGreaterThan(0);
+    await mirror!.stop({ keepData: true });
+    mirror = undefined;
+    const after = await savedUses(dataDir);
+    expect(after).not.toContain(`b ${img.layers[0]!.digest}`);
+    expect(after).toContain(`b ${img.config.digest}`);
+    expect(after).toContain(`m docker.io/library/a@${img.manifest.digest}`);
+
+    // An eviction pass (its inventory) forgets them too: a full store keeps passing blobs through.
+    await start({ maxBytes: Math.floor(LAYER / 2) }, dataDir);
+    await rm(`${dataDir}/blobs/sha256/${img.config.digest.slice(7, 9)}/${img.config.digest.slice(7)}`);
+    clock.now += 2 * 60 * 60 * 1000;
+    await pull('b');
+    expect(await mirror!.admin.evict()).toBeDefined();
+    await mirror!.stop({ keepData: true });
+    mirror = undefined;
+    expect(await savedUses(dataDir)).not.toContain(`b ${img.config.digest}`);
+    await rm(dataDir, { recursive: true, force: true });
+  });
+
   it('the admin API answers JSON: summary, repositories, images, purge, pins, evict, gc', async () => {
     await start({ maxBytes: 10_000_000 });
     await pull('a');
