@@ -54,6 +54,7 @@ import type { Logger } from './observability/types.js';
 import { DownloadThread } from './offload/download-thread.js';
 import { InflightDownloads, type InflightObserver } from './transfer/inflight.js';
 import { DEFAULT_READER_STALL_MS } from './transfer/download.js';
+import { MIN_PROGRESS_BYTES } from './transfer/fill.js';
 import { NegativeCache } from './registry/negative-cache.js';
 import { Registry } from './registry/service.js';
 import { routeName, type RoutingTable } from './registry/reference.js';
@@ -508,11 +509,18 @@ export async function buildMirror(config: Config, opts: MirrorOptions = {}): Pro
     // Well inside upstream's body timeout: a pass-through held up by one client must cut that client
     // before the upstream connection times out under all of them.
     readerStallMs: Math.min(DEFAULT_READER_STALL_MS, config.timeouts.bodyIdle / 2),
+    // bodyIdle ends a body that brings no byte; this one that brings next to nothing (transfer/fill.ts).
+    minProgress: { bytes: MIN_PROGRESS_BYTES, windowMs: config.timeouts.bodyIdle },
     observer: {
       ...downloads,
       started: (digest) => {
         downloads.started(digest);
         if (lifecycle.recentEvictions.refetched(digest)) metrics.refetchedAfterEviction.inc();
+      },
+      failed: (digest, error, origin) => {
+        downloads.failed(digest, error, origin);
+        // Its clients saw a cut transfer; this line says why (a mismatch, too slow, resumes used up).
+        logger.warn({ digest, origin, err: error instanceof Error ? error.message : String(error) }, 'download failed');
       },
     },
   });

@@ -8,6 +8,12 @@
  * back off (jittered, doubling) and give up after `maxResumes` of them in a row or once the time
  * since the last new byte would pass the stall budget; against an upstream assumed offline
  * (upstream/availability.ts) an attempt waits for its next probe. Readers keep their streams meanwhile.
+ *
+ * Progress means real progress: once its first body opens, a download whose upstream delivers fewer
+ * than `minProgress.bytes` in a `minProgress.windowMs` fails as too slow (not resumed). An idle
+ * timeout alone ends a body only when no byte at all comes; an upstream sending a byte now and then,
+ * or cutting every body after a few bytes, would hold the download, its temp file and its clients
+ * for as long as it liked.
  */
 import type { Hash } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -61,7 +67,23 @@ export interface FillOptions {
   onSpill(cause: unknown): Hash;
   /** When set and the writer allows it, the bytes go to the temp file off this thread. */
   sinks?: BlobSinks;
+  /**
+   * The floor under real progress (see above); not checked while a pass-through is paced by its
+   * readers. Undefined: none.
+   */
+  minProgress?: MinProgress;
 }
+
+export interface MinProgress {
+  bytes: number;
+  windowMs: number;
+}
+
+/**
+ * The floor the server sets, per `timeouts.bodyIdle` window: 64 KiB in 30 s is ~2 KiB/s, far below
+ * any real link a registry is pulled over (a 64 kbit/s line brings 240 KiB in that time).
+ */
+export const MIN_PROGRESS_BYTES = 64 * 1024;
 
 export class Fill {
   private readonly disk: WriteBehind | undefined;
@@ -76,6 +98,11 @@ export class Fill {
    * it (a fleet owner's, which may read the shared store) keeps the writer's own write().
    */
   private sinkless: boolean;
+  /** The body being copied now, cancelled when the download is found too slow. */
+  private current: BlobBody | undefined;
+  /** Set once the download delivered less than the floor in a window: the download's failure. */
+  private tooSlow: UpstreamError | undefined;
+  private watch: NodeJS.Timeout | undefined;
 
   constructor(
     private readonly dl: Download,
@@ -115,9 +142,37 @@ export class Fill {
     try {
       return await this.attempts();
     } finally {
+      clearInterval(this.watch);
       // Before the writer is committed or aborted: the other thread must have stopped writing.
       await this.closeSink();
     }
+  }
+
+  /** The download's failure once found too slow, unless its body was whole when it was cancelled. */
+  private slowFailure(): UpstreamError | undefined {
+    const { dl } = this;
+    return this.tooSlow && (dl.size === undefined || dl.received < dl.size) ? this.tooSlow : undefined;
+  }
+
+  /** From the first body on: every window must bring `minProgress.bytes`, or the body is cancelled and the download fails. */
+  private watchProgress(): void {
+    const floor = this.opts.minProgress;
+    if (!floor || this.watch) return;
+    const clock = this.opts.now ?? (() => performance.now());
+    let mark = this.dl.received;
+    let since = clock();
+    this.watch = setInterval(() => {
+      const { dl } = this;
+      if (dl.spilled || this.tooSlow) return;
+      if (clock() - since < floor.windowMs) return;
+      const got = dl.received - mark;
+      mark = dl.received;
+      since = clock();
+      if (got >= floor.bytes) return;
+      this.tooSlow = new UpstreamError('timeout', upstreamOf(dl.origin), `upstream sent ${got} bytes of the blob in ${floor.windowMs} ms, fewer than ${floor.bytes}: too slow`);
+      this.current?.cancel();
+    }, Math.max(10, floor.windowMs / 4));
+    this.watch.unref();
   }
 
   private async attempts(): Promise<Hash | undefined> {
@@ -129,10 +184,23 @@ export class Fill {
       const before = this.dl.received;
       let cause: unknown;
       try {
-        await this.copy(await this.open());
+        if (this.tooSlow) throw this.tooSlow;
+        const body = await this.open();
+        this.current = body;
+        this.watchProgress();
+        try {
+          await this.copy(body);
+        } finally {
+          this.current = undefined;
+        }
+        // A cancelled body may end without an error.
+        const slow = this.slowFailure();
+        if (slow) throw slow;
         if (!this.dl.spilled) await this.disk!.drain().catch((e: unknown) => this.spillNow(e));
         return this.hash;
       } catch (e) {
+        const slow = this.slowFailure();
+        if (slow) throw slow;
         if (!(e instanceof ResumableFailure)) throw e;
         cause = e.cause;
       }
@@ -167,7 +235,7 @@ export class Fill {
     this.skip = dl.received - body.start;
     if (this.skip < 0 || (body.start !== 0 && this.skip !== 0)) {
       body.cancel();
-      throw new UpstreamError('protocol', dl.origin.slice(0, Math.max(0, dl.origin.indexOf('/'))), `upstream resumed at ${body.start}, not at ${dl.received}`);
+      throw new UpstreamError('protocol', upstreamOf(dl.origin), `upstream resumed at ${body.start}, not at ${dl.received}`);
     }
     return body;
   }
@@ -275,6 +343,9 @@ class ResumableFailure extends Error {
     super('resumable upstream failure');
   }
 }
+
+/** The upstream key of an origin `<upstream>/<repo>`. */
+export const upstreamOf = (origin: string): string => origin.slice(0, Math.max(0, origin.indexOf('/')));
 
 /** Equal jitter: half the delay fixed, half random, so many downloads do not retry in step. */
 const jittered = (ms: number): number => ms / 2 + Math.random() * (ms / 2);

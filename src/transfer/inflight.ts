@@ -11,7 +11,7 @@ import { DigestMismatchError, StoreFullError } from '../storage/store.js';
 import { UpstreamError } from '../upstream/errors.js';
 import type { BlobBody, BlobSink } from '../upstream/types.js';
 import { Download } from './download.js';
-import { Fill, type BlobSinks } from './fill.js';
+import { Fill, upstreamOf, type BlobSinks, type MinProgress } from './fill.js';
 
 
 export { Download } from './download.js';
@@ -60,6 +60,8 @@ export interface InflightOptions {
   sinks?: BlobSinks;
   /** A pass-through cuts a reader that took nothing for this long (default DEFAULT_READER_STALL_MS, download.ts). */
   readerStallMs?: number;
+  /** A download delivering less than this in a window fails as too slow (fill.ts); undefined: no floor. */
+  minProgress?: MinProgress;
 }
 
 export class InflightDownloads {
@@ -134,7 +136,13 @@ export class InflightDownloads {
       hash = await new Fill(
         dl,
         source,
-        { maxResumes: this.maxResumes, onResume: (at) => this.opts.observer.resumed(dl.digest, at), onSpill: (e) => this.spill(dl, e), ...(this.opts.sinks ? { sinks: this.opts.sinks } : {}) },
+        {
+          maxResumes: this.maxResumes,
+          onResume: (at) => this.opts.observer.resumed(dl.digest, at),
+          onSpill: (e) => this.spill(dl, e),
+          ...(this.opts.sinks ? { sinks: this.opts.sinks } : {}),
+          ...(this.opts.minProgress ? { minProgress: this.opts.minProgress } : {}),
+        },
         hash,
       ).run();
       if (dl.spilled) {
@@ -182,6 +190,3 @@ export class InflightDownloads {
     if (this.downloads.get(dl.digest) === dl) this.downloads.delete(dl.digest);
   }
 }
-
-/** The upstream key of an origin `<upstream>/<repo>`. */
-const upstreamOf = (origin: string): string => origin.slice(0, Math.max(0, origin.indexOf('/')));

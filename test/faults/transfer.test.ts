@@ -18,10 +18,11 @@ const truncLayer = makeRandomLayer(3 * MiB, 'transfer-trunc');
 const corruptLayer = makeRandomLayer(2 * MiB, 'transfer-corrupt');
 const stallLayer = makeRandomLayer(4 * MiB, 'transfer-stall');
 const trickleLayer = makeRandomLayer(1 * MiB, 'transfer-trickle');
+const crawlLayer = makeRandomLayer(1 * MiB, 'transfer-crawl');
 const hangLayer = makeRandomLayer(3 * MiB, 'transfer-hang');
 const hangLayer2 = makeRandomLayer(3 * MiB, 'transfer-hang-2');
 const warmLayer = makeRandomLayer(300_000, 'transfer-warm');
-const img = makeImage({ layers: [truncLayer, corruptLayer, stallLayer, trickleLayer, hangLayer, hangLayer2, warmLayer] });
+const img = makeImage({ layers: [truncLayer, corruptLayer, stallLayer, trickleLayer, crawlLayer, hangLayer, hangLayer2, warmLayer] });
 const manifestImg = makeImage({ layers: [warmLayer], cmd: ['corrupt-manifest'] });
 
 const fx = faultFixture(async () => {
@@ -165,6 +166,21 @@ describe('slow upstream', () => {
     await waitFor(() => existsSync(blobFile(fx.mirror!.dataDir, trickleLayer.digest)), 5000, `${trickleLayer.digest} in the cache`);
     expect(cdnGets(trickleLayer.digest).length).toBe(1);
     console.log(`[transfer] trickle: ${trickleLayer.size} bytes in ${Math.round(r.ms)} ms, one upstream GET`);
+  });
+
+  it('cuts a trickle that never idles but brings next to nothing (1 KiB every 100 ms; the floor is 64 KiB a bodyIdle), keeping nothing', async () => {
+    fx.mirror = await start({ timeouts: { bodyIdle: 1000 } });
+    fx.hub.faults.trickle = { bytesPerTick: 1024, tickMs: 100 };
+    const r = await rawGet(blobUrl(fx.mirror, crawlLayer.digest), { timeoutMs: 30_000 });
+    // At 10 KiB/s the whole layer would take ~100 s; bodyIdle alone would never end it.
+    expect(r.complete).toBe(false);
+    expect(r.body.length).toBeLessThan(64 * 1024);
+    expect(r.ms, `took ${Math.round(r.ms)} ms`).toBeLessThan(10_000);
+    expect(cdnGets(crawlLayer.digest)).toHaveLength(1);
+    expect(fx.mirror.output()).toMatch(/fewer than 65536: too slow/);
+    expect(existsSync(blobFile(fx.mirror.dataDir, crawlLayer.digest))).toBe(false);
+    await waitFor(() => tmpEntries(fx.mirror!.dataDir).length === 0, 3000, () => `an empty tmp/ (has ${tmpEntries(fx.mirror!.dataDir).join(', ')})`);
+    console.log(`[transfer] crawl: client saw ${r.status}/${r.body.length} bytes after ${Math.round(r.ms)} ms`);
   });
 });
 

@@ -32,6 +32,10 @@ interface Step {
   size?: number | null;
   /** Fail before any body (an upstream error status). */
   openError?: unknown;
+  /** Wait this long before answering (slow response headers). */
+  openDelayMs?: number;
+  /** Send the body `bytes` at a time, `everyMs` apart (a trickle). */
+  pace?: { bytes: number; everyMs: number };
 }
 
 interface Script {
@@ -52,27 +56,33 @@ function scripted(blob: Buffer, steps: Step[] = [{}]): Script {
     const step = steps[Math.min(script.offsets.length, steps.length - 1)]!;
     script.offsets.push(offset);
     await tick();
+    if (step.openDelayMs) await sleep(step.openDelayMs);
     if (step.openError) throw step.openError;
     const data = step.data ?? blob;
     const start = step.ignoreRange ? 0 : offset;
+    const chunk = step.pace?.bytes ?? CHUNK;
+    let cancelled = false;
     async function* body(): AsyncGenerator<Uint8Array> {
       let sent = 0;
-      for (let pos = start; pos < data.length; pos += CHUNK) {
-        let piece = data.subarray(pos, Math.min(pos + CHUNK, data.length));
+      for (let pos = start; pos < data.length && !cancelled; pos += chunk) {
+        let piece = data.subarray(pos, Math.min(pos + chunk, data.length));
         const limit = step.cutAfter ?? step.endAfter;
         if (limit !== undefined && sent + piece.length > limit) piece = piece.subarray(0, limit - sent);
         if (piece.length > 0) yield piece;
         sent += piece.length;
         if (step.cutAfter !== undefined && sent >= step.cutAfter) throw Object.assign(new Error('socket hang up'), { code: 'ECONNRESET' });
         if (step.endAfter !== undefined && sent >= step.endAfter) return;
-        await tick();
+        await (step.pace ? sleep(step.pace.everyMs) : tick());
       }
     }
     return {
       start,
       size: step.size === null ? undefined : (step.size ?? blob.length),
       body: body(),
-      cancel: () => void script.cancels++,
+      cancel: () => {
+        cancelled = true;
+        script.cancels++;
+      },
     };
   };
   return script;
@@ -84,17 +94,21 @@ interface Received {
   ended: boolean;
 }
 
-/** Reads a stream to its end, error or premature close, optionally slowly. */
-function collect(r: Readable, opts: { slow?: boolean } = {}): Promise<Received> {
+/** Reads a stream to its end, error or premature close, optionally slowly (`stall`: a pause of `ms` after each `every` bytes). */
+function collect(r: Readable, opts: { slow?: boolean; stall?: { every: number; ms: number } } = {}): Promise<Received> {
   return new Promise((resolve) => {
     const chunks: Buffer[] = [];
     let ended = false;
     let error: Error | undefined;
+    let sinceStall = 0;
     r.on('data', (c: Buffer) => {
       chunks.push(c);
-      if (opts.slow) {
+      sinceStall += c.length;
+      const pause = opts.slow ? 2 : opts.stall && sinceStall >= opts.stall.every ? opts.stall.ms : 0;
+      if (pause > 0) {
+        sinceStall = 0;
         r.pause();
-        setTimeout(() => r.resume(), 2);
+        setTimeout(() => r.resume(), pause);
       }
     });
     r.on('end', () => (ended = true));
@@ -453,6 +467,68 @@ describe('InflightDownloads', () => {
     expect(again).not.toBe(dl);
     expectBytes((await collect(again.createReader())).bytes, blob);
     expect(up2.offsets).toEqual([0]);
+  });
+
+  describe('a floor under progress (minProgress)', () => {
+    const floor = { bytes: 50_000, windowMs: 200 };
+
+    it('a body that trickles below the floor fails the download as too slow, without a resume: readers error, nothing is stored', async () => {
+      inflight = new InflightDownloads({ store, observer, maxResumes: 3, lingerMs: 60_000, minProgress: floor });
+      const blob = randomBytes(1024 * 1024);
+      const d = digestOf(blob);
+      // 1,000 bytes every 20 ms: ~10 KB a window, a fifth of the floor; never idle long enough for an idle timeout.
+      const up = scripted(blob, [{ pace: { bytes: 1000, everyMs: 20 } }]);
+      const dl = inflight.join(d, ORIGIN, up.source);
+      const r = await collect(dl.createReader());
+      expect(r.ended).toBe(false);
+      expect(r.error?.message).toMatch(/fewer than 50000: too slow/);
+      expect(r.bytes.length).toBeLessThan(3 * 10_000);
+      await expect(dl.finished).rejects.toMatchObject({ kind: 'timeout', upstream: 'docker.io' });
+      expect(up.offsets).toEqual([0]);
+      expect(up.cancels).toBeGreaterThan(0);
+      expect(observer.count('failed')).toBe(1);
+      expect(await store.stat(d)).toBeUndefined();
+      expect(await tmpEntries()).toEqual([]);
+    });
+
+    it('cuts after a few bytes each, resumed at once, are no way around it', async () => {
+      inflight = new InflightDownloads({ store, observer, maxResumes: 3, lingerMs: 60_000, minProgress: floor });
+      const blob = randomBytes(1024 * 1024);
+      const up = scripted(blob, [{ cutAfter: 1000, openDelayMs: 20 }]);
+      const dl = inflight.join(digestOf(blob), ORIGIN, up.source);
+      const r = await collect(dl.createReader());
+      expect(r.error?.message).toMatch(/too slow/);
+      // Each attempt brought new bytes, so each was resumed; the floor ended them.
+      expect(up.offsets.length).toBeGreaterThan(3);
+      expect(up.offsets.length).toBeLessThan(40);
+      expect(await store.stat(digestOf(blob))).toBeUndefined();
+    });
+
+    it('above the floor a download completes, and the wait for the first body does not count', async () => {
+      inflight = new InflightDownloads({ store, observer, maxResumes: 3, lingerMs: 60_000, minProgress: floor });
+      const blob = randomBytes(600 * 1024);
+      const d = digestOf(blob);
+      // Headers after two windows, then 64 KiB every 20 ms: ~640 KB a window.
+      const up = scripted(blob, [{ openDelayMs: 2 * floor.windowMs, pace: { bytes: 64 * 1024, everyMs: 20 } }]);
+      const r = await collect(inflight.join(d, ORIGIN, up.source).createReader());
+      expect(r.error).toBeUndefined();
+      expectBytes(r.bytes, blob);
+      expect(up.offsets).toEqual([0]);
+      await waitFor(async () => (await store.stat(d)) !== undefined, 5000, 'the blob stored');
+    });
+
+    it('a pass-through paced by a slow reader is not too slow: that is the reader, not upstream', async () => {
+      inflight = new InflightDownloads({ store: fullStore(store), observer, lingerMs: 60_000, minProgress: floor, readerStallMs: 5000 });
+      const blob = randomBytes(SPILL_WINDOW * 2);
+      const up = scripted(blob);
+      const dl = inflight.join(digestOf(blob), ORIGIN, up.source);
+      // Every 4 MiB it stops for a window and a half; the download, more than half its window ahead, waits on it.
+      const r = await collect(dl.createReader(), { stall: { every: 4 * 1024 * 1024, ms: floor.windowMs * 1.5 } });
+      expect(r.error).toBeUndefined();
+      expectBytes(r.bytes, blob);
+      expect(dl.spilled).toBe(true);
+      expect(up.offsets).toEqual([0]);
+    });
   });
 
   it('an upstream error before any body fails at once, without resuming', async () => {
