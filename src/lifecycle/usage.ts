@@ -97,9 +97,10 @@ export class UsageTracker implements UsageRecorder {
     await this.save();
   }
 
-  /** Writes the figures if they changed since the last save (one write at a time). */
+  /** Writes the figures if they changed since the last save (one write at a time; a failed one is tried again by the next). */
   save(): Promise<void> {
-    this.saving = this.saving.then(async () => {
+    // After the last save whatever its outcome: one failure (a full disk) must not fail every save after it.
+    this.saving = this.saving.catch(() => undefined).then(async () => {
       if (!this.dirty) return;
       this.dirty = false;
       try {

@@ -59,11 +59,7 @@ export class FsMetaStore implements MetaStore {
     await mkdir(this.paths.tmpDir, { recursive: true });
     // Temp + rename: a reader sees the old media type or the new one, never an empty file.
     await Promise.all(
-      manifests.map(async (m) => {
-        const tmp = this.paths.tmp('meta');
-        await writeFile(tmp, m.mediaType);
-        await rename(tmp, this.paths.manifest(ref, m.digest));
-      }),
+      manifests.map((m) => this.replace(this.paths.manifest(ref, m.digest), m.mediaType)),
     );
   }
 
@@ -154,9 +150,23 @@ export class FsMetaStore implements MetaStore {
   private async writeJson(path: string, value: unknown): Promise<void> {
     await mkdir(dirname(path), { recursive: true });
     await mkdir(this.paths.tmpDir, { recursive: true });
+    await this.replace(path, JSON.stringify(value));
+  }
+
+  /**
+   * Writes `path` whole through a temp file and a rename. A failed write or rename (a full disk, the
+   * directory purged meanwhile) removes its temp file: tmp/ is swept only at start, and a full disk
+   * must not lose its last bytes to leftovers of each failed attempt.
+   */
+  private async replace(path: string, text: string): Promise<void> {
     const tmp = this.paths.tmp('meta');
-    await writeFile(tmp, JSON.stringify(value));
-    await rename(tmp, path);
+    try {
+      await writeFile(tmp, text);
+      await rename(tmp, path);
+    } catch (e) {
+      await unlink(tmp).catch(() => undefined);
+      throw e;
+    }
   }
 }
 

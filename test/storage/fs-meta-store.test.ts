@@ -61,6 +61,15 @@ describe('FsMetaStore', () => {
       expect(await readdir(join(root, 'tmp'))).toEqual([]);
     });
 
+    it('a write that fails leaves no temp file behind (a full disk must not fill up with leftovers)', async () => {
+      // The record's path taken by a non-empty directory: the rename fails, as a purge racing the write or EIO would.
+      await mkdir(join(root, 'repos', 'docker.io', 'library', 'alpine', '_tags', 'latest', 'in-the-way'), { recursive: true });
+      for (let i = 0; i < 3; i++) await expect(meta.putTag(alpine, 'latest', record(digestOf('x')))).rejects.toThrow();
+      await mkdir(join(root, 'repos', 'docker.io', 'library', 'alpine', '_manifests', 'sha256', digestOf('m').slice(7), 'in-the-way'), { recursive: true });
+      await expect(meta.addManifests(alpine, [{ digest: digestOf('m'), mediaType: 'application/vnd.oci.image.manifest.v1+json' }])).rejects.toThrow();
+      expect(await readdir(join(root, 'tmp'))).toEqual([]);
+    });
+
     it('concurrent readers see a whole old or new record, never a torn one', async () => {
       const records = Array.from({ length: 20 }, (_, i) => ({
         variants: Array.from({ length: 50 }, (_, j) => ({ digest: digestOf(`${i}-${j}`), mediaType: 'x/y', size: j, fetchedAt: i })),
