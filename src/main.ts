@@ -124,6 +124,9 @@ async function main(argv: string[], env: NodeJS.ProcessEnv): Promise<void> {
   const fleetListen = config.fleet.listen;
   const peerServer = mirror.fleet ? createServer(mirror.fleet.peerHandler) : undefined;
   if (peerServer) {
+    // As on the registry listener: a peer that stopped reading (frozen, partitioned) must not hold
+    // a download's reader or an open blob (which eviction then skips) for ever.
+    peerServer.timeout = config.timeouts.clientIdle;
     peerServer.listen(fleetListen.port, fleetListen.host, () => {
       const info = peerServer.address() as AddressInfo;
       logger.info({ address: info.address, port: info.port, replicaId: mirror.fleet?.replicaId }, 'fleet peer endpoint listening');

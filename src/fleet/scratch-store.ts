@@ -80,7 +80,15 @@ export class ScratchStore implements BlobStore {
 async function copyInto(from: BlobStore, to: BlobStore, digest: string): Promise<void> {
   const src = await from.open(digest);
   if (!src) throw new Error(`scratch copy of ${digest} vanished before it was promoted`);
-  const w = await to.createWriter(digest);
+  let w: BlobWriter;
+  try {
+    w = await to.createWriter(digest);
+  } catch (e) {
+    // The shared store refused (unreachable, full): the scratch file is deleted next, and an open
+    // handle would keep its disk space (and its blob busy) until a garbage collection.
+    src.destroy();
+    throw e;
+  }
   try {
     let batch: Uint8Array[] = [];
     let bytes = 0;

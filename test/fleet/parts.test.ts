@@ -266,3 +266,35 @@ describe('the fleet deploy files', () => {
     }
   });
 });
+
+describe('the scratch store', () => {
+  it('a promotion the shared store refuses leaves no open handle on the scratch blob, and the blob not busy', async () => {
+    const { ScratchStore } = await import('../../src/fleet/scratch-store.js');
+    const { StoreUnavailableError } = await import('../../src/storage/store.js');
+    const { readdir, readlink } = await import('node:fs/promises');
+    const dir = await mkdtemp(join(tmpdir(), 'scratch-promote-'));
+    try {
+      const scratch = new FsBlobStore(dir);
+      await scratch.init();
+      const refusing = { stat: () => Promise.resolve(undefined), createWriter: () => Promise.reject(new StoreUnavailableError(new Error('s3 down'))) };
+      // This replica took the download over: its verified bytes are to go to the shared store.
+      const store = new ScratchStore(scratch, refusing as unknown as FsBlobStore, () => true);
+      const bytes = pseudoRandomBytes(200_000, 'scratch-promote');
+      const digest = digestOf(bytes);
+      const w = await store.createWriter(digest);
+      await w.write(bytes);
+      await expect(w.commit(bytes.length)).rejects.toThrow(/s3 down/);
+      await w.close();
+      let open: string[] = [];
+      const noneOpen = async () => {
+        open = (await Promise.all((await readdir('/proc/self/fd')).map((f) => readlink(`/proc/self/fd/${f}`).catch(() => '')))).filter((l) => l.startsWith(dir));
+        return open.length === 0;
+      };
+      await waitFor(noneOpen, 2000, () => `no open file under the scratch dir (${open.join(', ')})`);
+      expect(scratch.busy(digest)).toBe(false);
+      expect(await scratch.stat(digest)).toBeUndefined();
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+});
