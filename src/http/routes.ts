@@ -217,7 +217,8 @@ async function accelBlob(c: Context<Env>, registry: Registry, ref: ReturnType<Re
   let n = file.size;
   try {
     const specs = parseRange(c.req.header('range'));
-    if (specs) n = resolveRanges(specs, file.size).reduce((a, r) => a + r.end - r.start + 1, 0);
+    const ranges = specs ? resolveRanges(specs, file.size) : undefined;
+    if (ranges) n = ranges.reduce((a, r) => a + r.end - r.start + 1, 0);
   } catch {
     // nginx answers a range it cannot serve (416) or ignores one it cannot read (200, whole).
   }

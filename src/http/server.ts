@@ -22,6 +22,9 @@ export interface ServerOptions {
   idleTimeoutMs?: number;
 }
 
+/** The most request headers may take, all together; more is a 431. */
+const MAX_HEADER_BYTES = 64 * 1024;
+
 export function createMirrorServer(opts: ServerOptions): Server {
   const listener = getRequestListener(opts.fetch as Parameters<typeof getRequestListener>[0], {
     // Hono's adapter refuses some request targets (a backslash, a bad Host) before the app sees them.
@@ -32,7 +35,10 @@ export function createMirrorServer(opts: ServerOptions): Server {
   });
   // The listener handles its own errors (errorHandler above); Node only needs it called.
   const handle = (req: IncomingMessage, res: ServerResponse) => void listener(req, res);
-  const server = opts.tls ? createHttpsServer({ cert: opts.tls.cert, key: opts.tls.key }, handle) : createHttpServer(handle);
+  // Headers up to 64 KiB, not Node's 16 KiB: containers-storage asks for up to 1024 ranges in one
+  // Range header (22 KiB with a large layer's offsets), and distribution (Go) takes up to 1 MiB.
+  const limits = { maxHeaderSize: MAX_HEADER_BYTES };
+  const server = opts.tls ? createHttpsServer({ ...limits, cert: opts.tls.cert, key: opts.tls.key }, handle) : createHttpServer(limits, handle);
   // With no 'timeout' listener on the server, request or response, Node destroys the socket.
   server.timeout = opts.idleTimeoutMs ?? 0;
   server.on('clientError', (err: NodeJS.ErrnoException, socket: Duplex) => {

@@ -166,7 +166,7 @@ export class BlobService {
       await dl.finished;
       size = dl.received;
     }
-    const range = spec && size !== undefined ? resolveRanges([spec], size)[0] : undefined;
+    const range = spec && size !== undefined ? resolveRanges([spec], size)?.[0] : undefined;
     const ranges = range ? [range] : undefined;
     const hit = stored && dl === running;
     deps.observer.result('blob', ref.upstream, hit ? 'hit' : 'miss');

@@ -1,9 +1,12 @@
 /**
  * HTTP Range for blobs (RFC 9110 §14): one or several ranges of bytes, each `a-b`, `a-` or `-n`.
  * Podman and containers-storage ask for several ranges at once (partial pulls of zstd:chunked
- * layers). Malformed is a 416; ranges that cannot be satisfied are dropped, and only when none is
- * left is the answer a 416. Overlapping and adjacent ranges are merged; a header with more than
- * MAX_RANGES ranges is ignored (the whole body is sent), as RFC 9110 allows.
+ * layers) and match the parts of the answer to the ranges they asked for by position: so, as Go's
+ * net/http (and so distribution) answers, one part per satisfiable range, in the order asked, none
+ * merged. Malformed is a 416; ranges that cannot be satisfied are dropped, and only when none is
+ * left is the answer a 416. Ranges that add up to more than the blob (overlaps asking for the same
+ * bytes again and again) and a header with more than MAX_RANGES ranges are ignored: the whole body
+ * is sent, as RFC 9110 allows.
  */
 import { RegistryError } from './errors.js';
 import type { ByteRange } from '../storage/store.js';
@@ -12,8 +15,8 @@ export type { ByteRange };
 
 export type RangeSpec = { start: number; end: number | undefined } | { suffix: number };
 
-/** More ranges than this in one header: the header is ignored and the whole blob sent. */
-export const MAX_RANGES = 128;
+/** More ranges than this in one header: the header is ignored and the whole blob sent (containers-storage asks for up to 1024). */
+export const MAX_RANGES = 1024;
 
 const ONE = /^\s*(\d*)\s*-\s*(\d*)\s*$/;
 
@@ -54,20 +57,14 @@ function resolveOne(spec: RangeSpec, size: number): ByteRange | undefined {
 }
 
 /**
- * The satisfiable ranges against the blob size, sorted, with overlapping and adjacent ones merged;
- * a 416 (carrying the size, for Content-Range) when none is satisfiable.
+ * The satisfiable ranges against the blob size, in the order asked; a 416 (carrying the size, for
+ * Content-Range) when none is satisfiable; undefined (send the whole blob) when they add up to more
+ * than the blob.
  */
-export function resolveRanges(specs: RangeSpec[], size: number): ByteRange[] {
-  const ranges = specs
-    .map((s) => resolveOne(s, size))
-    .filter((r): r is ByteRange => r !== undefined)
-    .sort((a, b) => a.start - b.start);
+export function resolveRanges(specs: RangeSpec[], size: number): ByteRange[] | undefined {
+  const ranges = specs.map((s) => resolveOne(s, size)).filter((r): r is ByteRange => r !== undefined);
   if (ranges.length === 0) throw new RegistryError('RANGE_INVALID', 'range not satisfiable', { size });
-  const merged: ByteRange[] = [{ ...ranges[0]! }];
-  for (const r of ranges.slice(1)) {
-    const last = merged[merged.length - 1]!;
-    if (r.start <= last.end + 1) last.end = Math.max(last.end, r.end);
-    else merged.push({ ...r });
-  }
-  return merged;
+  let total = 0;
+  for (const r of ranges) total += r.end - r.start + 1;
+  return total > size ? undefined : ranges;
 }

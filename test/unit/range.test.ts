@@ -17,7 +17,7 @@ function errorOf(fn: () => unknown): RegistryError {
 const resolve = (header: string, size: number) => {
   const r = resolveRanges(parseRange(header)!, size);
   expect(r).toHaveLength(1);
-  return r[0];
+  return r![0];
 };
 
 describe('parseRange', () => {
@@ -112,11 +112,24 @@ describe('resolveRanges', () => {
     }
   });
 
-  it('sorts, merges overlapping and adjacent ranges, and drops the unsatisfiable', () => {
-    expect(resolveRanges(parseRange('bytes=20-29,0-9')!, 100)).toEqual([{ start: 0, end: 9 }, { start: 20, end: 29 }]);
-    expect(resolveRanges(parseRange('bytes=0-9,5-14,15-19')!, 100)).toEqual([{ start: 0, end: 19 }]);
+  it('keeps one range per range asked, in the order asked (clients match parts by position), and drops the unsatisfiable', () => {
+    expect(resolveRanges(parseRange('bytes=20-29,0-9')!, 100)).toEqual([{ start: 20, end: 29 }, { start: 0, end: 9 }]);
+    // Adjacent and overlapping ranges stay apart, as distribution (Go's net/http) answers them.
+    expect(resolveRanges(parseRange('bytes=0-4,5-9')!, 100)).toEqual([{ start: 0, end: 4 }, { start: 5, end: 9 }]);
+    expect(resolveRanges(parseRange('bytes=0-9,5-14,15-19')!, 100)).toEqual([{ start: 0, end: 9 }, { start: 5, end: 14 }, { start: 15, end: 19 }]);
     expect(resolveRanges(parseRange('bytes=0-9,-5')!, 100)).toEqual([{ start: 0, end: 9 }, { start: 95, end: 99 }]);
     expect(resolveRanges(parseRange('bytes=0-9,500-600')!, 100)).toEqual([{ start: 0, end: 9 }]);
     expect(errorOf(() => resolveRanges(parseRange('bytes=100-,200-300')!, 100)).size).toBe(100);
+  });
+
+  it('ranges adding up to more than the blob are ignored: the whole blob (many overlaps must not multiply an answer)', () => {
+    expect(resolveRanges(parseRange('bytes=0-59,40-99')!, 100)).toBeUndefined();
+    expect(resolveRanges(parseRange(`bytes=${Array.from({ length: 50 }, () => '0-').join(',')}`)!, 100)).toBeUndefined();
+    expect(resolveRanges(parseRange('bytes=0-49,50-99')!, 100)).toHaveLength(2);
+  });
+
+  it('takes the 1024 ranges containers-storage may ask for', () => {
+    const many = Array.from({ length: 1024 }, (_, i) => `${i * 10}-${i * 10 + 1}`).join(',');
+    expect(resolveRanges(parseRange(`bytes=${many}`)!, 20_000)).toHaveLength(1024);
   });
 });
