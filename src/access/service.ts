@@ -196,10 +196,8 @@ export class AccessControl {
     const caller: Caller = { user, address };
     const granted = new Set<string>();
     for (const scope of scopes.slice(0, 32)) {
-      for (const one of scope.split(' ')) {
-        const m = /^repository:([^:]+):([a-z,*]+)$/.exec(one);
-        if (!m || !m[2]!.split(',').includes('pull')) continue;
-        const repository = resolve(m[1]!);
+      for (const name of pullScopes(scope)) {
+        const repository = resolve(name);
         if (repository !== undefined && this.policy.allows(caller, repository)) granted.add(repository);
       }
     }
@@ -252,4 +250,18 @@ function safeEqual(a: string, b: string): boolean {
 
 function errorAnswer(status: number, code: string, message: string, headers: Record<string, string>): TokenAnswer {
   return { status, headers, body: { errors: [{ code, message }] } };
+}
+
+/**
+ * The repository names a token request's `scope` asks to pull (space-separated entries of
+ * `repository:<name>:<actions>`). The name may hold a colon (an upstream with a port,
+ * `reg.local:5000/team/app`): the actions are what follows the last one.
+ */
+export function pullScopes(scope: string): string[] {
+  const names: string[] = [];
+  for (const one of scope.split(' ')) {
+    const m = /^repository:(.+):([a-z,*]+)$/.exec(one);
+    if (m && m[2]!.split(',').includes('pull')) names.push(m[1]!);
+  }
+  return names;
 }

@@ -268,3 +268,15 @@ describe('offline mode', () => {
     expect(hub.requests.length).toBe(before);
   });
 });
+
+describe('token scopes', () => {
+  it('reads the repositories asked for pull, also a name with a port (an upstream like reg.local:5000)', async () => {
+    const { pullScopes } = await import('../../src/access/service.js');
+    expect(pullScopes('repository:acme/private:pull')).toEqual(['acme/private']);
+    expect(pullScopes('repository:reg.local:5101/lib/img:pull')).toEqual(['reg.local:5101/lib/img']);
+    expect(pullScopes('repository:reg.local:5101/lib/img:push,pull repository:a/b:pull')).toEqual(['reg.local:5101/lib/img', 'a/b']);
+    expect(pullScopes('repository:a/b:push')).toEqual([]);
+    expect(pullScopes('registry:catalog:*')).toEqual([]);
+    expect(pullScopes('repository::pull')).toEqual([]);
+  });
+});
