@@ -110,7 +110,9 @@ export class ListingService {
       manifests = [];
     } else {
       try {
-        manifests = await this.fetchReferrers(ref, digest, algorithm, hex);
+        const got = await this.fetchReferrers(ref, digest, algorithm, hex);
+        manifests = got.manifests;
+        if (!got.keep) return { index: { schemaVersion: 2, mediaType: MediaTypes.ociIndex, manifests: [] }, filtered: artifactType !== undefined, stale: false };
         await deps.meta.putDoc(ref, docName, { fetchedAt: deps.now(), body: manifests });
         const entries = manifests.filter((m): m is { digest: string; mediaType: string } => typeof m.digest === 'string' && isDigest(m.digest) && typeof m.mediaType === 'string');
         await this.ctx.recordManifests(ref, entries.map((m) => ({ digest: m.digest, mediaType: m.mediaType })));
@@ -127,20 +129,44 @@ export class ListingService {
     return { index: { schemaVersion: 2, mediaType: MediaTypes.ociIndex, manifests: list }, filtered, stale };
   }
 
-  private async fetchReferrers(ref: RepoRef, digest: string, algorithm: string, hex: string): Promise<ReferrersIndex['manifests']> {
+  /** `keep: false`: an answer not to store (a subject upstream does not have). */
+  private async fetchReferrers(ref: RepoRef, digest: string, algorithm: string, hex: string): Promise<{ manifests: ReferrersIndex['manifests']; keep: boolean }> {
     const upstream = this.ctx.upstream(ref);
     const body = await upstream.getReferrers(ref.repo, digest);
-    if (body !== undefined) return manifestsOf(body);
-    // No referrers API upstream. The answer is ours to give, but only for a subject upstream has:
-    // an unknown repository or subject is a 404, as upstream says.
-    if (!(await this.ctx.manifestType(ref, digest))) await upstream.headManifest(ref.repo, digest, ALL_MANIFEST_TYPES);
+    if (body !== undefined) return { manifests: manifestsOf(body), keep: true };
+    // No referrers API upstream: the answer is ours to give, as the spec asks it of a registry.
+    if (!(await this.ctx.manifestType(ref, digest)) && !(await this.subjectKnown(ref, digest))) return { manifests: [], keep: false };
     // The OCI fallback: an index tagged <alg>-<hex>.
     try {
       const res = await upstream.getManifest(ref.repo, `${algorithm}-${hex}`, [MediaTypes.ociIndex]);
-      return manifestsOf(JSON.parse(res.bytes.toString('utf8')));
+      return { manifests: manifestsOf(JSON.parse(res.bytes.toString('utf8'))), keep: true };
     } catch (e) {
-      if (isUpstreamError(e) && e.notFound) return [];
-      if (e instanceof SyntaxError) return [];
+      if (isUpstreamError(e) && e.notFound) return { manifests: [], keep: true };
+      if (e instanceof SyntaxError) return { manifests: [], keep: true };
+      throw e;
+    }
+  }
+
+  /**
+   * Whether upstream has the subject. The spec wants a 200, never a 404, from a repository that
+   * exists: an unknown subject there has no referrers (false; the empty answer is not stored, so
+   * digests a client makes up leave no records). An unknown repository stays a 404 (NAME_UNKNOWN,
+   * or whatever else upstream said). A HEAD carries no error code, so its 404 is asked again with a
+   * GET, whose envelope tells the two apart.
+   */
+  private async subjectKnown(ref: RepoRef, digest: string): Promise<boolean> {
+    const upstream = this.ctx.upstream(ref);
+    try {
+      await upstream.headManifest(ref.repo, digest, ALL_MANIFEST_TYPES);
+      return true;
+    } catch (e) {
+      if (!isUpstreamError(e) || !e.notFound) throw e;
+    }
+    try {
+      await upstream.getManifest(ref.repo, digest, ALL_MANIFEST_TYPES);
+      return true;
+    } catch (e) {
+      if (isUpstreamError(e) && e.notFound && e.code === 'MANIFEST_UNKNOWN') return false;
       throw e;
     }
   }

@@ -104,12 +104,21 @@ describe('answers as the registry gives them', () => {
     expect(none.headers.get('content-range')).toBe(`bytes */${size}`);
   });
 
-  it('referrers of an unknown repository or subject: 404 as upstream says, and nothing left behind', async () => {
+  it('referrers of an unknown repository: 404; of an unknown subject: an empty index (the spec: never 404 for a repository that exists); nothing left behind', async () => {
     const m = await start();
     const unknownRepo = await m.request(`/v2/nobody/here/referrers/${img.manifest.digest}`);
     expect(unknownRepo.status).toBe(404);
-    const unknownSubject = await m.request(`/v2/app/referrers/sha256:${'0'.repeat(64)}`);
-    expect(unknownSubject.status).toBe(404);
+    expect(await errorCode(unknownRepo)).toBe('NAME_UNKNOWN');
+    const nobody = `sha256:${'0'.repeat(64)}`;
+    const asked = () => hub.requests.filter((r) => r.path.endsWith(nobody)).length;
+    for (let i = 1; i <= 2; i++) {
+      const unknownSubject = await m.request(`/v2/app/referrers/${nobody}`);
+      expect(unknownSubject.status).toBe(200);
+      expect(unknownSubject.headers.get('content-type')).toBe('application/vnd.oci.image.index.v1+json');
+      expect(await unknownSubject.json()).toEqual({ schemaVersion: 2, mediaType: 'application/vnd.oci.image.index.v1+json', manifests: [] });
+      // Not stored: the next request asks upstream again (its referrers API, a HEAD of the subject, a GET for the error code).
+      expect(asked()).toBe(3 * i);
+    }
     expect(await (await m.request('/v2/_catalog')).json()).toEqual({ repositories: [] });
     // A known subject without referrers: an empty index (upstream has no referrers API; its fallback tag is absent).
     const known = await m.request(`/v2/app/referrers/${img.manifest.digest}`);
