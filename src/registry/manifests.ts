@@ -9,13 +9,14 @@
  * is kept apart (see tag-variants.ts), never served to a client that accepts the index.
  */
 import { createHash } from 'node:crypto';
+import { signedPayloadDigest } from './schema1.js';
 import type { TagRecord, TagVariant } from '../storage/meta-store.js';
 import { isUpstreamError, UpstreamError } from '../upstream/errors.js';
 import type { ManifestResult } from '../upstream/types.js';
 import { SingleFlight } from '../util/single-flight.js';
 import { RegistryContext, repoKey, type CacheResult } from './context.js';
 import { RegistryError } from './errors.js';
-import { accepts, ALL_MANIFEST_TYPES, parseManifest, upstreamAccept } from './media-types.js';
+import { accepts, ALL_MANIFEST_TYPES, EVERY_MANIFEST_TYPE, parseManifest, upstreamAccept } from './media-types.js';
 import { parseDigest, validateTag, type RepoRef } from './reference.js';
 import { acceptKey, pickVariant, upgradeRecord, variantFor } from './tag-variants.js';
 import { isUpstreamUnavailable } from './upstream-errors.js';
@@ -152,12 +153,13 @@ export class ManifestService {
 
   private async fetchOnce(ref: RepoRef, reference: string, accept: ReadonlySet<string> | undefined, tag: string | undefined): Promise<ManifestResponse> {
     // By digest the client's Accept does not matter: ask for every type, so upstream sends the content as it is.
-    const wanted = tag === undefined ? [...new Set([...ALL_MANIFEST_TYPES, ...(accept ?? [])])] : upstreamAccept(accept);
+    const wanted = tag === undefined ? [...new Set([...EVERY_MANIFEST_TYPE, ...(accept ?? [])])] : upstreamAccept(accept);
     const upstream = this.ctx.upstream(ref);
     const res = await upstream.getManifest(ref.repo, reference, wanted);
     let digest: string;
+    let signedSchema1: boolean;
     try {
-      digest = verifyManifest(res, tag === undefined ? reference : undefined, upstream.name);
+      ({ digest, signedSchema1 } = verifyManifest(res, tag === undefined ? reference : undefined, upstream.name));
     } catch (e) {
       this.ctx.deps.observer.rejected(ref.upstream);
       throw e;
@@ -170,6 +172,12 @@ export class ManifestService {
       throw new RegistryError('MANIFEST_UNKNOWN', `manifest is ${mediaType}, which the client does not accept`, { detail: { mediaType } });
     }
     const { deps } = this.ctx;
+    if (signedSchema1) {
+      // Served as upstream sent it, verified, but not kept: the store names content by the digest of
+      // its bytes, which this one's is not. Its layers are linked as any manifest's are.
+      await this.ctx.link(ref, parsed.references);
+      return { bytes: res.bytes, mediaType, digest, cache: 'miss' };
+    }
     await deps.blobs.put(digest, res.bytes);
     await this.ctx.recordManifests(ref, [{ digest, mediaType }, ...parsed.children]);
     await this.ctx.link(ref, parsed.references);
@@ -212,16 +220,18 @@ const negativeKey = (ref: RepoRef, reference: string, accept: ReadonlySet<string
 
 /**
  * Computes the manifest's digest and checks it against what was asked for (by digest) and what
- * upstream claimed (Docker-Content-Digest). A mismatch is never kept.
+ * upstream claimed (Docker-Content-Digest). A mismatch is never kept. A signed schema 1 manifest's
+ * digest is of its payload (registry/schema1.ts).
  */
-function verifyManifest(res: ManifestResult, requested: string | undefined, upstream: string): string {
+function verifyManifest(res: ManifestResult, requested: string | undefined, upstream: string): { digest: string; signedSchema1: boolean } {
   const algorithm = requested ? requested.slice(0, requested.indexOf(':')) : 'sha256';
-  const digest = `${algorithm}:${createHash(algorithm).update(res.bytes).digest('hex')}`;
+  const payload = signedPayloadDigest(res.bytes, algorithm);
+  const digest = payload ?? `${algorithm}:${createHash(algorithm).update(res.bytes).digest('hex')}`;
   if (requested !== undefined && digest !== requested) {
     throw new UpstreamError('digest_mismatch', upstream, `upstream manifest is ${digest}, not the requested ${requested}; rejected`);
   }
   if (res.digest && res.digest.startsWith(`${algorithm}:`) && res.digest !== digest) {
     throw new UpstreamError('digest_mismatch', upstream, `upstream manifest is ${digest}, not its Docker-Content-Digest ${res.digest}; rejected`);
   }
-  return digest;
+  return { digest, signedSchema1: payload !== undefined };
 }

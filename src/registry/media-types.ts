@@ -12,6 +12,8 @@ export const MediaTypes = {
 
 /** What the mirror asks upstream for when the client accepts anything: every manifest kind it can serve. */
 export const ALL_MANIFEST_TYPES: string[] = [MediaTypes.ociIndex, MediaTypes.ociManifest, MediaTypes.dockerList, MediaTypes.dockerManifest];
+/** Those and the legacy schema 1 types: what a request by digest accepts, so upstream sends the content as it is (registry/schema1.ts). */
+export const EVERY_MANIFEST_TYPE: string[] = [...ALL_MANIFEST_TYPES, MediaTypes.dockerV1Signed, MediaTypes.dockerV1];
 
 /** The media types of manifests that list other manifests (one per platform). */
 export const INDEX_TYPES: readonly string[] = [MediaTypes.ociIndex, MediaTypes.dockerList];

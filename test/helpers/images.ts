@@ -13,6 +13,7 @@
 export { sha256Hex } from './digest.js';
 export { blobOf, descriptorOf, MT, type Blob } from './images/blob.js';
 export { makeTar, type TarEntry } from './images/tar.js';
+export { makeSignedSchema1, SCHEMA1_SIGNED } from './images/schema1.js';
 export { diffIdOf, makeLayer, makeRandomLayer, pseudoRandomBytes } from './images/layers.js';
 export { allBlobs, makeImage, makeIndex, type Image, type MakeImageOptions, type Platform } from './images/image.js';
 export { writeDirLayout, writeOciLayout } from './images/layout.js';

@@ -8,7 +8,7 @@ import http from 'node:http';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { FakeUpstream } from '../helpers/fake-upstream.js';
 import { listenOn } from '../helpers/ports.js';
-import { makeImage, makeLayer, makeRandomLayer, MT } from '../helpers/images.js';
+import { blobOf, makeImage, makeLayer, makeRandomLayer, makeSignedSchema1, MT, SCHEMA1_SIGNED } from '../helpers/images.js';
 import { DOCKER_ACCEPT, startMirror, type TestMirror } from '../helpers/mirror.js';
 
 const errorCode = async (r: Response) => ((await r.json()) as { errors: Array<{ code: string }> }).errors[0]!.code;
@@ -35,6 +35,36 @@ describe('answers as the registry gives them', () => {
     mirror = await startMirror({ upstreams: { 'docker.io': { url: hub.url, libraryPrefix: true } }, clock });
     return mirror;
   };
+
+  it('a signed schema 1 manifest (legacy images podman and skopeo still pull) is served as upstream sends it, named by its payload digest, and not kept', async () => {
+    const layer = makeLayer([{ path: 'old', content: 'schema 1' }]);
+    const old = makeSignedSchema1({ name: 'library/old', tag: 'latest', layers: [layer] });
+    expect(old.digest).not.toBe(blobOf(old.bytes, SCHEMA1_SIGNED).digest);
+    hub.putBlob('library/old', layer);
+    hub.putManifest('library/old', old, 'latest');
+    const m = await start();
+    const accept = { accept: `${SCHEMA1_SIGNED}, ${DOCKER_ACCEPT}` };
+    for (const ref of ['latest', old.digest, 'latest']) {
+      const r = await m.request(`/v2/old/manifests/${ref}`, { headers: accept });
+      expect(r.status, `${ref} ${JSON.stringify(hub.requests.slice(-2).map((q) => [q.method, q.path, q.status, q.headers.accept]))}`).toBe(200);
+      expect(r.headers.get('docker-content-digest')).toBe(old.digest);
+      expect(r.headers.get('content-type')).toBe(SCHEMA1_SIGNED);
+      expect(Buffer.from(await r.arrayBuffer()).equals(old.bytes)).toBe(true);
+    }
+    // Its layer is pulled like any other; the manifest itself is not in the store (named by its bytes' digest).
+    const l = await m.request(`/v2/old/blobs/${layer.digest}`);
+    expect(l.status).toBe(200);
+    expect(Buffer.from(await l.arrayBuffer()).equals(layer.bytes)).toBe(true);
+    expect(await m.blobs.stat(old.digest)).toBeUndefined();
+    expect(hub.count({ kind: 'manifest', status: 200 })).toBe(3);
+
+    // Signatures whose header describes other bytes: the payload is not the one named, rejected.
+    const forged = Buffer.from(old.bytes.toString('utf8').replace('"name": "library/old"', '"name": "library/odl"'));
+    hub.putManifest('library/old', { ...old, bytes: forged, size: forged.length }, 'forged');
+    const f = await m.request('/v2/old/manifests/forged', { headers: accept });
+    expect(f.status).toBe(502);
+    expect(await errorCode(f)).toBe('MANIFEST_INVALID');
+  });
 
   it('a config blob, once cached, is never served from the manifest endpoint', async () => {
     const m = await start();
