@@ -153,6 +153,12 @@ async function blob(c: Context<Env>, registry: Registry, ref: ReturnType<Registr
     'accept-ranges': 'bytes',
     'cache-control': 'max-age=31536000, immutable',
   };
+  if (c.req.header('if-none-match') === common.etag) {
+    // The client has these bytes (the ETag is the digest), as distribution answers: a 304, once the
+    // repository is known to hold the blob (statBlob refuses otherwise).
+    await registry.statBlob(ref, digest);
+    return c.body(null, 304, common);
+  }
   if (head) {
     const stat = await registry.statBlob(ref, digest);
     const headers: Record<string, string> = { ...common, 'content-type': 'application/octet-stream' };

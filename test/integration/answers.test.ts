@@ -66,6 +66,23 @@ describe('answers as the registry gives them', () => {
     expect(await errorCode(f)).toBe('MANIFEST_INVALID');
   });
 
+  it('a blob asked for with its own ETag in If-None-Match is a 304 with no body, only where the repository holds it', async () => {
+    const m = await start();
+    const etag = `"${big.digest}"`;
+    for (const method of ['GET', 'HEAD']) {
+      const r = await m.request(`/v2/app/blobs/${big.digest}`, { method, headers: { 'if-none-match': etag } });
+      expect(r.status, method).toBe(304);
+      expect(r.headers.get('etag')).toBe(etag);
+      expect(r.headers.get('docker-content-digest')).toBe(big.digest);
+      expect((await r.arrayBuffer()).byteLength).toBe(0);
+    }
+    const other = await m.request(`/v2/app/blobs/${big.digest}`, { headers: { 'if-none-match': '"sha256:0"' } });
+    expect(other.status).toBe(200);
+    expect(Buffer.from(await other.arrayBuffer()).equals(big.bytes)).toBe(true);
+    const elsewhere = await m.request(`/v2/nobody/here/blobs/${big.digest}`, { headers: { 'if-none-match': etag } });
+    expect(elsewhere.status).toBe(404);
+  });
+
   it('a config blob, once cached, is never served from the manifest endpoint', async () => {
     const m = await start();
     expect((await m.request('/v2/app/manifests/v1', { headers: { accept: DOCKER_ACCEPT } })).status).toBe(200);
