@@ -9,7 +9,6 @@
  * is kept apart (see tag-variants.ts), never served to a client that accepts the index.
  */
 import { createHash } from 'node:crypto';
-import { signedPayloadDigest } from './schema1.js';
 import type { TagRecord, TagVariant } from '../storage/meta-store.js';
 import { isUpstreamError, UpstreamError } from '../upstream/errors.js';
 import type { ManifestResult } from '../upstream/types.js';
@@ -18,6 +17,7 @@ import { RegistryContext, repoKey, type CacheResult } from './context.js';
 import { RegistryError } from './errors.js';
 import { accepts, ALL_MANIFEST_TYPES, EVERY_MANIFEST_TYPE, parseManifest, upstreamAccept } from './media-types.js';
 import { parseDigest, validateTag, type RepoRef } from './reference.js';
+import { signedPayloadDigest } from './schema1.js';
 import { acceptKey, pickVariant, upgradeRecord, variantFor } from './tag-variants.js';
 import { isUpstreamUnavailable } from './upstream-errors.js';
 

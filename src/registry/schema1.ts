@@ -14,6 +14,8 @@ import { createHash } from 'node:crypto';
  * is not one (no signatures, or a protected header that does not describe these bytes).
  */
 export function signedPayloadDigest(bytes: Buffer, algorithm: string): string | undefined {
+  // Every manifest fetched comes through here: only one with signatures is parsed.
+  if (!bytes.includes('"signatures"')) return undefined;
   let doc: { schemaVersion?: unknown; signatures?: unknown };
   try {
     doc = JSON.parse(bytes.toString('utf8')) as typeof doc;
