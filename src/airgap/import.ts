@@ -61,6 +61,9 @@ interface Plan {
   narrowed?: Descriptor;
 }
 
+/** Platform manifests an index may list: real ones list a few dozen (with attestations); more is a bundle made to be expensive. */
+const MAX_INDEX_CHILDREN = 1024;
+
 export async function importBundle(entries: AsyncIterable<BundleEntry>, deps: ImportDeps, opts: ImportOptions = {}): Promise<ImportResult> {
   // ---- 1. stage ----
   const staged = new Map<string, number>();
@@ -166,15 +169,21 @@ async function verifyManifest(
   const json = JSON.parse(bytes.toString('utf8')) as { manifests?: unknown[]; config?: unknown; layers?: unknown[] };
   if (isIndexType(d.mediaType)) {
     if (!root) throw new BundleError(`${what}: an index inside an index is not supported`);
-    const children = (json.manifests ?? []).map((c, i) => descriptor(c, `${what} manifests[${i}]`));
+    if (!Array.isArray(json.manifests) || json.manifests.length === 0) throw new BundleError(`${what}: an index that lists no platform manifests`);
+    if (json.manifests.length > MAX_INDEX_CHILDREN) throw new BundleError(`${what}: ${json.manifests.length} platform manifests (at most ${MAX_INDEX_CHILDREN})`);
+    const children = json.manifests.map((c, i) => descriptor(c, `${what} manifests[${i}]`));
+    const checked = new Set<string>();
     for (const c of children) {
+      // Each manifest once, however often the index repeats it.
+      if (checked.has(c.digest)) continue;
+      checked.add(c.digest);
       // An index may lack some platforms (the cache keeps only those pulled), never all of them.
       if ((await sizeOf(c.digest)) === undefined) continue;
       await verifyManifest(c, image, plan, sizeOf, deps, false);
       plan.platforms++;
       if (!plan.narrowed && c.platform?.os === 'linux' && c.platform.architecture === 'amd64') plan.narrowed = c;
     }
-    if (children.length > 0 && plan.platforms === 0) throw new BundleError(`${what}: none of its ${children.length} platform manifests is in the bundle or the cache`);
+    if (plan.platforms === 0) throw new BundleError(`${what}: none of its ${children.length} platform manifests is in the bundle or the cache`);
     return;
   }
   if (json.config === undefined || !Array.isArray(json.layers)) throw new BundleError(`${what}: not an image manifest (no config and layers)`);

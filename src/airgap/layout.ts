@@ -3,7 +3,7 @@
  * descriptors name images with `org.opencontainers.image.ref.name`, and `blobs/<alg>/<hex>`. What
  * import and export agree on: entry names, bounds, and how a ref name maps to a repository and tag.
  */
-import { isDigest, validateTag } from '../registry/reference.js';
+import { parseDigest, validateTag } from '../registry/reference.js';
 
 export const REF_NAME = 'org.opencontainers.image.ref.name';
 export const OCI_LAYOUT = JSON.stringify({ imageLayoutVersion: '1.0.0' });
@@ -40,10 +40,20 @@ export function classifyEntry(raw: string, isDir: boolean): EntryName {
   if (name === 'index.json') return { kind: 'index' };
   if (parts.length === 3 && parts[0] === 'blobs') {
     const digest = `${parts[1]}:${parts[2]}`;
-    if (!isDigest(digest)) throw new BundleError(`entry ${name}: not a blob name (blobs/<algorithm>/<hex>)`);
+    if (!supportedDigest(digest)) throw new BundleError(`entry ${name}: not a blob name (blobs/sha256/<64 hex> or blobs/sha512/<128 hex>)`);
     return { kind: 'blob', digest };
   }
   return { kind: 'other' };
+}
+
+/** A digest the mirror serves (sha256 or sha512, lowercase hex of the right length), as a client may ask for it. */
+function supportedDigest(s: string): boolean {
+  try {
+    parseDigest(s);
+    return true;
+  } catch {
+    return false;
+  }
 }
 
 export const blobPath = (digest: string): string => `blobs/${digest.replace(':', '/')}`;
@@ -60,7 +70,7 @@ export interface Descriptor {
 export function descriptor(v: unknown, where: string): Descriptor {
   if (typeof v !== 'object' || v === null) throw new BundleError(`${where}: not a descriptor`);
   const d = v as Record<string, unknown>;
-  if (typeof d.digest !== 'string' || !isDigest(d.digest)) throw new BundleError(`${where}: invalid digest`);
+  if (typeof d.digest !== 'string' || !supportedDigest(d.digest)) throw new BundleError(`${where}: invalid or unsupported digest`);
   if (typeof d.size !== 'number' || !Number.isSafeInteger(d.size) || d.size < 0) throw new BundleError(`${where}: invalid size`);
   if (typeof d.mediaType !== 'string' || d.mediaType === '') throw new BundleError(`${where}: missing mediaType`);
   const annotations = typeof d.annotations === 'object' && d.annotations !== null ? (d.annotations as Record<string, string>) : undefined;

@@ -30,9 +30,24 @@ export async function* tarEntries(input: Readable): AsyncGenerator<BundleEntry> 
   if (held.early) ex.destroy(held.early);
   input.pipe(ex);
   let current: string | undefined;
+  // tar-stream reads past zero blocks for ever (the end-of-archive marker is two of them): a stream of
+  // zeros (/dev/zero) or endless padding would never end. The bytes the input delivered may run
+  // ahead of the entries seen so far (their headers and bodies) by the chunk just read, what the
+  // extractor buffers, headers of long names and a record of padding; by MAX_BETWEEN_ENTRIES more,
+  // the bundle is refused.
+  let delivered = 0;
+  let accounted = 0;
+  const watch = (chunk: Buffer) => {
+    delivered += chunk.length;
+    if (delivered - chunk.length - accounted > MAX_BETWEEN_ENTRIES) {
+      ex.destroy(new BundleError(`more than ${MAX_BETWEEN_ENTRIES} bytes without a tar entry${current ? ` after ${current.slice(0, 200)}` : ''}: not a tar archive, or one padded without end`));
+    }
+  };
+  input.on('data', watch);
   try {
     for await (const entry of ex) {
       const h = entry.header;
+      accounted += ENTRY_ALLOWANCE + Math.ceil((h.size ?? 0) / 512) * 512;
       current = h.name;
       const type = h.type ?? 'file';
       if (type === 'symlink' || type === 'link') throw new BundleError(`entry ${JSON.stringify(h.name.slice(0, 200))}: links are not allowed in a bundle`);
@@ -47,10 +62,16 @@ export async function* tarEntries(input: Readable): AsyncGenerator<BundleEntry> 
     if (e instanceof BundleError) throw e;
     throw new BundleError(`the bundle is not a complete tar archive${current ? ` (at entry ${current.slice(0, 200)})` : ''}: ${(e as Error).message}`);
   } finally {
+    input.off('data', watch);
     input.unpipe(ex);
     if (!ex.destroyed) ex.destroy();
   }
 }
+
+/** Bytes a tar stream may carry beyond its entries' headers and bodies (padding, buffering). */
+const MAX_BETWEEN_ENTRIES = 1024 * 1024;
+/** An entry's header, with room for the extended headers of a long name. */
+const ENTRY_ALLOWANCE = 4 * 1024;
 
 async function* empty(): AsyncGenerator<Buffer> {}
 

@@ -100,6 +100,8 @@ export class FsBlobStore implements BlobStore {
 
   async createWriter(digest: string): Promise<BlobWriter> {
     const [alg] = splitDigest(digest);
+    // Before the temp file: an algorithm Node cannot hash must not leave a file and a handle behind.
+    const hash = createHash(alg);
     const tmp = this.paths.tmp('blob');
     let handle: FileHandle;
     try {
@@ -107,7 +109,7 @@ export class FsBlobStore implements BlobStore {
     } catch (e) {
       throw wrapWriteError(e);
     }
-    return new FsBlobWriter(digest, createHash(alg), handle, tmp, this.paths.blob(digest), this.events);
+    return new FsBlobWriter(digest, hash, handle, tmp, this.paths.blob(digest), this.events);
   }
 
   async put(digest: string, bytes: Uint8Array): Promise<void> {

@@ -2,14 +2,15 @@
  * `import`: an OCI layout bundle (tar or directory) becomes cached images, verified first; hostile
  * bundles are refused naming the first bad entry, with no record changed; never an upstream call.
  */
-import { mkdtemp, rm } from 'node:fs/promises';
+import { mkdtemp, readdir, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { BundleError, MAX_INDEX_BYTES } from '../../src/airgap/layout.js';
-import { dirEntries } from '../../src/airgap/source.js';
+import { dirEntries, tarEntries } from '../../src/airgap/source.js';
+import { Readable } from 'node:stream';
 import { FakeUpstream } from '../helpers/fake-upstream.js';
-import { makeImage, makeIndex, makeLayer, writeOciLayout } from '../helpers/images.js';
+import { blobOf, descriptorOf, makeImage, makeIndex, makeLayer, MT, writeOciLayout } from '../helpers/images.js';
 import { DOCKER_ACCEPT, startMirror, type TestMirror } from '../helpers/mirror.js';
 import { entriesOf, layoutEntries, tarOf } from './bundle.js';
 
@@ -23,6 +24,8 @@ const REFS = { 'docker.io/library/app1:1.0': app1.manifest, 'docker.io/acme/app2
 const THINGS = [app1, app2, amd, arm, multi];
 
 /** An offline mirror with no upstream running. */
+const emptyIndex = blobOf(JSON.stringify({ schemaVersion: 2, mediaType: MT.ociIndex, manifests: [] }), MT.ociIndex);
+const objectIndex = blobOf(JSON.stringify({ schemaVersion: 2, mediaType: MT.ociIndex, manifests: { 0: descriptorOf(amd.manifest) } }), MT.ociIndex);
 const offlineMirror = () => startMirror({ upstreams: { 'docker.io': { url: 'http://127.0.0.1:9', libraryPrefix: true } }, offline: true });
 
 async function pull(m: TestMirror, repo: string, tag: string): Promise<{ digest: string; blobs: number }> {
@@ -133,6 +136,10 @@ describe('import', () => {
     ],
     ['no index.json', () => tarOf(layoutEntries(REFS, THINGS).filter((e) => e.name !== 'index.json')), /no index.json/],
     ['not a tar at all', async () => Buffer.from('hello, this is not a tar archive'.repeat(40)), /not a complete tar archive/],
+    ['a blob under an algorithm the mirror does not serve', async () => tarOf([...layoutEntries(REFS, THINGS), { name: `blobs/md5/${'a'.repeat(32)}`, content: 'x' }]), /blobs\/md5\/a+: not a blob name/],
+    ['a descriptor with an unsupported digest', async () => tarOf(layoutEntries({ 'docker.io/library/app1:1.0': { ...app1.manifest, digest: `sha1:${'a'.repeat(40)}` } }, [])), /invalid or unsupported digest/],
+    ['an index that lists no platform manifests', async () => tarOf(layoutEntries({ 'docker.io/library/app1:1.0': emptyIndex }, [emptyIndex])), /an index that lists no platform manifests/],
+    ['an index whose manifests are not a list', async () => tarOf(layoutEntries({ 'docker.io/library/app1:1.0': objectIndex }, [objectIndex])), /an index that lists no platform manifests/],
   ];
 
   it.each(hostile)('refuses %s, naming it, and imports nothing', async (_name, make, message) => {
@@ -143,6 +150,34 @@ describe('import', () => {
     expect(await m.admin.repositories()).toEqual([]);
     const res = await m.request('/v2/library/app1/manifests/1.0', { headers: { accept: DOCKER_ACCEPT } });
     expect(res.status).toBe(404);
+    // No temp file (or its open handle) left behind by a refused blob.
+    expect(await readdir(join(m.dataDir, 'tmp'))).toEqual([]);
+  });
+
+  it('refuses a stream of zeros (/dev/zero) instead of reading it for ever', async () => {
+    let produced = 0;
+    const zeros = Readable.from(
+      (function* () {
+        // Bounded for the test's sake: 64 MiB at most, far past where the import must give up.
+        for (let i = 0; i < 1024; i++) {
+          produced += 64 * 1024;
+          yield Buffer.alloc(64 * 1024);
+        }
+      })(),
+    );
+    m = await offlineMirror();
+    const err = await m.airgap.import(tarEntries(zeros)).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(BundleError);
+    expect((err as Error).message).toMatch(/without a tar entry: not a tar archive/);
+    expect(produced).toBeLessThan(8 * 1024 * 1024);
+  });
+
+  it('an index listing one platform manifest many times checks it once and imports it', async () => {
+    const repeated = blobOf(JSON.stringify({ schemaVersion: 2, mediaType: MT.ociIndex, manifests: Array.from({ length: 50 }, () => ({ ...descriptorOf(amd.manifest), platform: { os: 'linux', architecture: 'amd64' } })) }), MT.ociIndex);
+    m = await offlineMirror();
+    const r = await m.airgap.import(entriesOf(await tarOf(layoutEntries({ 'docker.io/library/rep:1': repeated }, [amd, repeated]))));
+    expect(r.images).toEqual([expect.objectContaining({ reference: 'docker.io/library/rep:1', platforms: 1 })]);
+    expect((await pull(m, 'library/rep', '1')).digest).toBe(repeated.digest);
   });
 });
 

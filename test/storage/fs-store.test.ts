@@ -64,6 +64,11 @@ describe('FsBlobStore on disk', () => {
     expect(await readdir(join(root, 'tmp'))).toEqual([]);
   });
 
+  it('a writer for an algorithm Node cannot hash is refused before any temp file is made', async () => {
+    for (let i = 0; i < 3; i++) await expect(store.createWriter(`md4x:${'a'.repeat(32)}`)).rejects.toThrow();
+    expect(await readdir(join(root, 'tmp'))).toEqual([]);
+  });
+
   it('lays blobs out as blobs/<alg>/<2 hex>/<hex>', async () => {
     const bytes = Buffer.from('layout');
     const d = digestOf(bytes);
