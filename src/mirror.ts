@@ -642,6 +642,8 @@ export async function buildMirror(config: Config, opts: MirrorOptions = {}): Pro
     now,
     route: (name) => registry.route(name, undefined),
     maxManifestBytes: config.limits.maxManifestBytes,
+    hold: (digests) => lifecycle.remover.hold(digests),
+    usage: lifecycle.usage,
   });
   const prefetchDeps: PrefetchDeps = {
     getManifest: (ref, reference, accept) => registry.getManifest(ref, reference, accept),

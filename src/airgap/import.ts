@@ -25,6 +25,10 @@ export interface ImportDeps {
   /** A client-visible repository name (`docker.io/library/alpine`, `alpine`) → where the cache keeps it; throws when no upstream serves it. */
   route(name: string): RepoKey;
   maxManifestBytes: number;
+  /** Keeps blobs from eviction and GC until released (a running mirror); every blob the import stages or relies on is held until its tags are written. */
+  hold?(digests: Iterable<string>): () => void;
+  /** Where a use is recorded (a running mirror's usage): an imported image counts as just pulled, so eviction takes it after older ones. */
+  usage?: { manifest(upstream: string, repo: string, digest: string): void; blob(digest: string): void };
 }
 
 export interface ImportOptions {
@@ -65,6 +69,21 @@ interface Plan {
 const MAX_INDEX_CHILDREN = 1024;
 
 export async function importBundle(entries: AsyncIterable<BundleEntry>, deps: ImportDeps, opts: ImportOptions = {}): Promise<ImportResult> {
+  const releases: Array<() => void> = [];
+  const held = new Set<string>();
+  const hold = (digest: string) => {
+    if (!deps.hold || held.has(digest)) return;
+    held.add(digest);
+    releases.push(deps.hold([digest]));
+  };
+  try {
+    return await importHeld(entries, deps, opts, hold);
+  } finally {
+    for (const release of releases) release();
+  }
+}
+
+async function importHeld(entries: AsyncIterable<BundleEntry>, deps: ImportDeps, opts: ImportOptions, hold: (digest: string) => void): Promise<ImportResult> {
   // ---- 1. stage ----
   const staged = new Map<string, number>();
   let layoutSeen = false;
@@ -80,6 +99,7 @@ export async function importBundle(entries: AsyncIterable<BundleEntry>, deps: Im
     } else if (kind.kind === 'index') {
       index = parseIndex(await readBounded(e, MAX_INDEX_BYTES, 'index.json'));
     } else if (kind.kind === 'blob') {
+      hold(kind.digest);
       const existed = (await deps.blobs.stat(kind.digest)) !== undefined;
       await stage(e, kind.digest, deps.blobs);
       staged.set(kind.digest, e.size);
@@ -96,7 +116,11 @@ export async function importBundle(entries: AsyncIterable<BundleEntry>, deps: Im
   if (index.length === 0) throw new BundleError('index.json names no images');
 
   // ---- 2. verify ----
-  const sizeOf = async (digest: string) => staged.get(digest) ?? (await deps.blobs.stat(digest))?.size;
+  // Held before it is looked at: what is found present stays so until the tags are written.
+  const sizeOf = async (digest: string) => {
+    hold(digest);
+    return staged.get(digest) ?? (await deps.blobs.stat(digest))?.size;
+  };
   const plans: Plan[] = [];
   for (const [i, root] of index.entries()) {
     const where = `index.json manifests[${i}]`;
@@ -126,6 +150,8 @@ export async function importBundle(entries: AsyncIterable<BundleEntry>, deps: Im
     // Offline, a client that accepts no index type still gets what upstream would give it.
     if (p.narrowed) variants.push({ digest: p.narrowed.digest, mediaType: p.narrowed.mediaType, size: p.narrowed.size, fetchedAt: now, narrowedFor: [] });
     await deps.meta.putTag(p.repo, p.tag, { version: 2, variants });
+    for (const m of p.manifests) deps.usage?.manifest(p.repo.upstream, p.repo.repo, m.digest);
+    for (const d of p.digests) deps.usage?.blob(d);
     images.push({ reference: `${p.repo.upstream}/${p.repo.repo}:${p.tag}`, digest: p.root.digest, mediaType: p.root.mediaType, platforms: p.platforms });
   }
   return { images, blobs: staged.size, newBlobs, bytes };

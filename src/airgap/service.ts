@@ -16,6 +16,10 @@ export interface AirgapDeps {
   /** A client-visible repository name → where the cache keeps it; throws when no upstream serves it. */
   route(name: string): RepoKey;
   maxManifestBytes: number;
+  /** Keeps blobs from eviction and GC until the release is called (a running mirror's remover); absent offline. */
+  hold?(digests: Iterable<string>): () => void;
+  /** Where a running mirror records uses: an import counts as a pull. */
+  usage?: { manifest(upstream: string, repo: string, digest: string): void; blob(digest: string): void };
 }
 
 export class Airgap {

@@ -37,8 +37,31 @@ export class Remover {
   /** Blobs stored lately, by the sequence number of their arrival: never removed by a pass that did not see them. */
   private readonly arrivals = boundedLru<string, number>(100_000);
   private seq = 0;
+  /** Blobs a writer of records (an import) is about to reference, counted: no pass removes them meanwhile. */
+  private readonly held = new Map<string, number>();
 
   constructor(private readonly deps: RemoverDeps) {}
+
+  /**
+   * Keeps these blobs from every removal (eviction, GC) until the returned release is called. An
+   * import stages blobs that no record references until its tag is written; without this a pass
+   * started by those very blobs took them first (never used), and the import reported an image
+   * whose layers were gone.
+   */
+  hold(digests: Iterable<string>): () => void {
+    const mine = [...digests];
+    for (const d of mine) this.held.set(d, (this.held.get(d) ?? 0) + 1);
+    let released = false;
+    return () => {
+      if (released) return;
+      released = true;
+      for (const d of mine) {
+        const n = (this.held.get(d) ?? 1) - 1;
+        if (n <= 0) this.held.delete(d);
+        else this.held.set(d, n);
+      }
+    };
+  }
 
   /** A blob was stored (from the store's events). */
   added(digest: string): void {
@@ -98,7 +121,7 @@ export class Remover {
     for (const d of digests) {
       const size = inv.sizes.get(d);
       if (size === undefined || (inv.refs.get(d) ?? 0) > 0) continue;
-      if (this.deps.blobs.busy(d) || (this.deps.usage.get(blobKey(d)) ?? 0) > inv.takenAt) continue;
+      if (this.held.has(d) || this.deps.blobs.busy(d) || (this.deps.usage.get(blobKey(d)) ?? 0) > inv.takenAt) continue;
       if ((this.arrivals.get(d) ?? 0) > (inv.mark ?? Infinity)) continue;
       if (this.deps.mayDelete && !(await this.deps.mayDelete(d))) continue;
       await this.deps.blobs.delete(d);

@@ -10,7 +10,7 @@ import { BundleError, MAX_INDEX_BYTES } from '../../src/airgap/layout.js';
 import { dirEntries, tarEntries } from '../../src/airgap/source.js';
 import { Readable } from 'node:stream';
 import { FakeUpstream } from '../helpers/fake-upstream.js';
-import { blobOf, descriptorOf, makeImage, makeIndex, makeLayer, MT, writeOciLayout } from '../helpers/images.js';
+import { allBlobs, blobOf, descriptorOf, makeImage, makeIndex, makeLayer, MT, writeOciLayout } from '../helpers/images.js';
 import { DOCKER_ACCEPT, startMirror, type TestMirror } from '../helpers/mirror.js';
 import { entriesOf, layoutEntries, tarOf } from './bundle.js';
 
@@ -23,9 +23,9 @@ const multi = makeIndex([amd, arm]);
 const REFS = { 'docker.io/library/app1:1.0': app1.manifest, 'docker.io/acme/app2:2.0': app2.manifest, 'docker.io/library/multi:latest': multi };
 const THINGS = [app1, app2, amd, arm, multi];
 
-/** An offline mirror with no upstream running. */
 const emptyIndex = blobOf(JSON.stringify({ schemaVersion: 2, mediaType: MT.ociIndex, manifests: [] }), MT.ociIndex);
 const objectIndex = blobOf(JSON.stringify({ schemaVersion: 2, mediaType: MT.ociIndex, manifests: { 0: descriptorOf(amd.manifest) } }), MT.ociIndex);
+/** An offline mirror with no upstream running. */
 const offlineMirror = () => startMirror({ upstreams: { 'docker.io': { url: 'http://127.0.0.1:9', libraryPrefix: true } }, offline: true });
 
 async function pull(m: TestMirror, repo: string, tag: string): Promise<{ digest: string; blobs: number }> {
@@ -152,6 +152,49 @@ describe('import', () => {
     expect(res.status).toBe(404);
     // No temp file (or its open handle) left behind by a refused blob.
     expect(await readdir(join(m.dataDir, 'tmp'))).toEqual([]);
+  });
+
+  it('holds every blob it stages or relies on from eviction and GC until its tags are written, and records the images as used', async () => {
+    const { importBundle } = await import('../../src/airgap/import.js');
+    const { FsBlobStore } = await import('../../src/storage/fs-store.js');
+    const { FsMetaStore } = await import('../../src/storage/fs-meta-store.js');
+    const dir = await mkdtemp(join(tmpdir(), 'import-hold-'));
+    try {
+      const blobs = new FsBlobStore(dir);
+      await blobs.init();
+      const meta = new FsMetaStore(dir);
+      const held = new Map<string, number>();
+      const atTag: string[][] = [];
+      const uses: string[] = [];
+      const tagging = meta.putTag.bind(meta);
+      meta.putTag = async (...a: Parameters<typeof meta.putTag>) => {
+        atTag.push([...held.keys()]);
+        return tagging(...a);
+      };
+      const r = await importBundle(entriesOf(await tarOf(layoutEntries(REFS, THINGS))), {
+        blobs,
+        meta,
+        now: () => 1,
+        route: (name) => ({ upstream: 'docker.io', repo: name.replace(/^docker\.io\//, '') }),
+        maxManifestBytes: 4 * 1024 * 1024,
+        hold: (digests) => {
+          const mine = [...digests];
+          for (const d of mine) held.set(d, (held.get(d) ?? 0) + 1);
+          return () => mine.forEach((d) => (held.get(d) === 1 ? held.delete(d) : held.set(d, held.get(d)! - 1)));
+        },
+        usage: { manifest: (u, repo, d) => void uses.push(`m ${u}/${repo}@${d}`), blob: (d) => void uses.push(`b ${d}`) },
+      });
+      expect(r.images).toHaveLength(3);
+      // When each tag was written, every blob of every image was held.
+      const every = allBlobs(...THINGS).map((b) => b.digest);
+      expect(atTag).toHaveLength(3);
+      for (const at of atTag) expect(at.sort()).toEqual(expect.arrayContaining(every));
+      expect(held.size).toBe(0);
+      expect(uses).toContain(`m docker.io/library/app1@${app1.manifest.digest}`);
+      expect(uses).toContain(`b ${app1.layers[1]!.digest}`);
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
   });
 
   it('refuses a stream of zeros (/dev/zero) instead of reading it for ever', async () => {
