@@ -6,6 +6,9 @@ import { readFileSync } from 'node:fs';
 import { parse as parseYaml } from 'yaml';
 import { validatePin } from './lifecycle/pins.js';
 
+/** The longest delay a Node timer honours (2^31 - 1 ms); past it the timer fires after 1 ms. */
+const MAX_TIMER_MS = 2 ** 31 - 1;
+
 export interface UpstreamConfig {
   /** The key clients use for this registry (`docker.io`, `ghcr.io`): in `ns=`, path prefixes, disk layout. */
   name: string;
@@ -455,11 +458,12 @@ export function validateConfig(raw: Raw): Config {
       maxPageSize: num('limits.maxPageSize', req('limits.maxPageSize', limits.maxPageSize), 1),
     },
     timeouts: {
-      connect: num('timeouts.connect', req('timeouts.connect', timeouts.connect), 1),
-      headers: num('timeouts.headers', req('timeouts.headers', timeouts.headers), 1),
-      bodyIdle: num('timeouts.bodyIdle', req('timeouts.bodyIdle', timeouts.bodyIdle), 1),
-      revalidate: num('timeouts.revalidate', req('timeouts.revalidate', timeouts.revalidate), 1),
-      clientIdle: num('timeouts.clientIdle', req('timeouts.clientIdle', timeouts.clientIdle), 0),
+      // At most what a Node timer takes (2^31 - 1 ms, ~24.8 days): a longer one fires at once.
+      connect: num('timeouts.connect', req('timeouts.connect', timeouts.connect), 1, MAX_TIMER_MS),
+      headers: num('timeouts.headers', req('timeouts.headers', timeouts.headers), 1, MAX_TIMER_MS),
+      bodyIdle: num('timeouts.bodyIdle', req('timeouts.bodyIdle', timeouts.bodyIdle), 1, MAX_TIMER_MS),
+      revalidate: num('timeouts.revalidate', req('timeouts.revalidate', timeouts.revalidate), 1, MAX_TIMER_MS),
+      clientIdle: num('timeouts.clientIdle', req('timeouts.clientIdle', timeouts.clientIdle), 0, MAX_TIMER_MS),
     },
     upstreamHealth: { offlineMinMs, offlineMaxMs },
     ...(tlsRaw ? { tls: { cert: str('tls.cert', tlsRaw.cert), key: str('tls.key', tlsRaw.key) } } : {}),

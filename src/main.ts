@@ -180,8 +180,12 @@ function parseArgs(argv: string[]): { config?: string; printConfig: boolean } {
   const out: { config?: string; printConfig: boolean } = { printConfig: false };
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i]!;
-    if (a === '--config' || a === '-c') out.config = argv[++i];
-    else if (a.startsWith('--config=')) out.config = a.slice('--config='.length);
+    if (a === '--config' || a === '-c' || a.startsWith('--config=')) {
+      const file = a.startsWith('--config=') ? a.slice('--config='.length) : argv[++i];
+      // Without this the server would start on the embedded defaults, not the file meant.
+      if (!file) usageError(`${a.replace(/=$/, '')} needs a file`);
+      out.config = file;
+    }
     else if (a === '--print-config') out.printConfig = true;
     else if (a === '--help' || a === '-h') {
       process.stdout.write(
@@ -195,14 +199,19 @@ function parseArgs(argv: string[]): { config?: string; printConfig: boolean } {
         ].join('\n'),
       );
       process.exit(0);
-    } else {
-      process.stderr.write(`regmirror: unknown argument ${a}\n`);
-      process.exit(2);
-    }
+    } else usageError(`unknown argument ${a}`);
   }
   if (out.config === undefined && process.env.MIRROR_CONFIG) out.config = process.env.MIRROR_CONFIG;
   return out;
 }
+
+/** One line saying what is wrong, the usage, exit 2. */
+function usageError(message: string): never {
+  process.stderr.write(`regmirror: ${message}\n${SERVE_USAGE}\n`);
+  process.exit(2);
+}
+
+const SERVE_USAGE = 'usage: regmirror [serve] [--config FILE] [--print-config]   (regmirror --help for every command)';
 
 /** What the cache CLI gets from the process: streams, terminal, fetch, config, the stopped-mirror admin. */
 function cacheCliDeps(env: NodeJS.ProcessEnv): CacheCliDeps {
@@ -266,7 +275,9 @@ function redact(config: Config): unknown {
     // A password in the Redis URL (redis://:secret@host) is a credential too.
     redis: { ...redis, ...(redis.url ? { url: redis.url.replace(/\/\/([^@/]*)@/, '//[redacted]@') } : {}) },
   };
-  return { ...config, upstreams, storage };
+  // The fleet's shared secret, and a password in its Redis URL.
+  const fleet = { ...config.fleet, ...(config.fleet.secret ? { secret: '[redacted]' } : {}), ...(config.fleet.redisUrl ? { redisUrl: config.fleet.redisUrl.replace(/\/\/([^@/]*)@/, '//[redacted]@') } : {}) };
+  return { ...config, upstreams, storage, fleet };
 }
 
 main(process.argv.slice(2), process.env).catch((e: unknown) => {

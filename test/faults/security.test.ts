@@ -123,6 +123,29 @@ describe('credentials', () => {
     expect(printed).toContain('docker.io');
     expectNoSecrets(printed, '--print-config');
   });
+
+  it('--print-config hides the fleet secret and a password in its Redis URL; --config without a file is a usage error', async () => {
+    const run = (args: string[], env: Record<string, string> = {}) =>
+      new Promise<{ code: number; out: string }>((resolve) =>
+        execFile(process.execPath, [MAIN_JS, ...args], { cwd: ROOT, timeout: 15_000, env: { ...process.env, ...env } }, (err, out, errOut) =>
+          resolve({ code: err ? Number((err as { code?: number }).code ?? 1) : 0, out: out + errOut }),
+        ),
+      );
+    const fleetSecret = 'fleet-secret-0123456789';
+    const printed = await run(['--print-config'], { MIRROR_FLEET_SECRET: fleetSecret, MIRROR_FLEET_REDIS_URL: 'redis://:hunter2-redis@127.0.0.1:6379' });
+    expect(printed.code).toBe(0);
+    expect(printed.out).toContain('[redacted]');
+    expect(printed.out).not.toContain(fleetSecret);
+    expect(printed.out).not.toContain('hunter2-redis');
+    for (const args of [['--config'], ['--config='], ['-c']]) {
+      const r = await run(args);
+      expect(r.code, args.join(' ')).toBe(2);
+      expect(r.out).toMatch(/needs a file\nusage: regmirror/);
+    }
+    const bogus = await run(['--bogus']);
+    expect(bogus.code).toBe(2);
+    expect(bogus.out).toMatch(/unknown argument --bogus\nusage: regmirror/);
+  });
 });
 
 describe('repository isolation on a credentialed upstream', () => {

@@ -267,6 +267,10 @@ describe('validation names the bad key', () => {
     expect((await errorForFile('timeouts:\n  revalidate: 0\n')).key).toBe('timeouts.revalidate');
     expect((await errorForFile('timeouts:\n  clientIdle: -1\n')).key).toBe('timeouts.clientIdle');
     expect((await errorForFile('timeouts:\n  clientIdle: soon\n')).key).toBe('timeouts.clientIdle');
+    // Longer than a Node timer takes (2^31 - 1 ms): it would fire at once, so it is refused.
+    expect((await errorForFile('timeouts:\n  revalidate: 3000000000\n')).key).toBe('timeouts.revalidate');
+    expect((await errorForFile('timeouts:\n  bodyIdle: 2147483648\n')).key).toBe('timeouts.bodyIdle');
+    expect(load({ file: await userFile('timeouts:\n  clientIdle: 2147483647\n') }).timeouts.clientIdle).toBe(2147483647);
     expect((await errorForFile('upstreamHealth:\n  offlineMinMs: 10000\n  offlineMaxMs: 5000\n')).key).toBe('upstreamHealth.offlineMaxMs');
     expect((await errorForFile('upstreamHealth:\n  offlineMs: 1\n')).key).toBe('upstreamHealth.offlineMs');
     expect((await errorForFile('upstreams:\n  docker.io:\n    url: https://x\n    aliases: host\n')).key).toBe('upstreams.docker.io.aliases');
