@@ -443,7 +443,11 @@ export function validateConfig(raw: Raw): Config {
       tagTtl,
       maxBytes: optNum('cache.maxBytes', cache.maxBytes, 1),
       minFreeBytes: optNum('cache.minFreeBytes', cache.minFreeBytes, 0),
-      minFreePercent: optNum('cache.minFreePercent', cache.minFreePercent, 0, 99),
+      // A percentage, not a size: `10` or `10%` (a size such as 5b is refused).
+      minFreePercent:
+        cache.minFreePercent === undefined || cache.minFreePercent === null || cache.minFreePercent === ''
+          ? undefined
+          : num('cache.minFreePercent', typeof cache.minFreePercent === 'string' ? cache.minFreePercent.replace(/^\s*(\d+(?:\.\d+)?)\s*%?\s*$/, '$1') : cache.minFreePercent, 0, 99),
       lowWatermark: num('cache.lowWatermark', req('cache.lowWatermark', cache.lowWatermark), 0.5, 1),
       pin: pin as string[],
       evictionInterval: num('cache.evictionInterval', req('cache.evictionInterval', cache.evictionInterval), 1, 86400),

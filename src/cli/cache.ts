@@ -232,7 +232,13 @@ const COMMANDS: Command[] = [
     run: async (ctx) => {
       const pattern = pinArg(ctx.args.positionals[0]!, 'unpin');
       const pins = await ctx.admin.unpin(pattern);
-      if (ctx.json) return printJson(ctx, { pins });
+      if (ctx.json) {
+        // The same exit status as without --json: a script must see that the pin stayed.
+        printJson(ctx, { pins });
+        if (!pins.includes(pattern)) return 0;
+        ctx.err(`regmirror cache unpin: ${pattern} is still pinned (a pin from the config file?)\n`);
+        return 1;
+      }
       if (pins.includes(pattern)) {
         ctx.err(`regmirror cache unpin: ${pattern} is still pinned (a pin from the config file?)\n`);
         ctx.out(pinList(pins));

@@ -86,13 +86,13 @@ export async function runPrefetchCli(argv: readonly string[], deps: PrefetchCliD
     if (url !== undefined) {
       const started = await adminCall(deps, 'POST', `${url}/admin/prefetch`, { images, platforms: platforms ?? 'all' });
       deps.onInterrupt?.(() => void adminCall(deps, 'DELETE', `${url}/admin/prefetch/${encodeURIComponent(started.id)}`).catch(() => undefined));
-      final = await follow(() => adminCall(deps, 'GET', `${url}/admin/prefetch/${encodeURIComponent(started.id)}`), deps, now);
+      final = await follow(() => adminCall(deps, 'GET', `${url}/admin/prefetch/${encodeURIComponent(started.id)}`), deps, now, args.flags.has('json'));
     } else {
       const opened = await deps.openPrefetch(configOf(args, deps));
       try {
         const job = new PrefetchJob('local', { images, ...(platforms ? { platforms } : {}) }, opened.deps, now);
         deps.onInterrupt?.(() => job.cancel());
-        final = await follow(() => Promise.resolve(job.snapshot()), deps, now, job.done);
+        final = await follow(() => Promise.resolve(job.snapshot()), deps, now, args.flags.has('json'), job.done);
       } finally {
         await opened.close();
       }
@@ -118,8 +118,11 @@ export async function runPrefetchCli(argv: readonly string[], deps: PrefetchCliD
   }
 }
 
-/** Polls until the job ends: a line per finished image (stdout), the progress line on a terminal (stderr). */
-async function follow(poll: () => Promise<PrefetchSnapshot>, deps: PrefetchCliDeps, now: () => number, done?: Promise<void>): Promise<PrefetchSnapshot> {
+/**
+ * Polls until the job ends: a line per finished image (stdout, or stderr with --json, where stdout
+ * carries the JSON alone), the progress line on a terminal (stderr).
+ */
+async function follow(poll: () => Promise<PrefetchSnapshot>, deps: PrefetchCliDeps, now: () => number, json: boolean, done?: Promise<void>): Promise<PrefetchSnapshot> {
   const tty = deps.stderr.isTTY === true;
   const reported = new Set<number>();
   const start = now();
@@ -131,7 +134,7 @@ async function follow(poll: () => Promise<PrefetchSnapshot>, deps: PrefetchCliDe
       reported.add(i);
       if (drawn) deps.stderr.write('\r\x1b[K');
       drawn = false;
-      deps.stdout.write(`${imageLine(img)}\n`);
+      (json ? deps.stderr : deps.stdout).write(`${imageLine(img)}\n`);
     });
     if (s.state !== 'running') {
       if (drawn) deps.stderr.write('\r\x1b[K');

@@ -136,6 +136,11 @@ describe('prefetch', () => {
         expect(bad.code).toBe(1);
         expect(bad.stdout).toContain('prefetched 1 of 2 images');
         expect(bad.stderr).toMatch(/regmirror prefetch: 1 failed:\n {2}nope:1: /);
+        // With --json stdout is the JSON alone (the per-image lines go to stderr).
+        const asJson = await run(['app1:1.0', 'nope:1', '--json'], { fetch: fetchFn, env: { MIRROR_ADMIN_URL: 'http://127.0.0.1:5001' } });
+        expect(asJson.code).toBe(1);
+        expect((JSON.parse(asJson.stdout) as PrefetchSnapshot).images.map((i) => i.state)).toEqual(['done', 'failed']);
+        expect(asJson.stderr).toMatch(/done {4}app1:1\.0/);
         expect((await run([], {})).code).toBe(2);
         expect((await run(['x', '--platform', 'arm64'], {})).stderr).toMatch(/expected OS\/ARCH/);
       } finally {

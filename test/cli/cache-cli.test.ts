@@ -221,6 +221,11 @@ describe('regmirror cache: commands on a data directory', () => {
     const r = await runCli(['unpin', 'ghcr.io/acme/**', ...dd], { admin });
     expect(r.code).toBe(1);
     expect(r.stderr).toContain('ghcr.io/acme/** is still pinned');
+    // --json: the same exit status, the JSON alone on stdout.
+    const j = await runCli(['unpin', 'ghcr.io/acme/**', '--json', ...dd], { admin });
+    expect(j.code).toBe(1);
+    expect(JSON.parse(j.stdout)).toEqual({ pins: [...admin.pinned] });
+    expect(j.stderr).toContain('ghcr.io/acme/** is still pinned');
   });
 
   it('gc and evict print one line each; plain when stderr is not a terminal', async () => {

@@ -305,11 +305,14 @@ describe('cache limits, pins and the admin listener', () => {
     expect(c.admin.listen).toEqual({ host: '127.0.0.1', port: 9001 });
     expect(load('', { MIRROR_CACHE_MAX_BYTES: '2GiB', MIRROR_ADMIN_LISTEN: '' }).cache.maxBytes).toBe(2 * 1024 ** 3);
     expect(load('', { MIRROR_ADMIN_LISTEN: '' }).admin.listen).toBeUndefined();
+    // A percentage reads as one, with or without its sign (a size such as 5b is refused, below).
+    expect(load('cache:\n  minFreePercent: "10%"\n').cache.minFreePercent).toBe(10);
   });
 
   it.each([
     ['cache:\n  maxBytes: lots\n', 'cache.maxBytes'],
     ['cache:\n  minFreePercent: 120\n', 'cache.minFreePercent'],
+    ['cache:\n  minFreePercent: 5b\n', 'cache.minFreePercent'],
     ['cache:\n  lowWatermark: 0.1\n', 'cache.lowWatermark'],
     ['cache:\n  pin: ["docker.io/ok:1", "../../etc"]\n', 'cache.pin[1]'],
     ['cache:\n  pin: "docker.io/x"\n', 'cache.pin'],
