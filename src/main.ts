@@ -88,13 +88,15 @@ async function main(argv: string[], env: NodeJS.ProcessEnv): Promise<void> {
     mirror = await buildMirror(config, { logger, processMetrics: true, downloadThread: 'at-start' });
   } catch (e) {
     // An unreadable or invalid htpasswd, policy or token key file (auth): say which, and stop.
-    if (e instanceof ConfigError || e instanceof HtpasswdError || e instanceof PolicyError) {
-      process.stderr.write(`regmirror: cannot start: ${e.message}\n`);
+    // A data directory that cannot be one (a file, no permission): the path and the reason, not a stack.
+    const fsError = (e as NodeJS.ErrnoException)?.code !== undefined && (e as NodeJS.ErrnoException)?.path !== undefined;
+    if (e instanceof ConfigError || e instanceof HtpasswdError || e instanceof PolicyError || fsError) {
+      process.stderr.write(`regmirror: cannot start: ${(e as Error).message}\n`);
       process.exit(2);
     }
     throw e;
   }
-  const tls = config.tls ? { cert: readFileSync(config.tls.cert), key: readFileSync(config.tls.key) } : undefined;
+  const tls = config.tls ? { cert: readTlsFile('tls.cert', config.tls.cert), key: readTlsFile('tls.key', config.tls.key) } : undefined;
   const server = createMirrorServer({ fetch: mirror.app.fetch, idleTimeoutMs: config.timeouts.clientIdle, ...(tls ? { tls } : {}) });
   server.listen(config.listen.port, config.listen.host, () => {
     const info = server.address() as AddressInfo;
@@ -203,6 +205,16 @@ function parseArgs(argv: string[]): { config?: string; printConfig: boolean } {
   }
   if (out.config === undefined && process.env.MIRROR_CONFIG) out.config = process.env.MIRROR_CONFIG;
   return out;
+}
+
+/** A TLS file the config names; unreadable: one line naming the key, exit 2. */
+function readTlsFile(key: string, file: string): Buffer {
+  try {
+    return readFileSync(file);
+  } catch (e) {
+    process.stderr.write(`regmirror: cannot start: ${key}: cannot read ${file}: ${(e as Error).message}\n`);
+    process.exit(2);
+  }
 }
 
 /** One line saying what is wrong, the usage, exit 2. */

@@ -123,8 +123,10 @@ export class PrefetchJob {
     const ref = this.deps.route(name);
     const root = await this.deps.getManifest(ref, reference, undefined);
     const blobs = new Map<string, number>();
-    const image = (bytes: Buffer) => {
+    const image = (bytes: Buffer, what: string) => {
       const json = JSON.parse(bytes.toString('utf8')) as { config?: unknown; layers?: unknown[] };
+      // An index inside an index, or anything else without config and layers: nothing to fetch, which must not pass for done.
+      if (json.config === undefined || !Array.isArray(json.layers)) throw new Error(`${what} is not an image manifest (no config and layers)`);
       for (const d of [json.config, ...(json.layers ?? [])].filter((x) => x !== undefined).map((x, i) => descriptor(x, `${img.image} blob ${i}`))) blobs.set(d.digest, d.size);
     };
     if (isIndexType(root.mediaType)) {
@@ -134,9 +136,9 @@ export class PrefetchJob {
       if (chosen.length === 0) throw new Error(`no platform of ${children.map((c) => platformOf(c.platform) ?? '?').join(', ')} matches ${this.req.platforms?.join(',')}`);
       for (const c of chosen) {
         this.check();
-        image((await this.deps.getManifest(ref, c.digest, undefined)).bytes);
+        image((await this.deps.getManifest(ref, c.digest, undefined)).bytes, `${img.image}: platform manifest ${c.digest}`);
       }
-    } else image(root.bytes);
+    } else image(root.bytes, `${img.image}: manifest ${root.digest}`);
     img.blobs = blobs.size;
     const missing: Array<[string, number]> = [];
     for (const [digest, size] of blobs) if (!(await this.deps.has(digest))) missing.push([digest, size]);

@@ -12,7 +12,7 @@ import { PrefetchJob, type PrefetchSnapshot } from '../../src/airgap/prefetch.js
 import { runPrefetchCli, type PrefetchCliDeps } from '../../src/cli/prefetch.js';
 import { openPrefetch } from '../../src/mirror.js';
 import { FakeUpstream } from '../helpers/fake-upstream.js';
-import { makeImage, makeIndex, makeLayer, makeRandomLayer } from '../helpers/images.js';
+import { blobOf, descriptorOf, makeImage, makeIndex, makeLayer, makeRandomLayer, MT } from '../helpers/images.js';
 import { DOCKER_ACCEPT, startMirror, type TestMirror } from '../helpers/mirror.js';
 import { waitFor } from '../helpers/wait.js';
 
@@ -22,6 +22,8 @@ const app2 = makeImage({ layers: [shared, makeRandomLayer(256 * 1024, 'prefetch 
 const amd = makeImage({ layers: [makeLayer([{ path: 'p', content: 'prefetch amd' }])], architecture: 'amd64' });
 const arm = makeImage({ layers: [makeLayer([{ path: 'p', content: 'prefetch arm' }])], architecture: 'arm64' });
 const multi = makeIndex([amd, arm]);
+/** An index whose one platform entry is itself an index. */
+const nested = blobOf(JSON.stringify({ schemaVersion: 2, mediaType: MT.ociIndex, manifests: [{ ...descriptorOf(multi), platform: { os: 'linux', architecture: 'amd64' } }] }), MT.ociIndex);
 
 describe('prefetch', () => {
   let hub: FakeUpstream;
@@ -31,6 +33,8 @@ describe('prefetch', () => {
     hub.putImage('library/app1', app1, '1.0');
     hub.putImage('library/app2', app2, '2.0');
     hub.putIndex('library/multi', multi, [amd, arm], 'latest');
+    hub.putIndex('library/nested', multi, [amd, arm]);
+    hub.putManifest('library/nested', nested, 'latest');
   });
   afterAll(() => hub.close());
   afterEach(async () => {
@@ -90,6 +94,10 @@ describe('prefetch', () => {
     expect(s.images[0]!.state).toBe('done');
     expect(s.images[1]).toMatchObject({ state: 'failed' });
     expect(s.images[1]!.error).toMatch(/not known/i);
+    // An index inside an index has nothing this job can fetch: failed, never done with nothing.
+    const n = new PrefetchJob('nested', { images: ['nested:latest'] }, a.prefetchDeps);
+    await n.done;
+    expect(n.snapshot().images[0]).toMatchObject({ state: 'failed', error: expect.stringMatching(/is not an image manifest/) });
 
     hub.faults.delayMs = 300;
     const slow = (await (await a.adminApp.request('/admin/prefetch', { method: 'POST', body: JSON.stringify({ images: ['app2:2.0', 'multi'] }) })).json()) as PrefetchSnapshot;

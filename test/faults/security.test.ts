@@ -5,6 +5,9 @@
  * upstream confirms that name holds it.
  */
 import { execFile } from 'node:child_process';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { digestOf } from '../helpers/digest.js';
 import { FakeUpstream } from '../helpers/fake-upstream.js';
@@ -145,6 +148,22 @@ describe('credentials', () => {
     const bogus = await run(['--bogus']);
     expect(bogus.code).toBe(2);
     expect(bogus.out).toMatch(/unknown argument --bogus\nusage: regmirror/);
+    // What the configuration names but cannot be used: one line, exit 2, no stack trace.
+    const dir = await mkdtemp(join(tmpdir(), 'cli-start-'));
+    try {
+      await writeFile(join(dir, 'a-file'), 'not a directory');
+      const onFile = await run([], { MIRROR_DATA_DIR: join(dir, 'a-file'), MIRROR_LISTEN: '127.0.0.1:0', MIRROR_ADMIN_LISTEN: '' });
+      expect(onFile.code).toBe(2);
+      expect(onFile.out).toMatch(/^regmirror: cannot start: .*a-file/m);
+      expect(onFile.out).not.toMatch(/\n\s+at /);
+      await writeFile(join(dir, 'tls.yaml'), `dataDir: ${join(dir, 'data')}\nlisten: "127.0.0.1:0"\nadmin:\n  listen: ""\ntls:\n  cert: ${join(dir, 'none.crt')}\n  key: ${join(dir, 'none.key')}\n`);
+      const noTls = await run(['--config', join(dir, 'tls.yaml')]);
+      expect(noTls.code).toBe(2);
+      expect(noTls.out).toMatch(/regmirror: cannot start: tls\.cert: cannot read .*none\.crt/);
+      expect(noTls.out).not.toMatch(/\n\s+at /);
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
   });
 });
 
