@@ -192,11 +192,14 @@ function parseArgs(argv: string[]): { config?: string; printConfig: boolean } {
     else if (a === '--help' || a === '-h') {
       process.stdout.write(
         [
-          'usage: regmirror [serve] [--config FILE] [--print-config]',
+          'usage: regmirror [serve] [--config FILE | -c FILE] [--print-config]',
           '       regmirror cache <command> [options]   inspect and manage the cache (regmirror cache --help)',
           '       regmirror import BUNDLE.tar|DIR|-     add an OCI layout bundle to the cache (regmirror import --help)',
           '       regmirror export -o BUNDLE.tar IMAGE… write cached images as an OCI layout tar (regmirror export --help)',
           '       regmirror prefetch IMAGE…             fill the cache ahead of pulls (regmirror prefetch --help)',
+          '',
+          'FILE (or MIRROR_CONFIG) is merged over the embedded defaults; MIRROR_* variables over both (README).',
+          'exit: 0 stopped cleanly; 1 a failure while running; 2 bad usage or configuration (one line says which).',
           '',
         ].join('\n'),
       );
@@ -223,7 +226,7 @@ function usageError(message: string): never {
   process.exit(2);
 }
 
-const SERVE_USAGE = 'usage: regmirror [serve] [--config FILE] [--print-config]   (regmirror --help for every command)';
+const SERVE_USAGE = 'usage: regmirror [serve] [--config FILE | -c FILE] [--print-config]   (regmirror --help for every command)';
 
 /** What the cache CLI gets from the process: streams, terminal, fetch, config, the stopped-mirror admin. */
 function cacheCliDeps(env: NodeJS.ProcessEnv): CacheCliDeps {
