@@ -281,6 +281,9 @@ function adminCredentials(init: RequestInit | undefined, env: NodeJS.ProcessEnv)
   return { ...init, headers };
 }
 
+/** A URL with its user and password (redis://:secret@host) replaced. */
+const hideUserinfo = (url: string): string => url.replace(/\/\/([^@/]*)@/, '//[redacted]@');
+
 function redact(config: Config): unknown {
   const upstreams = Object.fromEntries(Object.entries(config.upstreams).map(([k, u]) => [k, { ...u, ...(u.password ? { password: '[redacted]' } : {}) }]));
   const { s3, redis } = config.storage;
@@ -288,10 +291,10 @@ function redact(config: Config): unknown {
     ...config.storage,
     s3: { ...s3, ...(s3.secretAccessKey ? { secretAccessKey: '[redacted]' } : {}) },
     // A password in the Redis URL (redis://:secret@host) is a credential too.
-    redis: { ...redis, ...(redis.url ? { url: redis.url.replace(/\/\/([^@/]*)@/, '//[redacted]@') } : {}) },
+    redis: { ...redis, ...(redis.url ? { url: hideUserinfo(redis.url) } : {}) },
   };
   // The fleet's shared secret, and a password in its Redis URL.
-  const fleet = { ...config.fleet, ...(config.fleet.secret ? { secret: '[redacted]' } : {}), ...(config.fleet.redisUrl ? { redisUrl: config.fleet.redisUrl.replace(/\/\/([^@/]*)@/, '//[redacted]@') } : {}) };
+  const fleet = { ...config.fleet, ...(config.fleet.secret ? { secret: '[redacted]' } : {}), ...(config.fleet.redisUrl ? { redisUrl: hideUserinfo(config.fleet.redisUrl) } : {}) };
   return { ...config, upstreams, storage, fleet };
 }
 

@@ -47,14 +47,7 @@ export function classifyEntry(raw: string, isDir: boolean): EntryName {
 }
 
 /** A digest the mirror serves (sha256 or sha512, lowercase hex of the right length), as a client may ask for it. */
-function supportedDigest(s: string): boolean {
-  try {
-    parseDigest(s);
-    return true;
-  } catch {
-    return false;
-  }
-}
+const supportedDigest = (s: string): boolean => passes(() => parseDigest(s));
 
 export const blobPath = (digest: string): string => `blobs/${digest.replace(':', '/')}`;
 
@@ -103,9 +96,12 @@ export function splitRefName(refName: string): { name: string; tag: string } {
   return { name: refName.slice(0, colon), tag };
 }
 
-function isPlainTag(s: string): boolean {
+const isPlainTag = (s: string): boolean => passes(() => validateTag(s));
+
+/** Whether a validator accepts (returns rather than throws). */
+function passes(check: () => unknown): boolean {
   try {
-    validateTag(s);
+    check();
     return true;
   } catch {
     return false;
