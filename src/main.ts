@@ -26,6 +26,7 @@ import { PolicyError } from './access/policy.js';
 import { applyHeapGrowth } from './heap.js';
 import { createLogger } from './logger.js';
 import { buildMirror, openAirgap, openCacheAdmin, openPrefetch } from './mirror.js';
+import { DataDirBusyError } from './storage/data-lock.js';
 
 const SHUTDOWN_DEADLINE_MS = 25_000;
 const DEFAULT_CONFIG_URL = new URL('../config/default.yaml', import.meta.url);
@@ -90,7 +91,8 @@ async function main(argv: string[], env: NodeJS.ProcessEnv): Promise<void> {
     // An unreadable or invalid htpasswd, policy or token key file (auth): say which, and stop.
     // A data directory that cannot be one (a file, no permission): the path and the reason, not a stack.
     const fsError = (e as NodeJS.ErrnoException)?.code !== undefined && (e as NodeJS.ErrnoException)?.path !== undefined;
-    if (e instanceof ConfigError || e instanceof HtpasswdError || e instanceof PolicyError || fsError) {
+    // Another process holding the data directory (a mirror, an offline import): who, and stop.
+    if (e instanceof ConfigError || e instanceof HtpasswdError || e instanceof PolicyError || e instanceof DataDirBusyError || fsError) {
       process.stderr.write(`regmirror: cannot start: ${(e as Error).message}\n`);
       process.exit(2);
     }

@@ -59,6 +59,7 @@ import { NegativeCache } from './registry/negative-cache.js';
 import { Registry } from './registry/service.js';
 import { routeName, type RoutingTable } from './registry/reference.js';
 import { FsMetaStore } from './storage/fs-meta-store.js';
+import { lockDataDir, type LockRole } from './storage/data-lock.js';
 import { FsBlobStore } from './storage/fs-store.js';
 import type { MetaStore } from './storage/meta-store.js';
 import { RedisMetaStore } from './storage/redis-meta-store.js';
@@ -82,6 +83,8 @@ export interface MirrorOptions {
   processMetrics?: boolean;
   /** false: no periodic saving of use figures, no background eviction or start-up GC (tests drive them). */
   lifecycleTimers?: boolean;
+  /** Who holds the data directory's lock: the server ('serve', the default) or `regmirror prefetch --data-dir`. */
+  role?: 'serve' | 'prefetch';
 }
 
 export interface Mirror {
@@ -162,7 +165,35 @@ async function s3Client(config: Config): Promise<S3Client> {
 async function openStores(
   config: Config,
   onAdded: (digest: string) => void,
-  opts: { sweep?: boolean; logger?: Logger; /** The serving mirror: records on Redis get a local fallback for outages. */ metaFallback?: { observer: MetaModeObserver } } = {},
+  opts: {
+    /** Who writes here (the data directory's lock, taken before the sweep); undefined: a read-only opening that neither sweeps nor locks. */
+    lock: LockRole | undefined;
+    logger?: Logger;
+    /** The serving mirror: records on Redis get a local fallback for outages. */
+    metaFallback?: { observer: MetaModeObserver };
+  },
+): Promise<Stores> {
+  // First: another writer's tmp/ must not be swept, nor its records written under it.
+  const lock = opts.lock ? await lockDataDir(config.dataDir, opts.lock) : undefined;
+  const closers: Array<() => Promise<void> | void> = [];
+  const closeAll = async (): Promise<void> => {
+    for (const c of closers) await c();
+    await lock?.release();
+  };
+  try {
+    return await openStoresWith(config, onAdded, { ...opts, sweep: lock !== undefined }, closers, closeAll);
+  } catch (e) {
+    await closeAll().catch(() => undefined);
+    throw e;
+  }
+}
+
+async function openStoresWith(
+  config: Config,
+  onAdded: (digest: string) => void,
+  opts: { sweep: boolean; logger?: Logger; metaFallback?: { observer: MetaModeObserver } },
+  closers: Array<() => Promise<void> | void>,
+  close: () => Promise<void>,
 ): Promise<Stores> {
   const stats = new CacheStats();
   const events = {
@@ -172,7 +203,6 @@ async function openStores(
     },
     removed: (d: string, n: number) => stats.removed(d, n),
   };
-  const closers: Array<() => Promise<void> | void> = [];
   let blobs: BlobStore;
   if (config.storage.type === 's3') {
     const client = await s3Client(config);
@@ -189,8 +219,8 @@ async function openStores(
   } else {
     blobs = new FsBlobStore(config.dataDir, events);
   }
-  // init() sweeps tmp/ (or this replica's spool): never beside a running mirror (a read-only export opens the stores with sweep: false).
-  if (opts.sweep !== false) await blobs.init();
+  // init() sweeps tmp/ (or this replica's spool): only under the lock (a read-only export takes none and does not sweep).
+  if (opts.sweep) await blobs.init();
   let meta: MetaStore;
   let redis: Redis | undefined;
   if (config.storage.redis.url) {
@@ -261,9 +291,7 @@ async function openStores(
     cachedBlobs: new CachingBlobStore(blobs, { memoryBytes: config.cache.memoryBytes }),
     cachedMeta: new CachingMetaStore(meta),
     redis,
-    close: async () => {
-      for (const c of closers) await c();
-    },
+    close,
   };
 }
 
@@ -335,33 +363,12 @@ async function buildLifecycle(config: Config, stores: Stores, deps: LifecycleDep
   return { usage, remover, recentEvictions, evictor, admin };
 }
 
-/** The pid of another live process serving the data directory, from its pid file, if any. */
-function servingPid(dataDir: string): number | undefined {
-  let pid: number;
-  try {
-    pid = Number(readFileSync(join(dataDir, 'state', 'serving.pid'), 'utf8').trim());
-  } catch {
-    return undefined;
-  }
-  if (!Number.isSafeInteger(pid) || pid <= 0 || pid === process.pid) return undefined;
-  try {
-    process.kill(pid, 0);
-    return pid;
-  } catch {
-    return undefined; // a crash left the file: nobody serves
-  }
-}
-
 /**
  * The cache lifecycle over a data directory, with the mirror stopped (for `regmirror cache`): no
  * server, no upstream. Temp files of any age are a crash's leftovers here.
  */
 export async function openCacheAdmin(config: Config, opts: { logger?: Logger; now?: () => number } = {}): Promise<{ admin: CacheAdmin; close(): Promise<void> }> {
-  const serving = servingPid(config.dataDir);
-  if (serving !== undefined) {
-    throw new Error(`a mirror (pid ${serving}) is serving ${config.dataDir}: use its admin API (--admin URL) instead of the data directory`);
-  }
-  const stores = await openStores(config, () => undefined, { logger: opts.logger });
+  const stores = await openStores(config, () => undefined, { lock: 'cache', logger: opts.logger });
   await stores.stats.scan(stores.blobs.list());
   const lifecycle = await buildLifecycle(config, stores, { now: opts.now ?? Date.now, logger: opts.logger ?? silentLogger });
   return {
@@ -389,11 +396,7 @@ function routingOf(config: Config): RoutingTable {
  * see the new tags); export only reads and works beside a running mirror.
  */
 export async function openAirgap(config: Config, opts: { now?: () => number; forImport: boolean }): Promise<{ airgap: Airgap; close(): Promise<void> }> {
-  const serving = servingPid(config.dataDir);
-  if (opts.forImport && serving !== undefined) {
-    throw new Error(`a mirror (pid ${serving}) is serving ${config.dataDir}: use its admin API (--admin URL) instead of the data directory`);
-  }
-  const stores = await openStores(config, () => undefined, { sweep: opts.forImport });
+  const stores = await openStores(config, () => undefined, { lock: opts.forImport ? 'import' : undefined });
   const table = routingOf(config);
   const airgap = new Airgap({
     blobs: stores.blobs,
@@ -439,11 +442,7 @@ async function buildAccess(config: Config, now: () => number): Promise<AccessCon
  * not be served by another process (its pid file and memory caches belong to that one).
  */
 export async function openPrefetch(config: Config, opts: MirrorOptions = {}): Promise<{ deps: PrefetchDeps; close(): Promise<void> }> {
-  const serving = servingPid(config.dataDir);
-  if (serving !== undefined) {
-    throw new Error(`a mirror (pid ${serving}) is serving ${config.dataDir}: use its admin API (--admin URL) instead of the data directory`);
-  }
-  const mirror = await buildMirror(config, { lifecycleTimers: false, ...opts });
+  const mirror = await buildMirror(config, { lifecycleTimers: false, ...opts, role: 'prefetch' });
   return { deps: mirror.prefetchDeps, close: () => mirror.close() };
 }
 
@@ -473,12 +472,8 @@ export async function buildMirror(config: Config, opts: MirrorOptions = {}): Pro
       lifecycle.remover.added(digest);
       lifecycle.evictor.poke();
     },
-    { logger, ...(config.storage.redis.url ? { metaFallback: { observer: metaStoreMetrics(promRegistry) } } : {}) },
+    { lock: opts.role ?? 'serve', logger, ...(config.storage.redis.url ? { metaFallback: { observer: metaStoreMetrics(promRegistry) } } : {}) },
   );
-  // Says to `regmirror cache --data-dir` that this directory is being served (removed at close).
-  const pidFile = join(config.dataDir, 'state', 'serving.pid');
-  await mkdir(join(config.dataDir, 'state'), { recursive: true });
-  await writeFile(pidFile, String(process.pid));
   const { stats, blobs } = stores;
   const scanned = stats.scan(blobs.list()).catch((e: unknown) => logger.warn({ err: (e as Error).message }, 'cache size scan failed'));
 
@@ -708,7 +703,6 @@ export async function buildMirror(config: Config, opts: MirrorOptions = {}): Pro
       history.stop();
       await lifecycle.evictor.stop();
       await lifecycle.usage.stop().catch((e: unknown) => logger.warn({ err: (e as Error).message }, 'saving the use figures failed'));
-      await rm(pidFile, { force: true });
       for (const g of guards) g.close();
       if (ownDispatcher) await dispatcher.close();
       await downloadThread?.close();

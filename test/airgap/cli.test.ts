@@ -152,7 +152,8 @@ describe('regmirror export / import', () => {
   it('import refuses a data directory another process serves', async () => {
     const served = join(dir, 'served');
     await mkdir(join(served, 'state'), { recursive: true });
-    await writeFile(join(served, 'state', 'serving.pid'), String(process.ppid));
+    // The lock a live mirror holds (the test runner's parent stands in for it).
+    await writeFile(join(served, 'state', 'lock'), `${process.ppid} serve 0123abcd\n`);
     const bundle = join(dir, 'any.tar');
     await writeFile(bundle, await tarOf(layoutEntries({ 'docker.io/library/app1:1.0': app1.manifest }, [app1])));
     const r = await cli('import', [bundle, '--data-dir', served], { ...a.config, dataDir: served });

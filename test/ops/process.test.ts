@@ -115,6 +115,44 @@ describe('the mirror process', () => {
     expect(existsSync('/tmp/never-created-by-test')).toBe(false);
   });
 
+  it('one process writes a data directory: a second server and the offline tools are refused, naming it; a killed server leaves no lock that matters', async () => {
+    const m = await spawnMirror({ upstreams: { 'docker.io': { url: hub.url, libraryPrefix: true } } });
+    const run = (args: string[]) =>
+      new Promise<{ code: number | null; err: string }>((resolve) => {
+        const child = spawn(process.execPath, [MAIN_JS, ...args], { cwd: ROOT, env: { ...process.env, MIRROR_DATA_DIR: m.dataDir, MIRROR_LISTEN: '127.0.0.1:0', MIRROR_ADMIN_LISTEN: '' }, stdio: ['ignore', 'pipe', 'pipe'] });
+        let err = '';
+        child.stderr.on('data', (c: Buffer) => (err += c.toString()));
+        child.once('exit', (code) => resolve({ code, err }));
+      });
+    try {
+      const serving = `a mirror (pid ${m.pid}) is serving ${m.dataDir}`;
+      const second = await run([]);
+      expect(second.code).toBe(2);
+      expect(second.err).toBe(`regmirror: cannot start: ${serving}: use its admin API (--admin URL) instead of the data directory\n`);
+      for (const args of [['import', '-', '--data-dir', m.dataDir], ['cache', 'gc', '--data-dir', m.dataDir], ['prefetch', 'library/ops:v1', '--data-dir', m.dataDir]]) {
+        const r = await run(args);
+        expect(r.code, args.join(' ')).not.toBe(0);
+        expect(r.err, args.join(' ')).toContain(serving);
+      }
+      // The server still has its lock and serves.
+      const alive = await request(`${m.url}/v2/`);
+      expect(alive.statusCode).toBe(200);
+      await alive.body.dump();
+      await m.kill('SIGKILL');
+      expect(readdirSync(join(m.dataDir, 'state'))).toContain('lock');
+      await m.restart(); // the dead holder's lock is taken over
+      const back = await request(`${m.url}/v2/`);
+      expect(back.statusCode).toBe(200);
+      await back.body.dump();
+      await m.kill('SIGTERM');
+      expect(readdirSync(join(m.dataDir, 'state'))).not.toContain('lock');
+      const gc = await run(['cache', 'gc', '--data-dir', m.dataDir]);
+      expect(gc).toMatchObject({ code: 0, err: '' });
+    } finally {
+      await m.stop();
+    }
+  });
+
   it('on SIGTERM stops accepting and lets an in-flight download finish into the cache', async () => {
     hub.faults.trickle = { bytesPerTick: 100_000, tickMs: 100 }; // ~1 s for the slow layer
     const m = await spawnMirror({ upstreams: { 'docker.io': { url: hub.url, libraryPrefix: true, username: 'ops-user', password: 'ops-Secret-123' } } });
