@@ -3,6 +3,7 @@
  * environment overrides; validated with messages that name the offending key.
  */
 import { readFileSync } from 'node:fs';
+import { isIP } from 'node:net';
 import { parse as parseYaml } from 'yaml';
 import { validatePin } from './lifecycle/pins.js';
 
@@ -531,7 +532,15 @@ function parseListen(s: string, key = 'listen'): { host: string; port: number } 
   if (!m) throw new ConfigError(key, 'must be host:port or a port');
   const port = Number(m[3]);
   if (port > 65535) throw new ConfigError(key, 'port must be at most 65535');
-  return { host: m[1] || m[2] || '0.0.0.0', port };
+  const host = m[1] || m[2] || '0.0.0.0';
+  // Checked here, not at bind: `bad host:5000` would otherwise fail later as a DNS error naming no key.
+  if (m[1] ? isIP(host) !== 6 : !isIP(host) && !isHostName(host)) throw new ConfigError(key, `${JSON.stringify(host)} is not an IP address or host name`);
+  return { host, port };
+}
+
+/** An RFC 1123 host name (letters, digits, hyphens; dot-separated labels), not a malformed IPv4 address. */
+function isHostName(s: string): boolean {
+  return s.length <= 253 && /^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$/i.test(s) && !/^[\d.]+$/.test(s);
 }
 
 export interface LoadOptions {

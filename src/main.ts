@@ -107,7 +107,12 @@ async function main(argv: string[], env: NodeJS.ProcessEnv): Promise<void> {
       'regmirror listening',
     );
   });
-  server.on('error', (e) => {
+  server.on('error', (e: NodeJS.ErrnoException) => {
+    // Before it listens: the address cannot be had (in use, not this host's): one line naming the key, as a bad config.
+    if (!server.listening && e.syscall !== undefined) {
+      process.stderr.write(`regmirror: cannot start: listen: cannot listen on ${config.listen.host}:${config.listen.port}: ${e.code ?? e.message}\n`);
+      process.exit(2);
+    }
     logger.error({ err: e.message }, 'server error');
     process.exit(1);
   });

@@ -7,6 +7,7 @@
 import { execFile } from 'node:child_process';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
+import { createServer as createNetServer, type AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { digestOf } from '../helpers/digest.js';
@@ -161,6 +162,17 @@ describe('credentials', () => {
       expect(noTls.code).toBe(2);
       expect(noTls.out).toMatch(/regmirror: cannot start: tls\.cert: cannot read .*none\.crt/);
       expect(noTls.out).not.toMatch(/\n\s+at /);
+      // An address that cannot be had: one line naming it, exit 2 (not a logged 'server error', exit 1).
+      const holder = createNetServer();
+      await new Promise<void>((r) => holder.listen(0, '127.0.0.1', () => r()));
+      const taken = `127.0.0.1:${(holder.address() as AddressInfo).port}`;
+      const inUse = await run([], { MIRROR_DATA_DIR: join(dir, 'data'), MIRROR_LISTEN: taken, MIRROR_ADMIN_LISTEN: '' });
+      holder.close();
+      expect(inUse.code).toBe(2);
+      expect(inUse.out).toContain(`regmirror: cannot start: listen: cannot listen on ${taken}: EADDRINUSE\n`);
+      const badHost = await run([], { MIRROR_DATA_DIR: join(dir, 'data'), MIRROR_LISTEN: 'bad host:5000' });
+      expect(badHost.code).toBe(2);
+      expect(badHost.out).toContain('listen: "bad host" is not an IP address or host name');
     } finally {
       await rm(dir, { recursive: true, force: true });
     }

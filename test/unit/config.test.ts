@@ -166,6 +166,8 @@ describe('environment overrides', () => {
     expect(load({ env: { MIRROR_LISTEN: '5001' } }).listen).toEqual({ host: '0.0.0.0', port: 5001 });
     expect(load({ env: { MIRROR_LISTEN: '[::1]:5002' } }).listen).toEqual({ host: '::1', port: 5002 });
     expect(load({ env: { MIRROR_LISTEN: ':5003' } }).listen).toEqual({ host: '0.0.0.0', port: 5003 });
+    expect(load({ env: { MIRROR_LISTEN: 'mirror-1.internal.example:5004' } }).listen).toEqual({ host: 'mirror-1.internal.example', port: 5004 });
+    expect(load({ env: { MIRROR_LISTEN: 'localhost:5005' } }).listen).toEqual({ host: 'localhost', port: 5005 });
   });
 
   it('MIRROR_OFFLINE takes true/false/1/0', () => {
@@ -222,6 +224,13 @@ describe('validation names the bad key', () => {
     ['MIRROR_LISTEN', 'nonsense', 'listen'],
     ['MIRROR_LISTEN', '0.0.0.0:70000', 'listen'],
     ['MIRROR_LISTEN', '0.0.0.0:', 'listen'],
+    ['MIRROR_LISTEN', 'bad host:5000', 'listen'],
+    ['MIRROR_LISTEN', '999.1.1.1:5000', 'listen'],
+    ['MIRROR_LISTEN', '[fe80::1%eth0]:5000', 'listen'],
+    ['MIRROR_LISTEN', '[::g]:5000', 'listen'],
+    ['MIRROR_LISTEN', '-host:5000', 'listen'],
+    ['MIRROR_ADMIN_LISTEN', 'local host:5001', 'admin.listen'],
+    ['MIRROR_FLEET_LISTEN', 'peer_1:5002', 'fleet.listen'],
     ['MIRROR_OFFLINE', 'yes', 'offline'],
     ['MIRROR_DOWNLOADS_THREAD', 'off', 'downloads.thread'],
     ['MIRROR_HEAP_GROWTH_PERCENT', 'lots', 'heap.growthPercent'],
