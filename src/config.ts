@@ -243,14 +243,24 @@ export function applyEnv(raw: Raw, env: Record<string, string | undefined>): Raw
   if (env.MIRROR_DOWNLOADS_THREAD !== undefined && env.MIRROR_DOWNLOADS_THREAD !== '') set(['downloads', 'thread'], env.MIRROR_DOWNLOADS_THREAD);
   if (env.MIRROR_HEAP_GROWTH_PERCENT !== undefined && env.MIRROR_HEAP_GROWTH_PERCENT !== '') set(['heap', 'growthPercent'], env.MIRROR_HEAP_GROWTH_PERCENT);
   const upstreams = isObject(out.upstreams) ? out.upstreams : {};
+  const fields: Array<[string, string]> = [['URL', 'url'], ['USERNAME', 'username'], ['PASSWORD', 'password'], ['TAG_TTL', 'tagTtl']];
+  const used = new Set<string>();
   for (const name of Object.keys(upstreams)) {
     const key = envKey(name);
-    const fields: Array<[string, string]> = [['URL', 'url'], ['USERNAME', 'username'], ['PASSWORD', 'password'], ['TAG_TTL', 'tagTtl']];
     for (const [suffix, field] of fields) {
-      const v = env[`MIRROR_UPSTREAM_${key}_${suffix}`];
+      const variable = `MIRROR_UPSTREAM_${key}_${suffix}`;
+      const v = env[variable];
+      used.add(variable);
       // An empty variable (a Secret key left blank, a compose default) means "not set".
       if (v !== undefined && v !== '') set(['upstreams', name, field], v);
     }
+  }
+  // A variable for an upstream the configuration does not have (a typo, a key spelt as the host):
+  // ignoring it would run with the credentials or URL it meant to replace.
+  for (const [variable, v] of Object.entries(env)) {
+    if (!variable.startsWith('MIRROR_UPSTREAM_') || used.has(variable) || v === undefined || v === '') continue;
+    const keys = Object.keys(upstreams).map(envKey).join(', ');
+    throw new ConfigError(variable, `sets no field of a configured upstream (MIRROR_UPSTREAM_<KEY>_URL|USERNAME|PASSWORD|TAG_TTL; keys: ${keys || 'none'})`);
   }
   return out;
 }

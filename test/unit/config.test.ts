@@ -210,9 +210,9 @@ describe('environment overrides', () => {
     expect(c.upstreams['ghcr.io']!.username).toBeUndefined();
   });
 
-  it('variables for an upstream that is not configured are ignored', () => {
-    const c = load({ env: { MIRROR_UPSTREAM_EXAMPLE_COM_URL: 'https://example.com' } });
-    expect(Object.keys(c.upstreams)).not.toContain('example.com');
+  it('variables cannot add an upstream: one for an upstream that is not configured is refused, naming it', () => {
+    const e = configErrorOf(() => load({ env: { MIRROR_UPSTREAM_EXAMPLE_COM_URL: 'https://example.com' } }));
+    expect(e.key).toBe('MIRROR_UPSTREAM_EXAMPLE_COM_URL');
   });
 });
 
@@ -249,6 +249,15 @@ describe('validation names the bad key', () => {
     const e = configErrorOf(() => load({ env: { [variable]: value } }));
     expect(e.key).toBe(key);
     expect(e.message).toContain(`config: ${key}:`);
+  });
+
+  it('a MIRROR_UPSTREAM_ variable for no configured upstream, or no field of one, is refused naming it; an empty one is unset', () => {
+    for (const variable of ['MIRROR_UPSTREAM_NOPE_IO_URL', 'MIRROR_UPSTREAM_DOCKERHUB_PASSWORD', 'MIRROR_UPSTREAM_DOCKER_IO_TOKEN']) {
+      const e = configErrorOf(() => load({ env: { [variable]: 'x' } }));
+      expect(e.key).toBe(variable);
+      expect(e.message).toMatch(/sets no field of a configured upstream .*keys: DOCKER_IO, /);
+    }
+    expect(load({ env: { MIRROR_UPSTREAM_NOPE_IO_URL: '' } }).upstreams['docker.io']).toBeDefined();
   });
 
   it('an unknown top-level key is named', async () => {
