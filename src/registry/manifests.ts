@@ -107,7 +107,10 @@ export class ManifestService {
         const revalidation = this.flights.run(flightKey(ref, `${tag}?revalidate`, accept), async () => {
           const head = await upstream.headManifest(ref.repo, tag, upstreamAccept(accept));
           if (head.digest !== variant.digest) return this.fetchOnce(ref, tag, accept, tag);
-          await this.saveTag(ref, tag, { ...variant, fetchedAt: deps.now() });
+          // The HEAD says what upstream gives *this* Accept: recorded as such. A client accepting no
+          // index confirms the tag's own content only for clients like it; upstream may have
+          // narrowed a new list to this very manifest, which a client accepting the list must not get.
+          await this.saveTag(ref, tag, variantFor({ digest: variant.digest, mediaType: variant.mediaType, size: variant.size, fetchedAt: deps.now() }, accept));
           return fromCache('revalidated');
         });
         // Slow is not dead: past the budget the client gets the cached copy (stale), and the

@@ -120,4 +120,32 @@ describe.each(formats)('a multi-arch tag ($name)', ({ format, list: listType, ch
     expect(hub.count({ kind: 'manifest', method: 'GET' })).toBe(0);
     expect(hub.count({ kind: 'manifest', method: 'HEAD', status: 200 })).toBe(2);
   });
+
+  it('a one-platform tag that becomes a list of that same manifest: a narrow client revalidating it does not confirm it for clients that accept the list', async () => {
+    const grown = `library/grown-${format}`;
+    hub.putImage(grown, amd, 'latest');
+    await start({ tagTtl: 60 });
+    const askGrown = async (accept: string) => {
+      const r = await mirror!.request(`/v2/${grown}/manifests/latest`, { headers: { accept } });
+      expect(r.status).toBe(200);
+      return { digest: r.headers.get('docker-content-digest'), cache: r.headers.get('x-mirror-cache') };
+    };
+    // The tag's own content then: one platform's manifest, for every client.
+    expect(await askGrown(ALL_ACCEPT)).toMatchObject({ digest: amd.manifest.digest, cache: 'miss' });
+    // Upstream makes it multi-arch, listing the same amd64 manifest (buildx imagetools create, docker manifest create).
+    hub.putIndex(grown, list, [amd, arm], 'latest');
+    clock.now += 61_000;
+    hub.resetCounters();
+    // Upstream narrows the list for this client: the same digest, so the same answer for it.
+    expect(await askGrown(childType)).toMatchObject({ digest: amd.manifest.digest, cache: 'revalidated' });
+    // A client that accepts the list asks upstream, and gets the list.
+    clock.now += 1_000;
+    expect(await askGrown(ALL_ACCEPT)).toMatchObject({ digest: list.digest, cache: 'miss' });
+    expect(hub.requests.filter((r) => r.kind === 'manifest').map((r) => `${r.method} ${r.headers.accept === childType ? 'narrow' : 'broad'}`)).toEqual(['HEAD narrow', 'HEAD broad', 'GET broad']);
+    // And the narrow client's answer stays fresh for it.
+    hub.resetCounters();
+    expect(await askGrown(childType)).toMatchObject({ digest: amd.manifest.digest, cache: 'hit' });
+    expect(await askGrown(ALL_ACCEPT)).toMatchObject({ digest: list.digest, cache: 'hit' });
+    expect(hub.requests.filter((r) => r.kind === 'manifest')).toHaveLength(0);
+  });
 });
