@@ -83,8 +83,9 @@ export class ManifestService {
       const bytes = await this.ctx.deps.blobs.read(digest);
       const parsed = bytes ? parseManifest(bytes) : undefined;
       const type = mediaType || parsed?.mediaType || 'application/octet-stream';
-      await this.ctx.recordManifests(ref, [{ digest, mediaType: type }, ...(parsed?.children ?? [])]);
-      await this.ctx.link(ref, parsed?.references ?? []);
+      // Its children and foreign layers are not vouched for: each is confirmed when asked for here.
+      await this.ctx.recordManifests(ref, [{ digest, mediaType: type }]);
+      await this.ctx.link(ref, parsed?.vouched ?? []);
       return type;
     });
   }
@@ -178,12 +179,14 @@ export class ManifestService {
     if (signedSchema1) {
       // Served as upstream sent it, verified, but not kept: the store names content by the digest of
       // its bytes, which this one's is not. Its layers are linked as any manifest's are.
-      await this.ctx.link(ref, parsed.references);
+      await this.ctx.link(ref, parsed.vouched);
       return { bytes: res.bytes, mediaType, digest, cache: 'miss' };
     }
     await deps.blobs.put(digest, res.bytes);
-    await this.ctx.recordManifests(ref, [{ digest, mediaType }, ...parsed.children]);
-    await this.ctx.link(ref, parsed.references);
+    // Only what upstream vouches is in this repository becomes servable from it without asking (see
+    // ParsedManifest.vouched); an index's children are recorded as each is fetched or confirmed.
+    await this.ctx.recordManifests(ref, [{ digest, mediaType }]);
+    await this.ctx.link(ref, parsed.vouched);
     if (tag !== undefined) await this.saveTag(ref, tag, variantFor({ digest, mediaType, size: res.bytes.length, fetchedAt: deps.now() }, accept));
     return { bytes: res.bytes, mediaType, digest, cache: 'miss' };
   }

@@ -70,6 +70,7 @@ export function upstreamAccept(accept: ReadonlySet<string> | undefined): string[
 interface Descriptor {
   digest?: unknown;
   mediaType?: unknown;
+  urls?: unknown;
 }
 interface ManifestJson {
   schemaVersion?: unknown;
@@ -82,8 +83,16 @@ interface ManifestJson {
 
 export interface ParsedManifest {
   mediaType: string;
-  /** Digests this manifest makes part of its repository: config, layers, child manifests. */
+  /** Every digest the manifest names: config, layers, child manifests (an image's parts, for eviction). */
   references: string[];
+  /**
+   * The digests the upstream registry vouches are in this manifest's repository: its config and
+   * layers, which a registry accepts a pushed manifest with only when the repository holds them.
+   * Not an index's children (a registry may take a sparse index naming manifests it does not hold),
+   * nor a foreign or non-distributable layer (distribution never checks those exist): naming another
+   * repository's private digest in such a descriptor must not make it servable here.
+   */
+  vouched: string[];
   /** The manifests an index or list names, with the media type its descriptor gives. */
   children: Array<{ digest: string; mediaType: string }>;
 }
@@ -101,19 +110,22 @@ export function parseManifest(bytes: Uint8Array, contentType?: string): ParsedMa
   }
   if (typeof m !== 'object' || m === null) return undefined;
   const refs: string[] = [];
-  const add = (d: unknown) => {
-    if (typeof d === 'string' && isDigest(d)) refs.push(d);
+  const vouched: string[] = [];
+  const add = (d: unknown, vouch: boolean) => {
+    if (typeof d !== 'string' || !isDigest(d)) return;
+    refs.push(d);
+    if (vouch) vouched.push(d);
   };
-  add(m.config?.digest);
-  for (const l of Array.isArray(m.layers) ? m.layers : []) add(l?.digest);
+  add(m.config?.digest, true);
+  for (const l of Array.isArray(m.layers) ? m.layers : []) add(l?.digest, !isForeign(l));
   const children: ParsedManifest['children'] = [];
   for (const c of Array.isArray(m.manifests) ? m.manifests : []) {
-    add(c?.digest);
+    add(c?.digest, false);
     if (typeof c?.digest === 'string' && isDigest(c.digest) && typeof c.mediaType === 'string' && MEDIA_TYPE.test(c.mediaType)) {
       children.push({ digest: c.digest, mediaType: c.mediaType });
     }
   }
-  for (const l of Array.isArray(m.fsLayers) ? m.fsLayers : []) add(l?.blobSum);
+  for (const l of Array.isArray(m.fsLayers) ? m.fsLayers : []) add(l?.blobSum, true);
   let mediaType = typeof m.mediaType === 'string' ? m.mediaType : undefined;
   if (!mediaType) {
     if (Array.isArray(m.manifests)) mediaType = MediaTypes.ociIndex;
@@ -121,5 +133,12 @@ export function parseManifest(bytes: Uint8Array, contentType?: string): ParsedMa
     else if (m.schemaVersion === 1) mediaType = contentType === MediaTypes.dockerV1 ? MediaTypes.dockerV1 : MediaTypes.dockerV1Signed;
     else mediaType = contentType || 'application/octet-stream';
   }
-  return { mediaType, references: refs, children };
+  return { mediaType, references: refs, vouched, children };
+}
+
+/** A layer fetched from its own URLs, or marked not to be distributed: a registry need not hold it. */
+function isForeign(l: Descriptor | undefined): boolean {
+  if (!l) return false;
+  if (Array.isArray(l.urls) && l.urls.length > 0) return true;
+  return typeof l.mediaType === 'string' && /foreign|nondistributable/.test(l.mediaType);
 }

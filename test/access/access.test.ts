@@ -9,7 +9,10 @@ import { SignJWT } from 'jose';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Logger } from '../../src/observability/types.js';
 import { FakeUpstream } from '../helpers/fake-upstream.js';
-import { makeImage, makeLayer } from '../helpers/images.js';
+import { blobOf, makeImage, makeIndex, makeLayer, MT } from '../helpers/images.js';
+
+/** Every manifest type, as containerd asks. */
+const ALL_TYPES = [MT.ociIndex, MT.dockerList, MT.ociManifest, MT.dockerManifest].join(', ');
 import { DOCKER_ACCEPT, startMirror, type TestMirror } from '../helpers/mirror.js';
 import { authFiles, authRaw, basic, from, PASSWORDS, POLICY, tokenFor, type AuthFiles } from './helpers.js';
 
@@ -200,6 +203,35 @@ describe('repository policy and private content', () => {
     }
   });
 
+  it("a public repository's manifest naming private content (a foreign layer, a sparse index's child) does not open it", async () => {
+    const layer = priv.layers[0]!;
+    // bob caches the private image.
+    expect((await from(mirror, REMOTE, '/v2/acme/private/manifests/v1', { headers: { ...H, authorization: bob } })).status).toBe(200);
+    expect((await from(mirror, REMOTE, `/v2/acme/private/blobs/${layer.digest}`, { headers: { authorization: bob } })).status).toBe(200);
+    // Pushed by anyone to a public repository: registries never check a foreign layer or a sparse index's child exists.
+    const own = makeImage({ layers: [makeLayer([{ path: 'o', content: 'own' }])] });
+    hub.putImage('library/lure', own);
+    const foreign = {
+      schemaVersion: 2,
+      mediaType: MT.dockerManifest,
+      config: { mediaType: MT.dockerConfig, digest: own.config.digest, size: own.config.bytes.length },
+      layers: [{ mediaType: 'application/vnd.docker.image.rootfs.foreign.diff.tar.gzip', digest: layer.digest, size: layer.bytes.length, urls: ['https://example.invalid/layer'] }],
+    };
+    hub.putManifest('library/lure', blobOf(JSON.stringify(foreign), MT.dockerManifest), 'foreign');
+    hub.putManifest('library/lure', makeIndex([priv]), 'sparse');
+    for (const tag of ['foreign', 'sparse']) { const r = await from(mirror, LOCAL, `/v2/library/lure/manifests/${tag}`, { headers: { accept: ALL_TYPES } }); expect(r.status, await r.text()).toBe(200); }
+    hub.resetCounters();
+    // Asked by digest under the public name: upstream is asked, and says it has no such thing there.
+    const blob = await from(mirror, LOCAL, `/v2/library/lure/blobs/${layer.digest}`);
+    expect(blob.status).toBe(404);
+    expect(await blob.text()).not.toContain('private stuff');
+    const child = await from(mirror, LOCAL, `/v2/library/lure/manifests/${priv.manifest.digest}`, { headers: { accept: ALL_TYPES } });
+    expect(child.status).toBe(404);
+    expect(hub.requests.map((r) => `${r.method} ${r.kind} ${r.status}`)).toEqual(['HEAD blob 404', 'HEAD manifest 404']);
+    // The config the manifest names is the repository's own: served from the cache as before.
+    expect((await from(mirror, LOCAL, `/v2/library/lure/blobs/${own.config.digest}`)).status).toBe(200);
+  });
+
   it('believes X-Forwarded-For only from a trusted proxy', async () => {
     expect((await from(mirror, '10.9.9.9', '/v2/', { headers: { 'x-forwarded-for': '127.0.0.1' } })).status).toBe(200);
     expect((await from(mirror, '10.9.9.9', '/v2/', { headers: { 'x-forwarded-for': '127.0.0.1, 10.0.0.5' } })).status).toBe(401);
@@ -264,7 +296,8 @@ describe('offline mode', () => {
       expect((await from(mirror, REMOTE, path, { headers: { ...H, authorization: basic('carol', PASSWORDS.carol) } })).status, path).toBe(403);
       expect((await from(mirror, REMOTE, path, { headers: { ...H, authorization: bob } })).status, path).toBe(200);
     }
-    expect(((await (await from(mirror, LOCAL, '/v2/_catalog')).json()) as { repositories: string[] }).repositories).toEqual(['library/alpine']);
+    // (library/lure: the public repository the membership test above cached.)
+    expect(((await (await from(mirror, LOCAL, '/v2/_catalog')).json()) as { repositories: string[] }).repositories).toEqual(['library/alpine', 'library/lure']);
     expect(hub.requests.length).toBe(before);
   });
 });

@@ -73,7 +73,7 @@ describe('parseManifest', () => {
 
   it('an image manifest references its config and layers, in order', () => {
     const m = { schemaVersion: 2, mediaType: MediaTypes.ociManifest, config, layers };
-    expect(parseManifest(bytes(m))).toEqual({ mediaType: MediaTypes.ociManifest, references: [sha('config'), sha('l1'), sha('l2')], children: [] });
+    expect(parseManifest(bytes(m))).toEqual({ mediaType: MediaTypes.ociManifest, references: [sha('config'), sha('l1'), sha('l2')], vouched: [sha('config'), sha('l1'), sha('l2')], children: [] });
   });
 
   it('an index references its child manifests', () => {
@@ -88,6 +88,8 @@ describe('parseManifest', () => {
     expect(parseManifest(bytes(m))).toEqual({
       mediaType: MediaTypes.dockerList,
       references: [sha('amd64'), sha('arm64')],
+      // A registry may take a sparse index: its children are not vouched to be in the repository.
+      vouched: [],
       children: [
         { digest: sha('amd64'), mediaType: MediaTypes.dockerManifest },
         { digest: sha('arm64'), mediaType: MediaTypes.dockerManifest },
@@ -100,21 +102,29 @@ describe('parseManifest', () => {
     expect(parseManifest(bytes(m))).toMatchObject({ references: [sha('a'), sha('b')], children: [] });
   });
 
+  it('a foreign or non-distributable layer is referenced but not vouched for (a registry never checks it is there)', () => {
+    const foreign = { mediaType: 'application/vnd.docker.image.rootfs.foreign.diff.tar.gzip', digest: sha('f1'), size: 1, urls: ['https://example.com/f1'] };
+    const withUrls = { mediaType: 'application/vnd.oci.image.layer.v1.tar+gzip', digest: sha('f2'), size: 1, urls: ['https://example.com/f2'] };
+    const nondist = { mediaType: 'application/vnd.oci.image.layer.nondistributable.v1.tar+gzip', digest: sha('f3'), size: 1 };
+    const m = { schemaVersion: 2, mediaType: MediaTypes.dockerManifest, config, layers: [layers[0], foreign, withUrls, nondist] };
+    expect(parseManifest(bytes(m))).toMatchObject({ references: [sha('config'), sha('l1'), sha('f1'), sha('f2'), sha('f3')], vouched: [sha('config'), sha('l1')] });
+  });
+
   it('the declared mediaType wins over the Content-Type', () => {
     const m = { schemaVersion: 2, mediaType: MediaTypes.dockerManifest, config, layers: [] };
     expect(parseManifest(bytes(m), MediaTypes.ociManifest)!.mediaType).toBe(MediaTypes.dockerManifest);
   });
 
   it('infers the media type from the shape when mediaType is absent', () => {
-    expect(parseManifest(bytes({ schemaVersion: 2, manifests: [{ digest: sha('x') }] }))).toEqual({ mediaType: MediaTypes.ociIndex, references: [sha('x')], children: [] });
+    expect(parseManifest(bytes({ schemaVersion: 2, manifests: [{ digest: sha('x') }] }))).toEqual({ mediaType: MediaTypes.ociIndex, references: [sha('x')], vouched: [], children: [] });
     expect(parseManifest(bytes({ schemaVersion: 2, config, layers }))!.mediaType).toBe(MediaTypes.ociManifest);
     // An empty index is still an index.
-    expect(parseManifest(bytes({ schemaVersion: 2, manifests: [] }))).toEqual({ mediaType: MediaTypes.ociIndex, references: [], children: [] });
+    expect(parseManifest(bytes({ schemaVersion: 2, manifests: [] }))).toEqual({ mediaType: MediaTypes.ociIndex, references: [], vouched: [], children: [] });
   });
 
   it('schema 1 manifests reference their fsLayers and are signed unless the Content-Type says otherwise', () => {
     const v1 = { schemaVersion: 1, name: 'library/alpine', tag: 'old', fsLayers: [{ blobSum: sha('a') }, { blobSum: sha('b') }] };
-    expect(parseManifest(bytes(v1))).toEqual({ mediaType: MediaTypes.dockerV1Signed, references: [sha('a'), sha('b')], children: [] });
+    expect(parseManifest(bytes(v1))).toEqual({ mediaType: MediaTypes.dockerV1Signed, references: [sha('a'), sha('b')], vouched: [sha('a'), sha('b')], children: [] });
     expect(parseManifest(bytes(v1), MediaTypes.dockerV1)!.mediaType).toBe(MediaTypes.dockerV1);
   });
 
