@@ -147,7 +147,11 @@ export interface Config {
   log: { level: LogLevel; format: 'json' | 'pretty' };
   cache: CacheConfig;
   /** The admin API's listener (cache summary, purge, pins, eviction); undefined: none. */
-  admin: { listen: { host: string; port: number } | undefined };
+  admin: {
+    listen: { host: string; port: number } | undefined;
+    /** Host names the admin API answers by besides addresses, localhost and this machine's name (without auth: DNS rebinding). */
+    hosts: string[];
+  };
   /** How blobs leave the mirror. */
   serve: ServeConfig;
   /** Cold blob bodies are written to the filesystem store by a worker thread (src/offload/), off the event loop. */
@@ -318,7 +322,9 @@ export function validateConfig(raw: Raw): Config {
     if (bad) throw new ConfigError(`cache.pin[${i}]`, bad);
   }
   const admin = obj('admin', raw.admin);
-  known('admin', admin, ['listen']);
+  known('admin', admin, ['listen', 'hosts']);
+  const adminHosts = admin.hosts ?? [];
+  if (!Array.isArray(adminHosts) || adminHosts.some((h) => typeof h !== 'string' || !isHostName(h))) throw new ConfigError('admin.hosts', 'must be a list of host names');
   const tagTtl = num('cache.tagTtl', req('cache.tagTtl', cache.tagTtl), 0, 365 * 86400);
   const serveRaw = obj('serve', req('serve', raw.serve));
   known('serve', serveRaw, ['accelRedirect']);
@@ -391,7 +397,8 @@ export function validateConfig(raw: Raw): Config {
     policy: optStr('auth.policy', authRaw.policy),
     service: str('auth.service', req('auth.service', authRaw.service)),
     realm: typeof req('auth.realm', authRaw.realm) === 'string' ? (authRaw.realm as string) : str('auth.realm', authRaw.realm),
-    tokenTtl: num('auth.tokenTtl', req('auth.tokenTtl', authRaw.tokenTtl), 10, 86400),
+    // At least 60: the docker client raises a shorter expires_in to 60 s and would keep using an expired token.
+    tokenTtl: num('auth.tokenTtl', req('auth.tokenTtl', authRaw.tokenTtl), 60, 86400),
     tokenKeyFile: optStr('auth.tokenKeyFile', authRaw.tokenKeyFile),
     adminGroup: str('auth.adminGroup', req('auth.adminGroup', authRaw.adminGroup)),
     basicCacheSeconds: num('auth.basicCacheSeconds', req('auth.basicCacheSeconds', authRaw.basicCacheSeconds), 0, 3600),
@@ -449,7 +456,10 @@ export function validateConfig(raw: Raw): Config {
     offline: bool('offline', req('offline', raw.offline)),
     defaultRegistry,
     log: { level: level as LogLevel, format },
-    admin: { listen: admin.listen === undefined || admin.listen === null || admin.listen === '' ? undefined : parseListen(typeof admin.listen === 'number' ? String(admin.listen) : str('admin.listen', admin.listen), 'admin.listen') },
+    admin: {
+      listen: admin.listen === undefined || admin.listen === null || admin.listen === '' ? undefined : parseListen(typeof admin.listen === 'number' ? String(admin.listen) : str('admin.listen', admin.listen), 'admin.listen'),
+      hosts: (adminHosts as string[]).map((h) => h.toLowerCase()),
+    },
     cache: {
       tagTtl,
       maxBytes: optNum('cache.maxBytes', cache.maxBytes, 1),

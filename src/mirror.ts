@@ -20,7 +20,7 @@ import { Agent, type Dispatcher } from 'undici';
 import { createApp } from './app.js';
 import type { AccessControl } from './access/service.js';
 import { limitUpstream } from './access/upstream-limit.js';
-import { createAdminApp, requireAdmin } from './admin/app.js';
+import { createAdminApp, localHostsOnly, requireAdmin } from './admin/app.js';
 import { Airgap } from './airgap/service.js';
 import { PrefetchJobs, type PrefetchDeps } from './airgap/prefetch.js';
 import { CachingBlobStore } from './cache/caching-blob-store.js';
@@ -672,7 +672,7 @@ export async function buildMirror(config: Config, opts: MirrorOptions = {}): Pro
   };
   mountConsole(adminApp, consoleDeps, parseRepository);
   // The admin API asks for a member of auth.adminGroup when access control is on.
-  const guardedAdmin = access ? requireAdmin(adminApp, (authorization, address) => access.mayAdminister(authorization, access.clientAddress(address, undefined))) : adminApp;
+  const guardedAdmin = access ? requireAdmin(adminApp, (authorization, address) => access.mayAdminister(authorization, access.clientAddress(address, undefined))) : localHostsOnly(adminApp, [hostname(), ...config.admin.hosts]);
   if (opts.lifecycleTimers !== false) {
     lifecycle.usage.start(5000);
     history.start();

@@ -1,8 +1,9 @@
 /**
  * The users file: Apache htpasswd lines `user:$2y$…` with bcrypt hashes only (`htpasswd -B`). Checked
  * with bcryptjs (pure JavaScript: no native build, same answers on every Node). A user missing from the
- * file still costs one bcrypt comparison (against a fixed hash), so timing does not tell who exists.
+ * file still costs one bcrypt comparison (at the file's usual cost), so timing does not tell who exists.
  */
+import { randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import bcrypt from 'bcryptjs';
 import { HtpasswdError } from './htpasswd-error.js';
@@ -10,11 +11,26 @@ import { HtpasswdError } from './htpasswd-error.js';
 export { HtpasswdError };
 
 const BCRYPT = /^\$2[aby]\$\d\d\$[./A-Za-z0-9]{53}$/;
-/** Compared against when the user is unknown (a hash of a random string; never matches a real password). */
-const DUMMY = '$2b$10$9/bUM5p5Tz4kgTNkYBSShOfExe2J0WfefRf4o4o.KGUzEt8O5.0Ce';
+/** bcrypt's default cost, for a file with no users. */
+const DEFAULT_COST = 10;
 
 export class Htpasswd {
-  private constructor(private readonly users: ReadonlyMap<string, string>) {}
+  /**
+   * Compared against when the user is unknown: a hash of a random string (never matches) at the cost
+   * most of the file's hashes have. `htpasswd -B` writes cost 5, and a fixed cost-10 hash took ~25×
+   * as long as a real user's check: the timing told who exists.
+   */
+  private readonly dummy: string;
+
+  private constructor(private readonly users: ReadonlyMap<string, string>) {
+    const costs = new Map<number, number>();
+    for (const hash of users.values()) {
+      const cost = Number(hash.slice(4, 6));
+      costs.set(cost, (costs.get(cost) ?? 0) + 1);
+    }
+    const common = [...costs].sort((a, b) => b[1] - a[1] || b[0] - a[0])[0]?.[0] ?? DEFAULT_COST;
+    this.dummy = bcrypt.hashSync(randomBytes(18).toString('base64'), common);
+  }
 
   static parse(text: string, source: string): Htpasswd {
     const users = new Map<string, string>();
@@ -52,7 +68,7 @@ export class Htpasswd {
   /** Whether the password is the user's; bcrypt's comparison is constant-time over the hash. */
   async verify(user: string, password: string): Promise<boolean> {
     const hash = this.users.get(user);
-    const ok = await bcrypt.compare(password, hash ?? DUMMY);
+    const ok = await bcrypt.compare(password, hash ?? this.dummy);
     return hash !== undefined && ok;
   }
 }

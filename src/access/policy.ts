@@ -41,7 +41,8 @@ interface Rule {
   deny: RegExp[];
 }
 
-const PATTERN = /^[a-z0-9.:[\]-]+(\/[A-Za-z0-9._*-]+)+$/;
+/** Lower case only: routed names are (the grammar has no upper case), so `Secret` would never match. */
+const PATTERN = /^[a-z0-9.:[\]-]+(\/[a-z0-9._*-]+)+$/;
 const SUBJECT = /^(anonymous|authenticated|\*|user:[A-Za-z0-9._@-]{1,128}|group:[A-Za-z0-9._@-]{1,128})$/;
 
 function toRegExp(pattern: string): RegExp {
@@ -132,7 +133,7 @@ export class Policy {
       const patterns = (kind: 'allow' | 'deny') =>
         strings(`${at}.${kind}`, r[kind]).map((p, j) => {
           if (p.length > 512 || !PATTERN.test(p) || p.split('/').some((x) => x === '.' || x === '..')) {
-            throw new PolicyError(`${at}.${kind}[${j}]`, `not a repository pattern like docker.io/library/* or ghcr.io/acme/**: ${p.slice(0, 100)}`);
+            throw new PolicyError(`${at}.${kind}[${j}]`, `not a repository pattern like docker.io/library/* or ghcr.io/acme/** (lower case, as names are): ${p.slice(0, 100)}`);
           }
           return toRegExp(p);
         });

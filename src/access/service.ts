@@ -16,7 +16,7 @@ import { createHmac, randomBytes, timingSafeEqual } from 'node:crypto';
 import { Htpasswd } from './htpasswd.js';
 import { LoginThrottle, RateLimiter } from './limits.js';
 import { normalizeAddress, Policy, type Caller } from './policy.js';
-import { TokenSigner, type TokenClaims } from './tokens.js';
+import { CLOCK_LEEWAY_SECONDS, TokenSigner, type TokenClaims } from './tokens.js';
 import { CallerContext } from './upstream-limit.js';
 
 export interface AccessOptions {
@@ -141,7 +141,8 @@ export class AccessControl {
     const claims = await this.signer.verify(token);
     if (claims) {
       if (this.tokens.size >= 10_000) for (const [k, v] of this.tokens) if (v.exp <= now || this.tokens.size >= 10_000) this.tokens.delete(k);
-      this.tokens.set(token, { claims, exp: (claims.exp ?? 0) * 1000 });
+      // Usable as long as the signer's check allows (its leeway included).
+      this.tokens.set(token, { claims, exp: ((claims.exp ?? 0) + CLOCK_LEEWAY_SECONDS) * 1000 });
     }
     return claims;
   }

@@ -15,6 +15,9 @@ export interface TokenClaims {
   exp?: number;
 }
 
+/** Seconds a token's not-before and expiry may be off by (distribution's `Leeway`). */
+export const CLOCK_LEEWAY_SECONDS = 60;
+
 export class TokenSigner {
   constructor(private readonly opts: { key: Uint8Array; service: string; ttlSeconds: number; now: () => number }) {}
 
@@ -45,6 +48,9 @@ export class TokenSigner {
         issuer: this.opts.service,
         audience: this.opts.service,
         currentDate: new Date(this.opts.now()),
+        // As distribution's token check (Leeway, 60 s): replicas sharing a key, and clients, whose
+        // clocks differ a little from the issuer's.
+        clockTolerance: CLOCK_LEEWAY_SECONDS,
         requiredClaims: ['exp', 'sub'],
       });
       const access = Array.isArray(payload.access) ? (payload.access as unknown[]) : [];

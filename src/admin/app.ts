@@ -1,8 +1,9 @@
 /**
  * The admin API, on its own listener (default 127.0.0.1:5001): JSON over the cache lifecycle
- * (CacheAdmin). Documented in README "Cache administration". No authentication yet: keep the
- * listener on loopback or a management network.
+ * (CacheAdmin). Documented in README "Cache administration". With auth on it wants a member of
+ * `auth.adminGroup` (requireAdmin); without, only local names reach it (localHostsOnly).
  */
+import { isIP } from 'node:net';
 import { Hono, type Context } from 'hono';
 import { mountAirgapRoutes } from '../airgap/admin-routes.js';
 import type { Airgap } from '../airgap/service.js';
@@ -114,4 +115,24 @@ export function requireAdmin(inner: Hono, check: AdminCheck): Hono {
     return c.json({ errors: [{ code: 'TOOMANYREQUESTS', message: 'too many failed logins: try again later' }] }, 429, { 'retry-after': String(r.retryAfter) });
   });
   return app as unknown as Hono;
+}
+
+/**
+ * Without access control the admin API trusts whoever reaches its listener, meant to be loopback.
+ * A web page can still reach it through DNS rebinding (its own name made to resolve to 127.0.0.1):
+ * the browser then sends that name as Host and as Origin, so the same-origin check above passes, and
+ * the page could purge the cache or read it. Such requests name the listener by a DNS name; local
+ * clients use an address, `localhost`, this machine's name or a name the operator lists (`admin.hosts`),
+ * which is all this lets through.
+ */
+export function localHostsOnly(inner: Hono, hostNames: string[]): Hono {
+  const names = new Set(['localhost', ...hostNames.map((h) => h.toLowerCase())]);
+  const app = new Hono();
+  app.all('*', (c) => {
+    // The URL's host is the Host header's under Node (the adapter builds the URL from it).
+    const host = new URL(c.req.url).hostname.replace(/^\[(.*)\]$/, '$1').toLowerCase();
+    if (isIP(host) !== 0 || names.has(host) || host.endsWith('.localhost')) return inner.fetch(c.req.raw, c.env);
+    return c.json({ errors: [{ code: 'DENIED', message: 'the admin API answers requests to an IP address, localhost, this host\'s name or a name in admin.hosts' }] }, 421);
+  });
+  return app;
 }

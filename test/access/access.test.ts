@@ -109,12 +109,19 @@ describe('client authentication', () => {
     expect((await use(await sign('regmirror', Buffer.alloc(32, 9)))).status).toBe(401);
     const none = `${Buffer.from('{"alg":"none"}').toString('base64url')}.${p}.`;
     expect((await use(none)).status).toBe(401);
-    clock.now += 301_000;
+    // Expired (300 s) past distribution's 60 s leeway for clocks that differ: refused.
+    clock.now += 330_000;
     try {
+      expect((await use(token)).status).toBe(200);
+      clock.now += 31_000;
       expect((await use(token)).status).toBe(401);
     } finally {
-      clock.now -= 301_000;
+      clock.now -= 361_000;
     }
+    // Issued by a replica whose clock is 30 s ahead of this one's (not yet valid by ours): accepted.
+    const ahead = await new SignJWT({ access: claims.access }).setProtectedHeader({ alg: 'HS256' }).setIssuer('regmirror').setAudience('regmirror').setSubject('bob')
+      .setNotBefore(Math.floor(clock.now / 1000) + 30).setExpirationTime(Math.floor(clock.now / 1000) + 330).sign(files.keyBytes);
+    expect((await use(ahead)).status).toBe(200);
   });
 
   it('slows failed logins per user and per address', async () => {

@@ -5,7 +5,7 @@
  */
 import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { Htpasswd } from '../../src/access/htpasswd.js';
 import { LoginThrottle, RateLimiter } from '../../src/access/limits.js';
 import { Policy } from '../../src/access/policy.js';
@@ -70,6 +70,23 @@ describe('start-up and validation', () => {
     expect(() => Htpasswd.parse('no-colon-here', 'f')).toThrow('f:1: not a "user:hash" line');
   });
 
+  it("an unknown user is checked against a hash of the file's usual cost (htpasswd -B writes 5): timing does not tell who exists", async () => {
+    const bcrypt = (await import('bcryptjs')).default;
+    const text = (cost: number, names: string[]) => names.map((u) => `${u}:${bcrypt.hashSync(`${u}-pw`, cost)}`).join('\n');
+    const compare = vi.spyOn(bcrypt, 'compare');
+    try {
+      const users = Htpasswd.parse(`${text(5, ['carol', 'dave'])}\n${text(6, ['erin'])}`, 'f');
+      expect(await users.verify('nobody', 'x')).toBe(false);
+      expect(await users.verify('dave', 'dave-pw')).toBe(true);
+      // The hashes compared against: the unknown user's has the cost most users have, as dave's.
+      const hashes = compare.mock.calls.map((c) => String(c[1]));
+      expect(hashes.map((h) => h.slice(0, 7))).toEqual(['$2b$05$', '$2b$05$']);
+      expect(hashes[0]).not.toBe(hashes[1]);
+    } finally {
+      compare.mockRestore();
+    }
+  });
+
   it('refuses a config with auth on and no files, and a bad policy naming the entry', async () => {
     await expect(startMirror({ upstreams: { 'docker.io': { url: hub.url } }, raw: { auth: { enabled: true } } })).rejects.toThrow('config: auth.htpasswd:');
     const cases: Array<[string, string]> = [
@@ -80,6 +97,8 @@ describe('start-up and validation', () => {
       ['trustedProxies: [not-an-ip]', 'trustedProxies[0]'],
       ['rules:\n  - subjects: [anonymous]\n    alow: [docker.io/x]', 'rules[0].alow: unknown key'],
       ['rules: [', 'not valid YAML'],
+      // Names are lower case: an upper-case deny would load and never match (fail open).
+      ['rules:\n  - subjects: [authenticated]\n    allow: [docker.io/acme/**]\n    deny: [docker.io/acme/Secret]', 'rules[0].deny[0]: not a repository pattern like docker.io/library/* or ghcr.io/acme/** (lower case, as names are): docker.io/acme/Secret'],
     ];
     for (const [text, msg] of cases) expect(() => Policy.parse(text, 'p.yaml'), text).toThrow(msg);
     const policy = join(files.dir, 'bad-policy.yaml');

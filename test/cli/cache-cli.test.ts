@@ -283,9 +283,9 @@ describe('regmirror cache: choosing the target', () => {
   it('neither: MIRROR_ADMIN_URL, else the config\'s admin.listen, is the URL tried', async () => {
     const env = await runCli(['du'], { env: { MIRROR_ADMIN_URL: 'http://10.0.0.1:9' } });
     expect(env.fetched).toEqual(['GET http://10.0.0.1:9/admin/cache']);
-    const cfg = await runCli(['du'], { config: { admin: { listen: { host: '0.0.0.0', port: 6001 } } } });
+    const cfg = await runCli(['du'], { config: { admin: { listen: { host: '0.0.0.0', port: 6001 }, hosts: [] } } });
     expect(cfg.fetched).toEqual(['GET http://127.0.0.1:6001/admin/cache']);
-    const cfgObj = await runCli(['du'], { config: { admin: { listen: { host: '::1', port: 6002 } } } });
+    const cfgObj = await runCli(['du'], { config: { admin: { listen: { host: '::1', port: 6002 }, hosts: [] } } });
     expect(cfgObj.fetched).toEqual(['GET http://[::1]:6002/admin/cache']);
   });
 });

@@ -4,6 +4,7 @@
  * jobs, the admin authentication in front of it, hostile names escaped, changes refused from other
  * origins, and the bounded history behind the charts.
  */
+import { hostname } from 'node:os';
 import { Hono } from 'hono';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { CHART_W, charts } from '../../src/console/chart.js';
@@ -207,6 +208,25 @@ describe('the console on the admin API, after real pulls', () => {
     expect(pin.status).toBe(200);
     expect(await m.admin.pins()).toContain('docker.io/library/small');
     await m.admin.unpin('docker.io/library/small');
+  });
+
+  it('without auth, answers only requests naming it by an address, localhost or a listed name: a page rebinding its own name to the listener gets nothing', async () => {
+    // What a browser sends after evil.example was made to resolve to 127.0.0.1: its name as Host and Origin.
+    const before = (await m.admin.images()).length;
+    const rebound = await admin('http://evil.example:5001/admin/purge', { method: 'POST', headers: { origin: 'http://evil.example:5001', 'sec-fetch-site': 'same-origin' }, body: JSON.stringify({ all: true }) });
+    expect(rebound.status).toBe(421);
+    expect((await admin('http://evil.example:5001/admin/images')).status).toBe(421);
+    expect((await admin('http://evil.example:5001/ui')).status).toBe(421);
+    expect((await m.admin.images()).length).toBe(before);
+    for (const host of ['127.0.0.1:5001', '[::1]:5001', 'localhost:5001', 'mirror.localhost', hostname()]) expect((await admin(`http://${host}/admin/cache`)).status, host).toBe(200);
+    // A name the operator lists (admin.hosts) is taken too.
+    const listed = await startMirror({ upstreams: { 'docker.io': { url: 'http://127.0.0.1:9', libraryPrefix: true } }, offline: true, raw: { admin: { hosts: ['Mirror.Internal'] } } });
+    try {
+      expect((await listed.adminApp.request('http://mirror.internal:5001/admin/cache')).status).toBe(200);
+      expect((await listed.adminApp.request('http://other.internal:5001/admin/cache')).status).toBe(421);
+    } finally {
+      await listed.stop();
+    }
   });
 });
 

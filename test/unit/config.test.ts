@@ -50,7 +50,7 @@ describe('the embedded default config', () => {
     expect(c.defaultRegistry).toBe('docker.io');
     expect(c.log).toEqual({ level: 'info', format: 'json' });
     expect(c.cache).toEqual({ tagTtl: 300, memoryBytes: 64 * 1024 * 1024, negativeTtl: 30, maxBytes: undefined, minFreeBytes: undefined, minFreePercent: undefined, lowWatermark: 0.9, pin: [], evictionInterval: 10 });
-    expect(c.admin).toEqual({ listen: { host: '127.0.0.1', port: 5001 } });
+    expect(c.admin).toEqual({ listen: { host: '127.0.0.1', port: 5001 }, hosts: [] });
     expect(c.limits).toEqual({ maxManifestBytes: 4 * 1024 * 1024, maxPageSize: 10000 });
     expect(c.timeouts).toEqual({ connect: 5000, headers: 30000, bodyIdle: 30000, revalidate: 2000, clientIdle: 300000 });
     expect(c.upstreamHealth).toEqual({ offlineMinMs: 5000, offlineMaxMs: 120000 });
@@ -258,6 +258,10 @@ describe('validation names the bad key', () => {
       expect(e.message).toMatch(/sets no field of a configured upstream .*keys: DOCKER_IO, /);
     }
     expect(load({ env: { MIRROR_UPSTREAM_NOPE_IO_URL: '' } }).upstreams['docker.io']).toBeDefined();
+  });
+
+  it('auth.tokenTtl is at least 60 s (the docker client keeps a shorter token for 60 s anyway)', async () => {
+    expect((await errorForFile('auth:\n  tokenTtl: 30\n')).key).toBe('auth.tokenTtl');
   });
 
   it('an unknown top-level key is named', async () => {
