@@ -52,7 +52,7 @@ import { UsageTracker } from './lifecycle/usage.js';
 import { Metrics } from './metrics.js';
 import type { Logger } from './observability/types.js';
 import { DownloadThread } from './offload/download-thread.js';
-import { InflightDownloads, type InflightObserver } from './transfer/inflight.js';
+import { InflightDownloads, type InflightOptions } from './transfer/inflight.js';
 import { DEFAULT_READER_STALL_MS } from './transfer/download.js';
 import { MIN_PROGRESS_BYTES } from './transfer/fill.js';
 import { NegativeCache } from './registry/negative-cache.js';
@@ -498,9 +498,8 @@ export async function buildMirror(config: Config, opts: MirrorOptions = {}): Pro
         })
       : undefined;
   if (opts.downloadThread === 'at-start') downloadThread?.prestart();
-  const inflight: InflightDownloads = new InflightDownloads({
-    store: blobs,
-    ...(downloadThread ? { sinks: downloadThread } : {}),
+  // What every download is held to, here and (fleet mode) a takeover or a peer's stream.
+  const downloadRules: Pick<InflightOptions, 'readerStallMs' | 'minProgress' | 'observer'> = {
     // Well inside upstream's body timeout: a pass-through held up by one client must cut that client
     // before the upstream connection times out under all of them.
     readerStallMs: Math.min(DEFAULT_READER_STALL_MS, config.timeouts.bodyIdle / 2),
@@ -518,9 +517,10 @@ export async function buildMirror(config: Config, opts: MirrorOptions = {}): Pro
         logger.warn({ digest, origin, err: error instanceof Error ? error.message : String(error) }, 'download failed');
       },
     },
-  });
+  };
+  const inflight: InflightDownloads = new InflightDownloads({ store: blobs, ...(downloadThread ? { sinks: downloadThread } : {}), ...downloadRules });
 
-  const fleet = fleetLink ? await fleetLink.coordinate({ blobs, inflight, inflightObserver: downloads }) : undefined;
+  const fleet = fleetLink ? await fleetLink.coordinate({ blobs, inflight, rules: downloadRules }) : undefined;
 
   const names = Object.keys(config.upstreams);
   metrics.initialiseSeries(names);
@@ -800,13 +800,14 @@ async function connectFleet(config: Config, deps: { logger: Logger; promRegistry
   };
   logger.info({ replicaId, advertiseUrl, leaseTtlMs: f.leaseTtlMs }, 'fleet mode: downloads coordinated through Redis');
 
-  const coordinate = async (d: { blobs: BlobStore; inflight: InflightDownloads; inflightObserver: InflightObserver }) => {
+  const coordinate = async (d: { blobs: BlobStore; inflight: InflightDownloads; rules: Pick<InflightOptions, 'readerStallMs' | 'minProgress' | 'observer'> }) => {
     // Bytes streamed from an owner replica go to this replica's own scratch, not the shared store.
     const scratchRoot = join(config.dataDir, 'fleet-scratch', replicaId);
     const scratch = new FsBlobStore(scratchRoot);
     await scratch.init();
     let coordinator: FleetCoordinator | undefined = undefined;
-    const peers = new InflightDownloads({ store: new ScratchStore(scratch, d.blobs, (digest) => coordinator?.owns(digest) ?? false), observer: d.inflightObserver });
+    // Held to the same rules as the main downloads: a takeover from a trickling upstream fails as too slow, and is logged.
+    const peers = new InflightDownloads({ store: new ScratchStore(scratch, d.blobs, (digest) => coordinator?.owns(digest) ?? false), ...d.rules });
     coordinator = new FleetCoordinator({
       link,
       leases,

@@ -22,7 +22,7 @@ import type { Leases } from './leases.js';
 import type { RedisLink } from './link.js';
 import type { PeerClient } from './peer-client.js';
 import { PeerSource } from './peer-source.js';
-import { lease, storeBody } from './stored.js';
+import { lease, storedBody } from './stored.js';
 
 /** How this replica came to serve a download. */
 export type FleetRole = 'owner' | 'peer' | 'takeover' | 'local';
@@ -158,10 +158,6 @@ export class FleetCoordinator implements BlobCoordinator {
       }
       return source(offset);
     };
-    return async (offset) => {
-      const info = await this.deps.store.stat(digest);
-      if (!info) return upstream(offset);
-      return (await storeBody(this.deps.store, digest, info.size, offset)) ?? upstream(offset);
-    };
+    return async (offset) => (await storedBody(this.deps.store, digest, offset)) ?? upstream(offset);
   }
 }

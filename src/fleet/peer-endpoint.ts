@@ -57,7 +57,8 @@ async function serve(deps: PeerEndpointDeps, req: IncomingMessage, res: ServerRe
   const path = (req.url ?? '').split('?')[0]!;
   if (!path.startsWith(PEER_PATH)) return send(res, 404, 'not found');
   const digest = path.slice(PEER_PATH.length);
-  if (!/^sha256:[a-f0-9]{64}$/.test(digest)) return send(res, 400, 'bad digest');
+  // The digests the registry accepts (registry/reference.ts): sha256 and sha512.
+  if (!/^(?:sha256:[a-f0-9]{64}|sha512:[a-f0-9]{128})$/.test(digest)) return send(res, 400, 'bad digest');
   const rangeHeader = req.headers.range;
   let start = 0;
   if (rangeHeader !== undefined) {

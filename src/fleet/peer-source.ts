@@ -12,7 +12,7 @@ import type { BlobStore } from '../storage/store.js';
 import type { BlobSource } from '../transfer/inflight.js';
 import { UpstreamError } from '../upstream/errors.js';
 import type { BlobBody } from '../upstream/types.js';
-import { lease, storeBody } from './stored.js';
+import { lease, storedBody } from './stored.js';
 import type { Leases } from './leases.js';
 import type { PeerClient } from './peer-client.js';
 
@@ -54,8 +54,7 @@ export class PeerSource {
         continue;
       }
       if (!holder || holder.id === deps.leases.self.id) {
-        const info = await deps.store.stat(digest);
-        const stored = info ? await storeBody(deps.store, digest, info.size, offset) : undefined;
+        const stored = await storedBody(deps.store, digest, offset);
         if (stored) return stored;
         let taken: boolean;
         try {

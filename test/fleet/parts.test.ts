@@ -21,6 +21,7 @@ import { RedisLink } from '../../src/fleet/link.js';
 import { PeerClient } from '../../src/fleet/peer-client.js';
 import { peerHandler, sameSecret } from '../../src/fleet/peer-endpoint.js';
 import { FsBlobStore } from '../../src/storage/fs-store.js';
+import { StoreUnavailableError } from '../../src/storage/store.js';
 import { silentLogger } from '../../src/mirror.js';
 import { Agent } from 'undici';
 import { readFileSync } from 'node:fs';
@@ -123,6 +124,44 @@ describe.skipIf(requireTools('fleet leases', { 'redis-server': redisServerAvaila
     }
   });
 
+  it('the shared store away (S3 unreachable, Redis up): a cold blob is fetched and passed through uncached, not failed', async () => {
+    const { leases } = await replica('s3-away');
+    const dir = await mkdtemp(join(tmpdir(), 'fleet-away-'));
+    try {
+      const fs = new FsBlobStore(join(dir, 'shared'));
+      await fs.init();
+      const away = () => Promise.reject(new StoreUnavailableError(new Error('connect ECONNREFUSED 127.0.0.1:1')));
+      // What the S3 store answers while its endpoint is down: every call fails as unavailable.
+      const store = Object.assign(Object.create(fs) as FsBlobStore, { stat: away, open: away, read: away, put: away, createWriter: away });
+      const scratch = new FsBlobStore(join(dir, 'scratch'));
+      await scratch.init();
+      let upstreamCalls = 0;
+      const coordinator = new FleetCoordinator({
+        link: links[links.length - 1]!,
+        leases,
+        main: new InflightDownloads({ store, observer: noInflightEvents }),
+        peers: new InflightDownloads({ store: scratch, observer: noInflightEvents }),
+        store,
+        peer: new PeerClient({ secret: SECRET, dispatcher: new Agent(), headersTimeoutMs: 1000, bodyIdleMs: 1000 }),
+        logger: silentLogger,
+        observer: { download: () => undefined },
+      });
+      const bytes = pseudoRandomBytes(250_000, 'coord-away');
+      const dl = await coordinator.join(digestOf(bytes), 'docker.io/library/x', async (offset: number) => {
+        upstreamCalls++;
+        return { start: offset, size: bytes.length, body: (async function* () { yield bytes.subarray(offset); })(), cancel: () => undefined };
+      });
+      await dl.ready;
+      const chunks: Buffer[] = [];
+      for await (const c of await dl.open()) chunks.push(c as Buffer);
+      await dl.finished;
+      expect(Buffer.concat(chunks).equals(bytes)).toBe(true);
+      expect(upstreamCalls).toBe(1);
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+
   it('reads of a blob on any replica keep it from eviction until the stream closes; a lock lets one evictor run', async () => {
     const a = await replica('ra');
     const b = await replica('rb');
@@ -216,6 +255,9 @@ describe('the peer endpoint', () => {
     expect(none.status).toBe(401);
     expect((await none.text()).length).toBeLessThan(100);
     expect((await fetch(`${base}/fleet/v1/blobs/sha256:..%2F..%2Fetc`, { headers: { 'x-fleet-secret': SECRET } })).status).toBe(400);
+    // sha512, as the registry takes: a digest like any other here (not downloading: 404, not a 400 the peer would give up on).
+    expect((await fetch(`${base}/fleet/v1/blobs/sha512:${'ab'.repeat(64)}`, { headers: { 'x-fleet-secret': SECRET } })).status).toBe(404);
+    expect((await fetch(`${base}/fleet/v1/blobs/sha512:${'ab'.repeat(32)}`, { headers: { 'x-fleet-secret': SECRET } })).status).toBe(400);
     expect((await fetch(url, { headers: { 'x-fleet-secret': SECRET, range: 'bytes=0-10,20-30' } })).status).toBe(400);
     expect((await fetch(url, { headers: { 'x-fleet-secret': SECRET, range: `bytes=${bytes.length}-` } })).status).toBe(416);
     expect((await fetch(url, { method: 'POST', headers: { 'x-fleet-secret': SECRET } })).status).toBe(405);
