@@ -26,6 +26,8 @@ interface Step {
   endAfter?: number;
   /** Answer from 0 whatever offset was asked (an upstream that ignores Range). */
   ignoreRange?: boolean;
+  /** Answers a Range from its start rounded down to a multiple of this (a CDN serving ranges in blocks): a 206 from before the offset asked. */
+  roundDown?: number;
   /** The bytes sent instead of the real blob (a corrupted upstream). */
   data?: Buffer;
   /** The size announced; default the blob's length, null for none. */
@@ -59,7 +61,7 @@ function scripted(blob: Buffer, steps: Step[] = [{}]): Script {
     if (step.openDelayMs) await sleep(step.openDelayMs);
     if (step.openError) throw step.openError;
     const data = step.data ?? blob;
-    const start = step.ignoreRange ? 0 : offset;
+    const start = step.ignoreRange ? 0 : step.roundDown ? offset - (offset % step.roundDown) : offset;
     const chunk = step.pace?.bytes ?? CHUNK;
     let cancelled = false;
     async function* body(): AsyncGenerator<Uint8Array> {
@@ -416,6 +418,19 @@ describe('InflightDownloads', () => {
     expectBytes(r.bytes, blob);
     expect(up.offsets).toEqual([0, 200_000]);
     // Readers finish once the bytes are verified; the rename into the store follows.
+    await dl.finished;
+    expectBytes(await store.read(d), blob);
+  });
+
+  it('a resume that upstream answers from before the offset asked (a CDN rounding ranges down) skips the bytes it already has', async () => {
+    const blob = randomBytes(500 * 1024);
+    const d = digestOf(blob);
+    const up = scripted(blob, [{ cutAfter: 200_000 }, { roundDown: 65_536 }]);
+    const dl = inflight.join(d, ORIGIN, up.source);
+    const r = await collect(dl.createReader());
+    expect(r.error).toBeUndefined();
+    expectBytes(r.bytes, blob);
+    expect(up.offsets).toEqual([0, 200_000]);
     await dl.finished;
     expectBytes(await store.read(d), blob);
   });
