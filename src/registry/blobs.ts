@@ -157,20 +157,27 @@ export class BlobService {
     // Not a spilled one (passed through a full store: nothing is kept, the next pull fetches again).
     const stored = running?.verified === true && !running.spilled;
     const dl = deps.coordinator ? await deps.coordinator.join(digest, origin, source) : deps.inflight.join(digest, origin, source);
-    await dl.ready;
-    // Upstream has it and its bytes are coming: a use (a download by digest is younger than any GC's grace).
-    deps.usage.blob(digest);
-    if (dl.origin === origin) await this.ctx.link(ref, [digest]);
-    let size = dl.size;
-    if (size === undefined && spec) {
-      await dl.finished;
-      size = dl.received;
+    // Until this request has its reader (or fails), a pass-through waits for it, and gives up when it does.
+    const unclaim = dl.claim();
+    try {
+      await dl.ready;
+      // Upstream has it and its bytes are coming: a use (a download by digest is younger than any GC's grace).
+      deps.usage.blob(digest);
+      if (dl.origin === origin) await this.ctx.link(ref, [digest]);
+      let size = dl.size;
+      if (size === undefined && spec) {
+        // The size comes with the end. A pass-through keeps nothing to wait on: whole, then (a Range may be ignored).
+        await dl.spilledOrEnded();
+        if (dl.state === 'done') size = dl.received;
+      }
+      const range = spec && size !== undefined ? resolveRanges([spec], size)?.[0] : undefined;
+      const ranges = range ? [range] : undefined;
+      const hit = stored && dl === running;
+      deps.observer.result('blob', ref.upstream, hit ? 'hit' : 'miss');
+      return { size, ranges, body: await dl.open(range?.start ?? 0, range?.end), source: hit ? 'cache' : 'upstream' };
+    } finally {
+      unclaim();
     }
-    const range = spec && size !== undefined ? resolveRanges([spec], size)?.[0] : undefined;
-    const ranges = range ? [range] : undefined;
-    const hit = stored && dl === running;
-    deps.observer.result('blob', ref.upstream, hit ? 'hit' : 'miss');
-    return { size, ranges, body: await dl.open(range?.start ?? 0, range?.end), source: hit ? 'cache' : 'upstream' };
   }
 
   /** The blob's bytes (or a range of them) from disk: one read for a small blob, else a stream. */

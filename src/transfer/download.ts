@@ -65,7 +65,11 @@ export class Download {
   private window: Chunk[] = [];
   private windowBytes = 0;
   private readonly readers = new Set<DownloadReader>();
+  /** Readers, or requests about to open one (claims), it has had: until then a pass-through waits for the first. */
   private hadReaders = false;
+  /** Requests that joined and have not yet opened their reader or given up (claim()). */
+  private claims = 0;
+  private spillWaiters: Array<() => void> = [];
   private resolveReady!: () => void;
   private rejectReady!: (e: unknown) => void;
   private resolveFinished!: () => void;
@@ -139,6 +143,34 @@ export class Download {
     return this.createReader(start, end);
   }
 
+  /**
+   * Says a request will open a reader soon (it has awaits to go: ready, linking, a range to check).
+   * Until it calls the returned release (idempotent; call it in a finally, after opening its reader
+   * or failing), a pass-through waits for it and the temp file stays open for it. A pass-through
+   * that every claimant gave up on without reading (a 416, a client gone) is abandoned, instead of
+   * waiting for ever for a first reader with upstream's connection and its buffered bytes held.
+   */
+  claim(): () => void {
+    this.refs++;
+    this.claims++;
+    this.hadReaders = true;
+    let done = false;
+    return () => {
+      if (done) return;
+      done = true;
+      this.claims--;
+      this.release();
+      this.wake();
+    };
+  }
+
+  /** Resolves once the download is a pass-through or has ended (either way). */
+  async spilledOrEnded(): Promise<void> {
+    if (this.spilled_) return;
+    const spilled = new Promise<void>((r) => this.spillWaiters.push(r));
+    await Promise.race([spilled, this.finished.catch(() => undefined)]);
+  }
+
   /** A live stream of the blob from `start` to `end` (inclusive; default: to the end). */
   createReader(start = 0, end?: number): Readable {
     this.refs++;
@@ -154,9 +186,9 @@ export class Download {
     return !this.spilled || (this.window[0]?.offset ?? this.received) <= (this.writer?.written ?? 0);
   }
 
-  /** A pass-through whose clients all left: nobody wants the rest. */
+  /** A pass-through whose clients all left (or gave up before reading): nobody wants the rest. */
   get abandoned(): boolean {
-    return this.spilled && this.hadReaders && this.readers.size === 0;
+    return this.spilled && this.hadReaders && this.readers.size === 0 && this.claims === 0;
   }
 
   /** Bytes of received chunks held in memory for readers (the rest are read from the temp file). */
@@ -225,6 +257,7 @@ export class Download {
   /** Switches to pass-through; bytes [0, writer.written) stay readable from the temp file. */
   spill(): void {
     this.spilled_ = true;
+    for (const w of this.spillWaiters.splice(0)) w();
   }
 
   /** In spill mode: resolves once the slowest reader is within half a window of the live edge. */
@@ -330,7 +363,8 @@ export class Download {
   }
 
   private slowestReader(): number {
-    if (this.readers.size === 0) return this.hadReaders ? Infinity : 0; // the first reader starts at 0
+    // The first reader starts at 0, and so does a claimant's; with none left, nobody holds it back.
+    if (this.readers.size === 0) return this.hadReaders && this.claims === 0 ? Infinity : 0;
     let min = Infinity;
     for (const r of this.readers) min = Math.min(min, r.position);
     return min;

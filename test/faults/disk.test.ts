@@ -17,6 +17,8 @@ import { waitFor } from '../helpers/wait.js';
 import { blobFile, DOCKER_ACCEPT, rawGet, tmpEntries } from './util.js';
 
 const big = makeRandomLayer(3 * 1024 * 1024, 'disk-big');
+/** Past the free space and half a pass-through's window beyond it: the part a pass-through holds back for its first reader. */
+const huge = makeRandomLayer(8 * 1024 * 1024, 'disk-huge');
 const small = makeLayer([{ path: 'small.txt', content: 'still fits' }]);
 const bigImg = makeImage({ layers: [big] });
 const smallImg = makeImage({ layers: [small], cmd: ['small'] });
@@ -32,6 +34,7 @@ beforeAll(async () => {
   hub = await FakeUpstream.start();
   hub.putImage('library/big', bigImg, 'v1');
   hub.putImage('library/small', smallImg, 'v1');
+  hub.putImage('library/huge', makeImage({ layers: [huge], cmd: ['huge'] }), 'v1');
   base = await mkdtemp(join(tmpdir(), 'regmirror-disk-'));
   dataDir = join(base, 'data');
   await mkdir(dataDir);
@@ -104,5 +107,26 @@ describe('disk full (ENOSPC)', () => {
     }
     expect(existsSync(blobFile(dataDir, big.digest))).toBe(false);
     await waitFor(() => tmpEntries(dataDir).length === 0, 3000, () => `an empty tmp/ (has ${tmpEntries(dataDir).join(', ')})`);
+
+    // A pass-through whose only client gives up before reading (a range past the end: 416) is
+    // abandoned, not left waiting for a first reader with upstream's connection and its bytes held.
+    const inflight = () => mirror!.metric('mirror_inflight_downloads');
+    expect(await inflight()).toBe(0);
+    const hugeUrl = `${mirror.url}/v2/library/huge/blobs/${huge.digest}`;
+    const past = await rawGet(hugeUrl, { headers: { range: 'bytes=999999999-' }, timeoutMs: 10_000 });
+    expect(past.status).toBe(416);
+    await waitFor(async () => (await inflight()) === 0, 5000, 'the abandoned pass-through gone');
+    // A Range on an upstream that sends no length: the size comes only with the end, which a
+    // pass-through keeps nothing of to wait on: the whole blob (a server may ignore a Range).
+    hub.faults.chunkedBlobs = true;
+    try {
+      const ranged = await rawGet(hugeUrl, { headers: { range: 'bytes=0-99' }, timeoutMs: 20_000 });
+      expect(ranged.status).toBe(200);
+      expect(ranged.complete).toBe(true);
+      expect(digestOf(ranged.body)).toBe(huge.digest);
+    } finally {
+      hub.faults.chunkedBlobs = false;
+    }
+    await waitFor(async () => (await inflight()) === 0, 5000, 'no download left');
   });
 });

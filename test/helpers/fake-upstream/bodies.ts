@@ -34,6 +34,8 @@ export async function serveBytes(ctx: Ctx, faults: Faults, blob: Blob, extra: Re
   };
   if (status === 206) headers['content-range'] = `bytes ${start}-${end}/${total}`;
   if (ctx.head) return send(ctx, status, headers);
+  // Chunked: no length until the end (an upstream streaming from a source of unknown size).
+  if (faults.chunkedBlobs) delete headers['content-length'];
 
   let body = blob.bytes.subarray(start, end + 1);
   const mid = Math.floor(total / 2);
