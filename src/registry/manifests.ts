@@ -107,7 +107,11 @@ export class ManifestService {
         const upstream = this.ctx.upstream(ref);
         const revalidation = this.flights.run(flightKey(ref, `${tag}?revalidate`, accept), async () => {
           const head = await upstream.headManifest(ref.repo, tag, upstreamAccept(accept));
-          if (head.digest !== variant.digest) return this.fetchOnce(ref, tag, accept, tag);
+          if (head.digest !== variant.digest) {
+            const got = await this.fetchOnce(ref, tag, accept, tag);
+            // A HEAD that named no digest (neither header nor ETag) took a GET to tell: the same content is still a revalidation.
+            return head.digest === undefined && got.digest === variant.digest ? { ...got, cache: 'revalidated' } : got;
+          }
           // The HEAD says what upstream gives *this* Accept: recorded as such. A client accepting no
           // index confirms the tag's own content only for clients like it; upstream may have
           // narrowed a new list to this very manifest, which a client accepting the list must not get.

@@ -325,9 +325,17 @@ function manifestHead(res: Exchange): ManifestHead {
   const ct = str(res.headers['content-type'])?.split(';')[0]?.trim();
   return {
     mediaType: ct ?? '',
-    digest: str(res.headers['docker-content-digest']),
+    // Docker-Content-Digest is optional in the spec; registries that leave it out (some proxies,
+    // object-store fronted ones) still send the digest as a strong ETag, as distribution does.
+    digest: str(res.headers['docker-content-digest']) ?? digestEtag(str(res.headers.etag)),
     size: intHeader(res.headers['content-length']),
   };
+}
+
+/** `"sha256:<hex>"` → the digest; a weak or other ETag says nothing about the content's digest. */
+function digestEtag(etag: string | undefined): string | undefined {
+  const m = etag ? /^"((?:sha256:[a-f0-9]{64})|(?:sha512:[a-f0-9]{128}))"$/.exec(etag) : null;
+  return m ? m[1] : undefined;
 }
 
 function parseEnvelope(text: string): { code: string; message: string | undefined } | undefined {

@@ -50,6 +50,30 @@ describe('tags: TTL, HEAD revalidation, stale-if-error, offline', () => {
     expect(await mirror.metric('mirror_cache_requests_total', { kind: 'manifest', result: 'revalidated' })).toBe(1);
   });
 
+  it('a HEAD without Docker-Content-Digest (optional in the spec) is read by its ETag; with neither, the GET that tells is still a revalidation', async () => {
+    hub.putImage('library/tool', v1, 'latest');
+    mirror = await startMirror({ upstreams: { 'docker.io': { url: hub.url, libraryPrefix: true, tagTtl: 60 } }, clock });
+    expect((await get()).status).toBe(200);
+    hub.faults.manifestHeadWithout = 'digest';
+    hub.resetCounters();
+    clock.now += 61_000;
+    expect((await get()).headers.get('x-mirror-cache')).toBe('revalidated');
+    expect(hub.requests.filter((r) => r.kind === 'manifest').map((r) => r.method)).toEqual(['HEAD']);
+    hub.faults.manifestHeadWithout = 'digest-and-etag';
+    hub.resetCounters();
+    clock.now += 61_000;
+    const told = await get();
+    expect(told.headers.get('x-mirror-cache')).toBe('revalidated');
+    expect(told.headers.get('docker-content-digest')).toBe(v1.manifest.digest);
+    expect(hub.requests.filter((r) => r.kind === 'manifest').map((r) => r.method)).toEqual(['HEAD', 'GET']);
+    // And a change is still seen.
+    hub.putImage('library/tool', v2, 'latest');
+    clock.now += 61_000;
+    const changed = await get();
+    expect(changed.headers.get('docker-content-digest')).toBe(v2.manifest.digest);
+    expect(changed.headers.get('x-mirror-cache')).toBe('miss');
+  });
+
   it('twenty clients hitting an expired tag at once cause one upstream HEAD', async () => {
     hub.putImage('library/tool', v1, 'latest');
     mirror = await startMirror({ upstreams: { 'docker.io': { url: hub.url, libraryPrefix: true, tagTtl: 60 } }, clock });

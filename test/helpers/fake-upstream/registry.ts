@@ -100,6 +100,11 @@ export class Registry {
       ...rateHeaders,
     };
     const faults = this.deps.faults;
+    if (ctx.head && faults.manifestHeadWithout) {
+      // Registries where Docker-Content-Digest is optional (the spec lets them): some keep the ETag, some send neither.
+      delete (headers as Record<string, string>)['docker-content-digest'];
+      if (faults.manifestHeadWithout === 'digest-and-etag') delete (headers as Record<string, string>).etag;
+    }
     const huge = faults.hugeManifestBytes;
     if (huge !== undefined && !ctx.head) return sendHuge(ctx, huge, headers);
     const body = faults.corruptManifest && !ctx.head ? corruptJson(blob.bytes) : blob.bytes;

@@ -67,6 +67,8 @@ export interface Faults {
   delayMs?: number;
   /** Blob bodies sent `bytesPerTick` at a time every `tickMs`. */
   trickle?: { bytesPerTick: number; tickMs: number };
+  /** Manifest HEADs answered without Docker-Content-Digest ('digest'), or without it and the ETag. */
+  manifestHeadWithout?: 'digest' | 'digest-and-etag';
   /** Blob GETs answered chunked, with no Content-Length. */
   chunkedBlobs?: boolean;
   /** Blob bodies: send this many bytes, then neither send more nor end. */
