@@ -153,7 +153,9 @@ export class ManifestService {
       try {
         return await this.fetchOnce(ref, reference, accept, tag);
       } catch (e) {
-        if (isUpstreamError(e) && e.notFound) this.ctx.deps.negative.remember(key, e);
+        // Not found upstream, or found in a type this Accept does not take (the key has the Accept):
+        // either way the same answer for a while, not a GET (a pull, on Docker Hub) per request.
+        if ((isUpstreamError(e) && e.notFound) || (e instanceof RegistryError && e.code === 'MANIFEST_UNKNOWN')) this.ctx.deps.negative.remember(key, e);
         throw e;
       }
     });

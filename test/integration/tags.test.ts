@@ -1,6 +1,6 @@
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { FakeUpstream } from '../helpers/fake-upstream.js';
-import { makeImage, makeLayer } from '../helpers/images.js';
+import { makeImage, makeLayer, MT } from '../helpers/images.js';
 import { DOCKER_ACCEPT, startMirror, type TestMirror } from '../helpers/mirror.js';
 
 describe('tags: TTL, HEAD revalidation, stale-if-error, offline', () => {
@@ -72,6 +72,23 @@ describe('tags: TTL, HEAD revalidation, stale-if-error, offline', () => {
     const changed = await get();
     expect(changed.headers.get('docker-content-digest')).toBe(v2.manifest.digest);
     expect(changed.headers.get('x-mirror-cache')).toBe('miss');
+  });
+
+  it('a manifest upstream sends in a type the client does not accept: refused, and remembered for that Accept (not a GET per request)', async () => {
+    const oci = makeImage({ layers: [makeLayer([{ path: 'o', content: 'oci' }])], format: 'oci' });
+    hub.putImage('library/ocionly', oci, 'latest');
+    hub.faults.ignoreAccept = true;
+    mirror = await startMirror({ upstreams: { 'docker.io': { url: hub.url, libraryPrefix: true, tagTtl: 60 } }, clock });
+    for (let i = 0; i < 3; i++) {
+      const r = await mirror.request('/v2/ocionly/manifests/latest', { headers: { accept: MT.dockerManifest } });
+      expect(r.status).toBe(404);
+      expect(await r.text()).toContain('which the client does not accept');
+    }
+    expect(hub.count({ kind: 'manifest', method: 'GET', status: 200 })).toBe(1);
+    // A client that takes the type is not held to that answer.
+    const ok = await mirror.request('/v2/ocionly/manifests/latest', { headers: { accept: MT.ociManifest } });
+    expect(ok.status).toBe(200);
+    expect(ok.headers.get('docker-content-digest')).toBe(oci.manifest.digest);
   });
 
   it('twenty clients hitting an expired tag at once cause one upstream HEAD', async () => {

@@ -88,7 +88,7 @@ export class Registry {
       const child = this.defaultPlatformChild(repo, blob, accepted);
       if (child) blob = child;
     }
-    if (accepted.length > 0 && !accepted.includes('*/*') && !accepted.includes(blob.mediaType)) {
+    if (!this.deps.faults.ignoreAccept && accepted.length > 0 && !accepted.includes('*/*') && !accepted.includes(blob.mediaType)) {
       const what = blob.mediaType === MT.ociIndex ? 'OCI index' : blob.mediaType === MT.ociManifest ? 'OCI manifest' : blob.mediaType;
       return ociError(ctx, 404, 'MANIFEST_UNKNOWN', `${what} found, but accept header does not support ${what}s`, null, rateHeaders);
     }

@@ -67,6 +67,8 @@ export interface Faults {
   delayMs?: number;
   /** Blob bodies sent `bytesPerTick` at a time every `tickMs`. */
   trickle?: { bytesPerTick: number; tickMs: number };
+  /** Manifests answered in their own type whatever the Accept (no 404 for a type the request does not take). */
+  ignoreAccept?: boolean;
   /** Manifest HEADs answered without Docker-Content-Digest ('digest'), or without it and the ETag. */
   manifestHeadWithout?: 'digest' | 'digest-and-etag';
   /** Blob GETs answered chunked, with no Content-Length. */
