@@ -3,8 +3,8 @@
  * travels in an AsyncLocalStorage (set by the HTTP edge), and each upstream call made on its behalf
  * takes from its bucket. Over the limit, the call fails as a 429 from upstream would: the registry then
  * serves a cached copy if it has one (stale), and the client gets 429 TOOMANYREQUESTS with
- * Retry-After otherwise. Calls made outside any request (background work) are not limited. Cache
- * hits make no upstream call and so are never limited.
+ * Retry-After otherwise. Calls made outside any request (background work), and a download's resumes,
+ * are not limited. Cache hits make no upstream call and so are never limited.
  */
 import { AsyncLocalStorage } from 'node:async_hooks';
 import { UpstreamError } from '../upstream/errors.js';
@@ -39,7 +39,9 @@ export function limitUpstream(inner: Upstream, ctx: CallerContext, limiter: Rate
     getManifest: async (repo, reference, accept) => (take(), inner.getManifest(repo, reference, accept)),
     headManifest: async (repo, reference, accept) => (take(), inner.headManifest(repo, reference, accept)),
     headBlob: async (repo, digest) => (take(), inner.headBlob(repo, digest)),
-    getBlob: async (repo, digest, offset, sink) => (take(), inner.getBlob(repo, digest, offset, sink)),
+    // A download is charged once, when it starts: its resumes (offset > 0) run in the context of the
+    // request that started it, and refusing one would cut every client sharing the download.
+    getBlob: async (repo, digest, offset, sink) => (offset === 0 && take(), inner.getBlob(repo, digest, offset, sink)),
     getTags: async (repo, n, last) => (take(), inner.getTags(repo, n, last)),
     getReferrers: async (repo, digest) => (take(), inner.getReferrers(repo, digest)),
   };

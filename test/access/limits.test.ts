@@ -10,11 +10,14 @@ import { Htpasswd } from '../../src/access/htpasswd.js';
 import { LoginThrottle, RateLimiter } from '../../src/access/limits.js';
 import { Policy } from '../../src/access/policy.js';
 import { FakeUpstream } from '../helpers/fake-upstream.js';
-import { makeImage, makeLayer } from '../helpers/images.js';
+import { digestOf } from '../helpers/digest.js';
+import { makeImage, makeLayer, makeRandomLayer } from '../helpers/images.js';
 import { startMirror, type TestMirror } from '../helpers/mirror.js';
 import { authFiles, authRaw, basic, from, htpasswdText, PASSWORDS, type AuthFiles } from './helpers.js';
 
 const images = [0, 1, 2, 3].map((i) => makeImage({ layers: [makeLayer([{ path: 'f', content: `layer ${i}` }])] }));
+/** Two larger layers for the resume test (cut midway). */
+const cutImages = [0, 1].map((i) => makeImage({ layers: [makeRandomLayer(300_000, `limit-cut-${i}`)] }));
 let hub: FakeUpstream;
 let mirror: TestMirror;
 let files: AuthFiles;
@@ -23,6 +26,7 @@ const clock = { now: Date.now() };
 beforeAll(async () => {
   hub = await FakeUpstream.start({ auth: 'none', cdn: false });
   for (const [i, img] of images.entries()) hub.putImage('acme/app', img, `v${i}`);
+  for (const [i, img] of cutImages.entries()) hub.putImage('acme/cut', img, `v${i}`);
   files = await authFiles();
   mirror = await startMirror({
     upstreams: { 'docker.io': { url: hub.url, libraryPrefix: true } },
@@ -57,6 +61,25 @@ describe('per-client upstream limit', () => {
     expect((await blob(3, bob)).status).toBe(429);
     clock.now += 31_000; // one fetch back in the bucket
     expect((await blob(3, bob)).status).toBe(200);
+  });
+
+  it("a download's resume is not charged to the client that started it: its bucket empty, a cut body is still resumed", async () => {
+    const bob = { authorization: basic('bob', PASSWORDS.bob) };
+    clock.now += 61_000; // a full bucket: 2 fetches
+    const layer = (i: number) => cutImages[i]!.layers[0]!;
+    const get = (i: number) => from(mirror, '10.0.0.1', `/v2/acme/cut/blobs/${layer(i).digest}`, { headers: bob });
+    expect((await get(0)).status).toBe(200);
+    // The second takes the last fetch; upstream cuts its body midway, once.
+    hub.faults.truncateBlobAfter = 100_000;
+    hub.faults.truncateBlobTimes = 1;
+    try {
+      const r = await get(1);
+      expect(r.status).toBe(200);
+      expect(digestOf(Buffer.from(await r.arrayBuffer()))).toBe(layer(1).digest);
+    } finally {
+      await hub.resetFaults();
+    }
+    expect(hub.requests.filter((q) => q.kind === 'blob' && q.path.includes(layer(1).digest)).map((q) => q.headers.range ?? 'whole')).toEqual(['whole', 'bytes=100000-']);
   });
 });
 
