@@ -227,7 +227,9 @@ export class AccessControl {
     const mac = createHmac('sha256', this.hmacKey).update(user).update('\0').update(password).digest('hex');
     const hit = this.verified.get(mac);
     if (hit && hit.until > now && safeEqual(hit.user, user)) return user;
-    const keys = [`user:${user}`, `addr:${address}`];
+    // Per user at this address, and per address: never per user alone, or anyone anywhere could
+    // lock a user out by failing logins in their name (the right password would then be refused too).
+    const keys = [`user:${user}@${address}`, `addr:${address}`];
     const wait = this.throttle.retryAfter(keys);
     if (wait > 0) return { status: 429, retryAfter: wait };
     if (!(await this.htpasswd.verify(user, password))) {
