@@ -151,8 +151,17 @@ export class InflightDownloads {
         dl.markVerified();
         await dl.writer?.abort();
       } else {
-        await dl.writer!.commit(dl.size, () => dl.markVerified());
-        this.opts.observer.completed(dl.digest, dl.received);
+        try {
+          await dl.writer!.commit(dl.size, () => dl.markVerified());
+          this.opts.observer.completed(dl.digest, dl.received);
+        } catch (e) {
+          // Verified, then not kept: the store refused the last step (full at the rename, S3 away at
+          // the upload). The bytes are right and still readable from the writer's open handle: its
+          // readers finish as a pass-through's do; the next request fetches again.
+          if (!dl.verified || !(e instanceof StoreFullError)) throw e;
+          this.opts.observer.spilled(dl.digest, e);
+          dl.spill();
+        }
       }
       dl.markDone();
       // Stay joinable briefly: a request that looked on disk a moment before the rename still finds

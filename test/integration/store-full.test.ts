@@ -33,6 +33,23 @@ class FullStore extends FsBlobStore {
   }
 }
 
+/** Writes fine; keeping the verified blob fails (ENOSPC creating blobs/sha256/xx/, S3 away at the upload). */
+class NoRoomToKeep extends FsBlobStore {
+  override async createWriter(digest: string): Promise<BlobWriter> {
+    const w = await super.createWriter(digest);
+    const commit = w.commit.bind(w);
+    w.commit = (size, onVerified) =>
+      commit(size, () => {
+        onVerified?.();
+        throw new StoreFullError(Object.assign(new Error('ENOSPC: mkdir'), { code: 'ENOSPC' }));
+      }).catch(async (e: unknown) => {
+        await w.abort();
+        throw e;
+      });
+    return w;
+  }
+}
+
 function source(bytes: Buffer, chunk = 64 * 1024): (offset: number) => Promise<BlobBody> {
   return async (offset) => {
     async function* body() {
@@ -95,6 +112,42 @@ describe('a full store', () => {
       expect(events).not.toContain('completed');
     });
   }
+
+  it('a blob verified and then not kept (the store refused the last step): readers still get every byte, nothing is kept', async () => {
+    root = await mkdtemp(join(tmpdir(), 'full-'));
+    const store = new NoRoomToKeep(root);
+    await store.init();
+    const inflight = new InflightDownloads({ store, observer });
+    const blob = pseudoRandomBytes(2_000_000, 'full-at-commit');
+    const digest = digestOf(blob);
+    const dl = inflight.join(digest, 'r', source(blob));
+    await dl.ready;
+    // A slow reader: still far from the end when the download is verified and its commit fails.
+    const slow = (async () => {
+      const parts: Buffer[] = [];
+      try {
+        for await (const c of dl.createReader()) {
+          parts.push(c as Buffer);
+          await new Promise((r) => setTimeout(r, 2));
+        }
+        return { bytes: Buffer.concat(parts) };
+      } catch (e) {
+        return { bytes: Buffer.concat(parts), error: e as Error };
+      }
+    })();
+    const fast = drain(dl.createReader());
+    const [a, b] = await Promise.all([slow, fast]);
+    expect(a.error).toBeUndefined();
+    expect(a.bytes.equals(blob)).toBe(true);
+    expect(b.error).toBeUndefined();
+    expect(b.bytes.equals(blob)).toBe(true);
+    await dl.finished;
+    expect(await store.stat(digest)).toBeUndefined();
+    expect(events).toContain('spilled');
+    expect(events).not.toContain('failed');
+    // The next request fetches afresh.
+    expect(inflight.join(digest, 'r', source(blob))).not.toBe(dl);
+  });
 
   it('still aborts readers on a digest mismatch while passing through', async () => {
     root = await mkdtemp(join(tmpdir(), 'full-'));
