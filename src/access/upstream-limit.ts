@@ -42,7 +42,7 @@ export function limitUpstream(inner: Upstream, ctx: CallerContext, limiter: Rate
     // A download is charged once, when it starts: its resumes (offset > 0) run in the context of the
     // request that started it, and refusing one would cut every client sharing the download.
     getBlob: async (repo, digest, offset, sink) => (offset === 0 && take(), inner.getBlob(repo, digest, offset, sink)),
-    getTags: async (repo, n, last) => (take(), inner.getTags(repo, n, last)),
+    getTags: async (repo, page) => (take(), inner.getTags(repo, page)),
     getReferrers: async (repo, digest) => (take(), inner.getReferrers(repo, digest)),
   };
 }

@@ -68,13 +68,15 @@ export class ListingService {
   private async fetchAllTags(ref: RepoRef): Promise<string[]> {
     const upstream = this.ctx.upstream(ref);
     const all = new Set<string>();
-    let last: string | undefined;
+    const seen = new Set<string>();
+    let page: string | undefined;
     for (let pages = 0; pages < MAX_TAG_PAGES; pages++) {
-      const res = await upstream.getTags(ref.repo, undefined, last);
+      const res = await upstream.getTags(ref.repo, page);
       for (const t of stringsOf((res.body as { tags?: unknown })?.tags)) all.add(t);
-      // A next page that does not move forward would loop: stop there.
-      if (!res.next || res.next.last === last) break;
-      last = res.next.last;
+      // A next page already asked for would loop: stop there.
+      if (!res.next || seen.has(res.next)) break;
+      seen.add(res.next);
+      page = res.next;
     }
     const tags = [...all].sort();
     await this.ctx.deps.meta.putDoc(ref, 'tags', { fetchedAt: this.ctx.deps.now(), body: tags });

@@ -144,8 +144,8 @@ export class AvailabilityGuard implements Upstream {
     return this.guard(() => this.inner.getBlob(repo, digest, offset, sink));
   }
 
-  getTags(repo: string, n: number | undefined, last: string | undefined): Promise<TagsPage> {
-    return this.guard(() => this.inner.getTags(repo, n, last));
+  getTags(repo: string, page?: string): Promise<TagsPage> {
+    return this.guard(() => this.inner.getTags(repo, page));
   }
 
   getReferrers(repo: string, digest: string): Promise<unknown> {

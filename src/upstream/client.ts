@@ -154,11 +154,9 @@ export class UpstreamClient implements Upstream {
     return { start, size, body: counted(), cancel: () => discard(body) };
   }
 
-  async getTags(repo: string, n: number | undefined, last: string | undefined): Promise<TagsPage> {
-    const q = new URLSearchParams();
-    if (n !== undefined) q.set('n', String(n));
-    if (last !== undefined) q.set('last', last);
-    const qs = q.size > 0 ? `?${q}` : '';
+  async getTags(repo: string, page?: string): Promise<TagsPage> {
+    // Only the query of a next-page link is followed, always on this repository's own path.
+    const qs = page ? `?${new URLSearchParams(page)}` : '';
     const res = await this.send('tags', 'GET', repo, `tags/list${qs}`, { accept: 'application/json' });
     if (res.status !== 200) throw await this.failure('tags', res);
     const body = await this.readJson(res, 'tags');
@@ -352,17 +350,17 @@ function parseEnvelope(text: string): { code: string; message: string | undefine
 /** Upstream messages may reach a client: URLs in them (signed CDN links, userinfo) do not. */
 const scrubUrls = (s: string): string => s.replace(/[a-z][a-z0-9+.-]*:\/\/\S+/gi, '<url>');
 
-/** `</v2/x/tags/list?last=b&n=2>; rel="next"` -> {last, n}. */
+/**
+ * `</v2/x/tags/list?last=b&n=2>; rel="next"` -> `last=b&n=2`: the next page's query, whatever its
+ * parameters (distribution's `last`, Quay's `next_page` token); undefined without one.
+ */
 export function parseNextLink(link: string | undefined): TagsPage['next'] {
   if (!link) return undefined;
   const m = /<([^>]*)>\s*;\s*rel="?next"?/.exec(link);
   if (!m) return undefined;
   try {
     const q = new URL(m[1]!, 'http://x').searchParams;
-    const last = q.get('last');
-    if (last === null) return undefined;
-    const n = q.get('n');
-    return { last, n: n === null ? undefined : Number(n) };
+    return q.size > 0 ? q.toString() : undefined;
   } catch {
     return undefined;
   }

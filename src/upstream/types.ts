@@ -77,8 +77,11 @@ export interface SunkBody {
 
 export interface TagsPage {
   body: unknown;
-  /** The upstream `Link` header's next-page query (`last=…&n=…`), if any. */
-  next: { last: string; n: number | undefined } | undefined;
+  /**
+   * The query of the upstream `Link` header's next page, as upstream wrote it (`last=…&n=…` for
+   * distribution, `n=100&next_page=<token>` for Quay), if any: passed back to getTags as it is.
+   */
+  next: string | undefined;
 }
 
 export interface Upstream {
@@ -98,7 +101,8 @@ export interface Upstream {
    * credentials. With a sink, a 200/206 body goes there (`BlobBody.direct`) instead of through `body`.
    */
   getBlob(repo: string, digest: string, offset: number, sink?: BlobSink): Promise<BlobBody>;
-  getTags(repo: string, n: number | undefined, last: string | undefined): Promise<TagsPage>;
+  /** One page of the tag list: the first, or the one a previous page's `next` names. */
+  getTags(repo: string, page?: string): Promise<TagsPage>;
   /** The referrers index, or undefined when upstream does not implement the referrers API. */
   getReferrers(repo: string, digest: string): Promise<unknown>;
 }

@@ -191,6 +191,19 @@ describe('tags: TTL, HEAD revalidation, stale-if-error, offline', () => {
     expect((await huge.json() as any).errors[0].code).toBe('PAGINATION_NUMBER_INVALID');
   });
 
+  for (const style of ['distribution', 'quay'] as const) {
+    it(`tags/list follows upstream's own pages to the end (${style === 'quay' ? "Quay's opaque next_page token on an absolute URL" : 'last and n'})`, async () => {
+      const tags = Array.from({ length: 25 }, (_, i) => `t${String(i).padStart(2, '0')}`);
+      for (const t of tags) hub.putImage(`library/paged-${style}`, v1, t);
+      hub.faults.tagPages = { size: 10, style };
+      mirror = await startMirror({ upstreams: { 'docker.io': { url: hub.url, libraryPrefix: true } }, clock });
+      const all = await mirror.request(`/v2/paged-${style}/tags/list`);
+      expect(((await all.json()) as { tags: string[] }).tags).toEqual(tags);
+      expect(all.headers.get('link')).toBeNull();
+      expect(hub.count({ kind: 'tags', status: 200 })).toBe(3);
+    });
+  }
+
   it('_catalog lists the repositories held in the cache', async () => {
     hub.putImage('library/tool', v1, 'latest');
     hub.putImage('someone/thing', v2, 'x');

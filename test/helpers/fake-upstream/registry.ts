@@ -157,12 +157,20 @@ export class Registry {
     const nParam = ctx.url.searchParams.get('n');
     const n = nParam === null ? undefined : Number(nParam);
     if (n !== undefined && (!Number.isInteger(n) || n < 0)) return ociError(ctx, 400, 'PAGINATION_NUMBER_INVALID', 'invalid number of results requested', { n: nParam });
-    const last = ctx.url.searchParams.get('last');
+    const forced = this.deps.faults.tagPages;
+    // Quay pages by an opaque token, on an absolute URL, and caps every page (no `last`).
+    const token = ctx.url.searchParams.get('next_page');
+    const last = token !== null ? Buffer.from(token, 'base64url').toString() : ctx.url.searchParams.get('last');
     const after = [...repo.tags.keys()].sort().filter((t) => last === null || t > last);
-    const page = n === undefined ? after : after.slice(0, n);
+    const size = forced ? Math.min(forced.size, n ?? Infinity) : n;
+    const page = size === undefined ? after : after.slice(0, size);
     const headers: Record<string, string> = {};
-    if (n !== undefined && n > 0 && after.length > page.length) {
-      headers.link = `</v2/${name}/tags/list?last=${encodeURIComponent(page[page.length - 1]!)}&n=${n}>; rel="next"`;
+    if (size !== undefined && size > 0 && after.length > page.length) {
+      const end = page[page.length - 1]!;
+      headers.link =
+        forced?.style === 'quay'
+          ? `<http://${ctx.req.headers.host}/v2/${name}/tags/list?n=${size}&next_page=${Buffer.from(end).toString('base64url')}>; rel="next"`
+          : `</v2/${name}/tags/list?last=${encodeURIComponent(end)}&n=${size}>; rel="next"`;
     }
     json(ctx, 200, { name, tags: page }, headers);
   }

@@ -67,6 +67,8 @@ export interface Faults {
   delayMs?: number;
   /** Blob bodies sent `bytesPerTick` at a time every `tickMs`. */
   trickle?: { bytesPerTick: number; tickMs: number };
+  /** Tag lists paged by the server at `size` a page: with `last` (distribution) or an opaque `next_page` token on an absolute URL (Quay). */
+  tagPages?: { size: number; style: 'distribution' | 'quay' };
   /** Manifests answered in their own type whatever the Accept (no 404 for a type the request does not take). */
   ignoreAccept?: boolean;
   /** Manifest HEADs answered without Docker-Content-Digest ('digest'), or without it and the ETag. */
