@@ -782,10 +782,14 @@ async function connectFleet(config: Config, deps: { logger: Logger; promRegistry
     lock: async <T>(work: () => Promise<T>): Promise<T | undefined> => {
       let ran = false;
       try {
-        const r = await leases.whileHeld('evict', () => {
-          ran = true;
-          return work();
-        });
+        const r = await leases.whileHeld(
+          'evict',
+          () => {
+            ran = true;
+            return work();
+          },
+          () => logger.warn({}, 'lost the fleet eviction lock to another replica (Redis was away or lost its data): two eviction passes may overlap'),
+        );
         fleetMetrics.evictionPasses.inc({ result: ran ? 'taken' : 'held_elsewhere' });
         return r;
       } catch (e) {

@@ -29,6 +29,8 @@ export type FleetRole = 'owner' | 'peer' | 'takeover' | 'local';
 
 export interface FleetObserver {
   download(role: FleetRole): void;
+  /** A download's lease was found held by another replica while this one still fetched. */
+  leaseLost?(): void;
 }
 
 export interface FleetCoordinatorDeps {
@@ -132,7 +134,10 @@ export class FleetCoordinator implements BlobCoordinator {
 
   /** Keeps the digest's lease while a download we own runs; the returned function stops and releases it. */
   private heartbeat(digest: string): () => void {
-    const stop = this.deps.leases.keepRenewed(lease(digest));
+    const stop = this.deps.leases.keepRenewed(lease(digest), () => {
+      this.deps.observer.leaseLost?.();
+      this.deps.logger.warn({ digest }, 'lost the lease of a fleet download to another replica (Redis was away or lost its data): it may fetch the blob from upstream too');
+    });
     let stopped = false;
     return () => {
       if (stopped) return;

@@ -80,9 +80,9 @@ export class Leases {
    * Holds the lease while `work` runs, renewing it every third of the TTL. Resolves to undefined
    * without running `work` when another replica holds it.
    */
-  async whileHeld<T>(name: string, work: () => Promise<T>): Promise<T | undefined> {
+  async whileHeld<T>(name: string, work: () => Promise<T>, onLost?: () => void): Promise<T | undefined> {
     if (!(await this.acquire(name))) return undefined;
-    const stop = this.keepRenewed(name);
+    const stop = this.keepRenewed(name, onLost);
     try {
       return await work();
     } finally {
@@ -91,9 +91,24 @@ export class Leases {
     }
   }
 
-  /** Renews the lease every third of the TTL until the returned function is called. */
-  keepRenewed(name: string): () => void {
-    const timer = setInterval(() => void this.renew(name).catch(() => undefined), Math.max(50, Math.floor(this.ttlMs / 3)));
+  /**
+   * Renews the lease every third of the TTL until the returned function is called. `onLost` hears,
+   * once, that another replica holds it now (ours expired: Redis was away longer than the TTL, or
+   * restarted without its data): that replica may be doing the same work. A renewal that fails for
+   * Redis being away is tried again at the next tick.
+   */
+  keepRenewed(name: string, onLost?: () => void): () => void {
+    let lost = false;
+    const timer = setInterval(() => {
+      void this.renew(name).then(
+        (held) => {
+          if (held || lost) return;
+          lost = true;
+          onLost?.();
+        },
+        () => undefined,
+      );
+    }, Math.max(50, Math.floor(this.ttlMs / 3)));
     timer.unref();
     return () => clearInterval(timer);
   }

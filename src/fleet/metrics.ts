@@ -13,6 +13,7 @@ export class FleetMetrics {
   readonly downloads: Counter<'role'>;
   readonly peerReads: Counter<'from'>;
   readonly evictionPasses: Counter<'result'>;
+  readonly leasesLost: Counter;
 
   constructor(registry: Registry) {
     const registers = [registry];
@@ -26,6 +27,7 @@ export class FleetMetrics {
     });
     this.peerReads = new Counter({ name: 'mirror_fleet_peer_reads_total', help: 'Blob reads served to other replicas on the peer endpoint, by where the bytes came from', labelNames: ['from'], registers });
     this.evictionPasses = new Counter({ name: 'mirror_fleet_eviction_lock_total', help: 'Eviction passes wanted, by whether this replica got the fleet lock (taken, held_elsewhere, unavailable)', labelNames: ['result'], registers });
+    this.leasesLost = new Counter({ name: 'mirror_fleet_leases_lost_total', help: 'Download leases another replica took while this one still fetched (Redis away past the lease TTL, or restarted empty): the blob may be fetched twice', registers });
     for (const m of ['fleet', 'local']) this.coordination.set({ mode: m }, 0);
     for (const r of ['owner', 'peer', 'takeover', 'local']) this.downloads.inc({ role: r }, 0);
   }
@@ -43,6 +45,6 @@ export class FleetMetrics {
   }
 
   fleet(): FleetObserver {
-    return { download: (role: FleetRole) => this.downloads.inc({ role }) };
+    return { download: (role: FleetRole) => this.downloads.inc({ role }), leaseLost: () => this.leasesLost.inc() };
   }
 }

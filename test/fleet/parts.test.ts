@@ -78,6 +78,26 @@ describe.skipIf(requireTools('fleet leases', { 'redis-server': redisServerAvaila
     expect(await a.leases.whileHeld('evict', async () => 'ran')).toBeUndefined();
   });
 
+  it('a renewed lease another replica took meanwhile is reported lost, once', async () => {
+    const a = await replica('lost-a');
+    const b = await replica('lost-b');
+    expect(await a.leases.acquire('lease:z')).toBe(true);
+    let lost = 0;
+    const stop = a.leases.keepRenewed('lease:z', () => lost++);
+    try {
+      // Redis restarted empty (or a's lease lapsed while it was away), and b took the lease.
+      await links[links.length - 1]!.call((c) => c.del('parts:lease:z'));
+      expect(await b.leases.acquire('lease:z')).toBe(true);
+      await waitFor(() => lost === 1, 5000, 'the loss reported');
+      expect((await b.leases.holder('lease:z'))?.id).toBe('lost-b');
+      // Later renewals (a tick is a third of the 1 s TTL) fail too, and are not reported again.
+      await new Promise((r) => setTimeout(r, 700));
+      expect(lost).toBe(1);
+    } finally {
+      stop();
+    }
+  });
+
   it('the lease taken for a blob another replica stored meanwhile: read from the store, upstream not asked, no "owner" counted', async () => {
     const { leases } = await replica('c');
     const dir = await mkdtemp(join(tmpdir(), 'fleet-coord-'));
