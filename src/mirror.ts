@@ -330,6 +330,8 @@ async function buildLifecycle(config: Config, stores: Stores, deps: LifecycleDep
     ...(deps.fleet ? { mayDelete: deps.fleet.mayDelete } : {}),
   });
   const inventory = async () => {
+    // Pins another replica made count in this pass (records shared through Redis).
+    await pins.refresh();
     const mark = remover.mark();
     return { ...(await takeInventory({ meta, blobs, usage, now: deps.now })), mark };
   };

@@ -151,7 +151,7 @@ export class CacheAdminService implements CacheAdmin {
   }
 
   pins(): Promise<string[]> {
-    return Promise.resolve(this.deps.pins.all());
+    return this.deps.pins.refresh().then(() => this.deps.pins.all());
   }
 
   async pin(pattern: string): Promise<string[]> {

@@ -41,6 +41,15 @@ export class PinSet {
     this.saved = Array.isArray(v) ? v.filter((p): p is string => typeof p === 'string' && validatePin(p) === undefined) : [];
   }
 
+  /**
+   * Reads the saved pins again: with records shared by several replicas (Redis), another replica may
+   * have pinned or unpinned since. Before each eviction pass and each listing; when the store cannot
+   * be read, the pins known stay (a pass must not take a pinned image for want of a read).
+   */
+  async refresh(): Promise<void> {
+    await this.load().catch(() => undefined);
+  }
+
   all(): string[] {
     return [...new Set([...this.fixed, ...this.saved])];
   }
@@ -50,6 +59,8 @@ export class PinSet {
   }
 
   async add(pattern: string): Promise<string[]> {
+    // From what is saved now, not what this replica read last: another's pins must not be written over.
+    await this.load();
     if (!this.saved.includes(pattern)) {
       // Kept only once stored: a failed save (the store unreachable) leaves the pins as they were.
       const next = [...this.saved, pattern];
@@ -61,6 +72,7 @@ export class PinSet {
 
   /** Removes a pin made through the admin API; pins from the config stay (they are the config's). */
   async remove(pattern: string): Promise<string[]> {
+    await this.load();
     if (this.saved.includes(pattern)) {
       const next = this.saved.filter((p) => p !== pattern);
       await this.meta.putState('pins', next);
