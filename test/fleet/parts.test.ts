@@ -21,7 +21,7 @@ import { RedisLink } from '../../src/fleet/link.js';
 import { PeerClient } from '../../src/fleet/peer-client.js';
 import { peerHandler, sameSecret } from '../../src/fleet/peer-endpoint.js';
 import { FsBlobStore } from '../../src/storage/fs-store.js';
-import { StoreUnavailableError } from '../../src/storage/store.js';
+import { StoreUnavailableError, type BlobStore } from '../../src/storage/store.js';
 import { silentLogger } from '../../src/mirror.js';
 import { Agent } from 'undici';
 import { readFileSync } from 'node:fs';
@@ -52,6 +52,22 @@ describe.skipIf(requireTools('fleet leases', { 'redis-server': redisServerAvaila
     links.push(link);
     await waitFor(() => link.up, 5000, `${id} connected`);
     return { leases: new Leases(link, { id, url: `http://${id}` }, 'parts:', 1000), modes };
+  };
+
+  /** A coordinator over `store` (the shared store) with its own scratch under `dir`, on the last replica's link. */
+  const coordinatorOver = async (leases: Leases, store: BlobStore, dir: string, onRole: (role: string) => void = () => undefined) => {
+    const scratch = new FsBlobStore(join(dir, 'scratch'));
+    await scratch.init();
+    return new FleetCoordinator({
+      link: links[links.length - 1]!,
+      leases,
+      main: new InflightDownloads({ store, observer: noInflightEvents }),
+      peers: new InflightDownloads({ store: scratch, observer: noInflightEvents }),
+      store,
+      peer: new PeerClient({ secret: SECRET, dispatcher: new Agent(), headersTimeoutMs: 1000, bodyIdleMs: 1000 }),
+      logger: silentLogger,
+      observer: { download: onRole },
+    });
   };
 
   it('one holder at a time; only the holder renews or releases; a lease gone from Redis is taken back by its holder', async () => {
@@ -104,20 +120,9 @@ describe.skipIf(requireTools('fleet leases', { 'redis-server': redisServerAvaila
     try {
       const store = new FsBlobStore(join(dir, 'shared'));
       await store.init();
-      const scratch = new FsBlobStore(join(dir, 'scratch'));
-      await scratch.init();
       const roles: string[] = [];
       let upstreamCalls = 0;
-      const coordinator = new FleetCoordinator({
-        link: links[links.length - 1]!,
-        leases,
-        main: new InflightDownloads({ store, observer: noInflightEvents }),
-        peers: new InflightDownloads({ store: scratch, observer: noInflightEvents }),
-        store,
-        peer: new PeerClient({ secret: SECRET, dispatcher: new Agent(), headersTimeoutMs: 1000, bodyIdleMs: 1000 }),
-        logger: silentLogger,
-        observer: { download: (role) => roles.push(role) },
-      });
+      const coordinator = await coordinatorOver(leases, store, dir, (role) => roles.push(role));
       const stored = pseudoRandomBytes(300_000, 'coord-stored');
       const fresh = pseudoRandomBytes(200_000, 'coord-fresh');
       await store.put(digestOf(stored), stored);
@@ -153,19 +158,8 @@ describe.skipIf(requireTools('fleet leases', { 'redis-server': redisServerAvaila
       const away = () => Promise.reject(new StoreUnavailableError(new Error('connect ECONNREFUSED 127.0.0.1:1')));
       // What the S3 store answers while its endpoint is down: every call fails as unavailable.
       const store = Object.assign(Object.create(fs) as FsBlobStore, { stat: away, open: away, read: away, put: away, createWriter: away });
-      const scratch = new FsBlobStore(join(dir, 'scratch'));
-      await scratch.init();
       let upstreamCalls = 0;
-      const coordinator = new FleetCoordinator({
-        link: links[links.length - 1]!,
-        leases,
-        main: new InflightDownloads({ store, observer: noInflightEvents }),
-        peers: new InflightDownloads({ store: scratch, observer: noInflightEvents }),
-        store,
-        peer: new PeerClient({ secret: SECRET, dispatcher: new Agent(), headersTimeoutMs: 1000, bodyIdleMs: 1000 }),
-        logger: silentLogger,
-        observer: { download: () => undefined },
-      });
+      const coordinator = await coordinatorOver(leases, store, dir);
       const bytes = pseudoRandomBytes(250_000, 'coord-away');
       const dl = await coordinator.join(digestOf(bytes), 'docker.io/library/x', async (offset: number) => {
         upstreamCalls++;
