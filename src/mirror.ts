@@ -674,7 +674,7 @@ export async function buildMirror(config: Config, opts: MirrorOptions = {}): Pro
   };
   mountConsole(adminApp, consoleDeps, parseRepository);
   // The admin API asks for a member of auth.adminGroup when access control is on.
-  const guardedAdmin = access ? requireAdmin(adminApp, (authorization, address) => access.mayAdminister(authorization, access.clientAddress(address, undefined))) : localHostsOnly(adminApp, [hostname(), ...config.admin.hosts]);
+  const guardedAdmin = access ? requireAdmin(adminApp, (authorization, address) => access.mayAdminister(authorization, access.clientAddress(address, undefined))) : localHostsOnly(adminApp, [hostname(), ...(config.admin.listen ? [config.admin.listen.host] : []), ...config.admin.hosts]);
   if (opts.lifecycleTimers !== false) {
     lifecycle.usage.start(5000);
     history.start();

@@ -168,6 +168,8 @@ export class BlobService {
       if (size === undefined && spec) {
         // The size comes with the end. A pass-through keeps nothing to wait on: whole, then (a Range may be ignored).
         await dl.spilledOrEnded();
+        // Failed meanwhile: the client gets the error as a status, not a 200 cut short.
+        if (dl.state === 'failed') await dl.finished;
         if (dl.state === 'done') size = dl.received;
       }
       const range = spec && size !== undefined ? resolveRanges([spec], size)?.[0] : undefined;

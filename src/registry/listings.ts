@@ -10,7 +10,7 @@ import { SingleFlight } from '../util/single-flight.js';
 import { RegistryContext, repoKey, type CacheResult } from './context.js';
 import { RegistryError } from './errors.js';
 import { ALL_MANIFEST_TYPES, MediaTypes } from './media-types.js';
-import { displayName, isDigest, parseDigest, validateTag, type RepoRef } from './reference.js';
+import { displayName, parseDigest, validateTag, type RepoRef } from './reference.js';
 import { isUpstreamUnavailable } from './upstream-errors.js';
 
 export interface Page<T> {
@@ -116,8 +116,9 @@ export class ListingService {
         manifests = got.manifests;
         if (!got.keep) return { index: { schemaVersion: 2, mediaType: MediaTypes.ociIndex, manifests: [] }, filtered: artifactType !== undefined, stale: false };
         await deps.meta.putDoc(ref, docName, { fetchedAt: deps.now(), body: manifests });
-        const entries = manifests.filter((m): m is { digest: string; mediaType: string } => typeof m.digest === 'string' && isDigest(m.digest) && typeof m.mediaType === 'string');
-        await this.ctx.recordManifests(ref, entries.map((m) => ({ digest: m.digest, mediaType: m.mediaType })));
+        // Its entries are not recorded as this repository's manifests: the fallback index is whatever
+        // anyone pushed under that tag, and could name another repository's private manifest. Each is
+        // confirmed with upstream when asked for by digest, as any manifest not yet seen here.
         deps.observer.result('referrers', ref.upstream, 'miss');
       } catch (e) {
         if (!cached || !isUpstreamUnavailable(e)) throw e;

@@ -220,9 +220,11 @@ describe('the console on the admin API, after real pulls', () => {
     expect((await m.admin.images()).length).toBe(before);
     for (const host of ['127.0.0.1:5001', '[::1]:5001', 'localhost:5001', 'mirror.localhost', hostname()]) expect((await admin(`http://${host}/admin/cache`)).status, host).toBe(200);
     // A name the operator lists (admin.hosts) is taken too.
-    const listed = await startMirror({ upstreams: { 'docker.io': { url: 'http://127.0.0.1:9', libraryPrefix: true } }, offline: true, raw: { admin: { hosts: ['Mirror.Internal'] } } });
+    const listed = await startMirror({ upstreams: { 'docker.io': { url: 'http://127.0.0.1:9', libraryPrefix: true } }, offline: true, raw: { admin: { hosts: ['Mirror.Internal'], listen: 'mgmt.internal:5001' } } });
     try {
       expect((await listed.adminApp.request('http://mirror.internal:5001/admin/cache')).status).toBe(200);
+      // The name admin.listen binds to (regmirror cache builds its URL from it).
+      expect((await listed.adminApp.request('http://mgmt.internal:5001/admin/cache')).status).toBe(200);
       expect((await listed.adminApp.request('http://other.internal:5001/admin/cache')).status).toBe(421);
     } finally {
       await listed.stop();

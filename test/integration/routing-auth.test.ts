@@ -1,6 +1,6 @@
 import { afterEach, describe, expect, it } from 'vitest';
 import { FakeUpstream } from '../helpers/fake-upstream.js';
-import { makeImage, makeLayer, MT } from '../helpers/images.js';
+import { makeImage, makeIndex, makeLayer, MT } from '../helpers/images.js';
 import { DOCKER_ACCEPT, startMirror, type TestMirror } from '../helpers/mirror.js';
 
 const img = makeImage({ layers: [makeLayer([{ path: 'x', content: 'routing' }])] });
@@ -156,5 +156,23 @@ describe('referrers (OCI 1.1)', () => {
     const r = await mirror.request(`/v2/plain/referrers/${img.manifest.digest}`);
     expect(r.status).toBe(200);
     expect(await r.json() as any).toEqual({ schemaVersion: 2, mediaType: MT.ociIndex, manifests: [] });
+  });
+
+  it("the fallback index's entries are not taken as the repository's manifests: anyone can push that tag", async () => {
+    const hub = await fake({ referrers: false });
+    const other = makeImage({ layers: [makeLayer([{ path: 'o', content: 'another repository' }])] });
+    hub.putImage('library/plain', img, 'latest');
+    hub.putImage('library/other', other, 'latest');
+    // Under the fallback tag of plain's manifest: an index naming other's manifest.
+    hub.putManifest('library/plain', makeIndex([other]), `sha256-${img.manifest.digest.slice(7)}`);
+    mirror = await startMirror({ upstreams: { 'docker.io': { url: hub.url, libraryPrefix: true } } });
+    expect((await mirror.request('/v2/other/manifests/latest', { headers: { accept: MT.ociManifest } })).status).toBe(200);
+    const r = await mirror.request(`/v2/plain/referrers/${img.manifest.digest}`);
+    expect(((await r.json()) as { manifests: Array<{ digest: string }> }).manifests.map((m) => m.digest)).toEqual([other.manifest.digest]);
+    hub.resetCounters();
+    // Cached for other, named by plain's fallback index: asked under plain, upstream is asked (and has no such thing there).
+    const under = await mirror.request(`/v2/plain/manifests/${other.manifest.digest}`, { headers: { accept: MT.ociManifest } });
+    expect(under.status).toBe(404);
+    expect(hub.requests.filter((q) => q.kind === 'manifest').map((q) => `${q.method} ${q.status}`)).toEqual(['HEAD 404']);
   });
 });

@@ -144,6 +144,19 @@ describe('the mirror over real HTTP', () => {
     const again = await request(`${mirror.url}/v2/srv/blobs/${bad.digest}`);
     expect(await digestOfStream(again.body)).toBe(bad.digest);
   });
+
+  it('a Range on a download of unknown size (chunked upstream) that fails: an error status, not a 200 cut short', async () => {
+    const odd = makeRandomLayer(500_000, 'server-odd');
+    hub.putBlob('library/srv', odd);
+    Object.assign(hub.faults, { chunkedBlobs: true, corruptBlob: true });
+    try {
+      const r = await request(`${mirror.url}/v2/srv/blobs/${odd.digest}`, { headers: { range: 'bytes=0-99' } });
+      expect(r.statusCode).toBe(502);
+      expect(((await r.body.json()) as { errors: Array<{ code: string }> }).errors[0]!.code).toBe('DIGEST_INVALID');
+    } finally {
+      Object.assign(hub.faults, { chunkedBlobs: false, corruptBlob: false });
+    }
+  });
 });
 
 /** timeouts.clientIdle: a client that stopped reading is let go, one that reads slowly is not. */
