@@ -13,6 +13,7 @@
  * - reload() rereads the htpasswd and policy files (SIGHUP); a bad file keeps the previous ones.
  */
 import { createHmac, randomBytes, timingSafeEqual } from 'node:crypto';
+import { isIP } from 'node:net';
 import { Htpasswd } from './htpasswd.js';
 import { LoginThrottle, RateLimiter } from './limits.js';
 import { normalizeAddress, Policy, type Caller } from './policy.js';
@@ -229,7 +230,9 @@ export class AccessControl {
     if (hit && hit.until > now && safeEqual(hit.user, user)) return user;
     // Per user at this address, and per address: never per user alone, or anyone anywhere could
     // lock a user out by failing logins in their name (the right password would then be refused too).
-    const keys = [`user:${user}@${address}`, `addr:${address}`];
+    // An IPv6 address counts by its /64: one host has a whole /64 to cycle through.
+    const from = throttleAddress(address);
+    const keys = [`user:${user}@${from}`, `addr:${from}`];
     const wait = this.throttle.retryAfter(keys);
     if (wait > 0) return { status: 429, retryAfter: wait };
     if (!(await this.htpasswd.verify(user, password))) {
@@ -243,6 +246,18 @@ export class AccessControl {
     }
     return user;
   }
+}
+
+/** The address failed logins are counted by: an IPv4 address, or an IPv6 address's /64 prefix. */
+export function throttleAddress(address: string): string {
+  if (isIP(address) !== 6) return address;
+  const [head = '', tail] = address.split('::');
+  const left = head === '' ? [] : head.split(':');
+  const right = tail === undefined || tail === '' ? [] : tail.split(':');
+  // An embedded IPv4 tail (::ffff:1.2.3.4 forms) takes two groups; it is past the /64 either way.
+  const missing = 8 - left.length - right.length;
+  const groups = tail === undefined ? left : [...left, ...Array<string>(Math.max(0, missing)).fill('0'), ...right];
+  return `${groups.slice(0, 4).map((g) => (parseInt(g, 16) || 0).toString(16)).join(':')}::/64`;
 }
 
 function safeEqual(a: string, b: string): boolean {

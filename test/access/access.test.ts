@@ -135,6 +135,9 @@ describe('client authentication', () => {
     expect((await from(mirror, addr, '/v2/', { headers: { authorization: basic('bob', 'wrong') } })).status).toBe(429);
     expect((await from(mirror, '10.0.0.78', '/token', { headers: { authorization: basic('carol', PASSWORDS.carol) } })).status).toBe(200);
     expect((await from(mirror, '10.0.0.79', '/v2/', { headers: { authorization: basic('carol', 'wrong') } })).status).toBe(401);
+    // One host cycling through the addresses of its IPv6 /64 counts as one address.
+    for (const host of ['a', 'b', 'c']) expect((await from(mirror, `2001:db8:1:2::${host}`, '/v2/', { headers: { authorization: basic('dave', 'bad') } })).status).toBe(401);
+    expect((await from(mirror, '2001:db8:1:2::d', '/v2/', { headers: { authorization: basic('dave', 'bad') } })).status).toBe(429);
     clock.now += 10_000;
     expect((await from(mirror, addr, '/v2/', { headers: { authorization: basic('carol', PASSWORDS.carol) } })).status).toBe(200);
   });

@@ -130,6 +130,19 @@ describe('start-up and validation', () => {
   });
 });
 
+describe('the address failed logins are counted by', () => {
+  it('is an IPv4 address as it is, and an IPv6 address by its /64 (one host has the whole prefix)', async () => {
+    const { throttleAddress } = await import('../../src/access/service.js');
+    expect(throttleAddress('10.0.0.7')).toBe('10.0.0.7');
+    expect(throttleAddress('2001:db8:1:2::7')).toBe('2001:db8:1:2::/64');
+    expect(throttleAddress('2001:db8:1:2:aaaa:bbbb:cccc:dddd')).toBe('2001:db8:1:2::/64');
+    expect(throttleAddress('2001:0db8:0001:0002:0:0:0:1')).toBe('2001:db8:1:2::/64');
+    expect(throttleAddress('2001:db8::1')).toBe('2001:db8:0:0::/64');
+    expect(throttleAddress('::1')).toBe('0:0:0:0::/64');
+    expect(throttleAddress('fe80::1:2:3:4')).toBe('fe80:0:0:0::/64');
+  });
+});
+
 describe('policy, throttle and bucket units', () => {
   it('matches * within a part and ** across parts; deny wins; anonymous needs a network', () => {
     const p = Policy.parse(
