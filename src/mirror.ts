@@ -59,7 +59,7 @@ import { NegativeCache } from './registry/negative-cache.js';
 import { Registry } from './registry/service.js';
 import { routeName, type RoutingTable } from './registry/reference.js';
 import { FsMetaStore } from './storage/fs-meta-store.js';
-import { lockDataDir, type LockRole } from './storage/data-lock.js';
+import { BEAT_MS, lockDataDir, processLockDeps, type LockRole } from './storage/data-lock.js';
 import { FsBlobStore } from './storage/fs-store.js';
 import type { MetaStore } from './storage/meta-store.js';
 import { RedisMetaStore } from './storage/redis-meta-store.js';
@@ -174,7 +174,9 @@ async function openStores(
   },
 ): Promise<Stores> {
   // First: another writer's tmp/ must not be swept, nor its records written under it.
-  const lock = opts.lock ? await lockDataDir(config.dataDir, opts.lock) : undefined;
+  // The server waits out a lock from another container or host that may be a crashed holder's
+  // (stale after three missed beats); the offline tools say at once who holds it.
+  const lock = opts.lock ? await lockDataDir(config.dataDir, opts.lock, processLockDeps(), { waitMs: opts.lock === 'serve' ? 4 * BEAT_MS : 0 }) : undefined;
   const closers: Array<() => Promise<void> | void> = [];
   const closeAll = async (): Promise<void> => {
     for (const c of closers) await c();
