@@ -72,6 +72,8 @@ async function serve(deps: PeerEndpointDeps, req: IncomingMessage, res: ServerRe
   let from: 'download' | 'store' = 'download';
   const dl = deps.download(digest);
   if (dl && dl.state !== 'failed') {
+    // As a client's request: a pass-through waits for this peer's reader, and is not abandoned before it.
+    const unclaim = dl.claim();
     try {
       await dl.ready;
       size = dl.size;
@@ -79,6 +81,8 @@ async function serve(deps: PeerEndpointDeps, req: IncomingMessage, res: ServerRe
       body = await dl.open(start);
     } catch {
       body = undefined; // it failed before its first byte: maybe the store has it after all
+    } finally {
+      unclaim();
     }
   }
   if (!body) {
