@@ -132,7 +132,7 @@ export function localHostsOnly(inner: Hono, hostNames: string[]): Hono {
     // The URL's host is the Host header's under Node (the adapter builds the URL from it).
     const host = new URL(c.req.url).hostname.replace(/^\[(.*)\]$/, '$1').toLowerCase();
     if (isIP(host) !== 0 || names.has(host) || host.endsWith('.localhost')) return inner.fetch(c.req.raw, c.env);
-    return c.json({ errors: [{ code: 'DENIED', message: 'the admin API answers requests to an IP address, localhost, this host\'s name or a name in admin.hosts' }] }, 421);
+    return c.json({ errors: [{ code: 'DENIED', message: 'the admin API answers requests to an IP address, localhost, this host\'s name, the admin.listen host or a name in admin.hosts' }] }, 421);
   });
   return app;
 }
