@@ -305,7 +305,7 @@ export class UpstreamClient implements Upstream {
   private async failure(kind: RequestKind, res: Exchange): Promise<UpstreamError> {
     const text = await readLimited(res.body, MAX_ERROR_BODY).catch(() => '');
     const envelope = parseEnvelope(text);
-    const retryAfter = intHeader(res.headers['retry-after']);
+    const retryAfter = retryAfterSeconds(str(res.headers['retry-after']), this.opts.now());
     const message = envelope?.message ?? `upstream ${this.name} answered ${res.status} for ${kind}`;
     return new UpstreamError('status', this.name, message, {
       status: res.status,
@@ -389,6 +389,15 @@ function discard(body: Readable): void {
 }
 
 const str = (v: string | string[] | undefined): string | undefined => (Array.isArray(v) ? v[0] : v);
+
+/** Retry-After in seconds: delay-seconds, or an HTTP date (RFC 9110 allows both) counted from now; undefined when neither. */
+export function retryAfterSeconds(v: string | undefined, now: number): number | undefined {
+  const s = v?.trim();
+  if (!s) return undefined;
+  if (/^\d+$/.test(s)) return Number(s);
+  const at = /[a-z]/i.test(s) ? Date.parse(s) : NaN;
+  return Number.isNaN(at) ? undefined : Math.max(0, Math.ceil((at - now) / 1000));
+}
 
 function intHeader(v: string | string[] | undefined): number | undefined {
   const s = str(v);
