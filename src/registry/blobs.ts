@@ -74,6 +74,12 @@ export class BlobService {
       this.ctx.deps.observer.result('blob', ref.upstream, 'hit');
       return { size: local };
     }
+    // A download of it under way for this repository: upstream already said it holds the blob, and how big.
+    const running = this.ctx.deps.inflight.get(digest);
+    if (local === undefined && running && running.state !== 'failed' && running.size !== undefined && (running.origin === repoKey(ref) || (await this.ctx.linked(ref, digest)))) {
+      this.ctx.deps.observer.result('blob', ref.upstream, 'miss');
+      return { size: running.size };
+    }
     this.ctx.assertOnline('blob', ref);
     const head = await this.confirm(ref, digest);
     this.ctx.deps.observer.result('blob', ref.upstream, local !== undefined ? 'hit' : 'miss');

@@ -145,6 +145,28 @@ describe('the mirror over real HTTP', () => {
     expect(await digestOfStream(again.body)).toBe(bad.digest);
   });
 
+  it('HEAD of a blob while its download runs: the size upstream announced for it, without asking upstream again', async () => {
+    const slow = makeRandomLayer(400_000, 'server-head-during');
+    hub.putBlob('library/srv', slow);
+    let open = () => undefined as void;
+    hub.faults.holdBlobBody = { after: 1000, until: new Promise<void>((r) => (open = r)) };
+    try {
+      const res = await request(`${mirror.url}/v2/srv/blobs/${slow.digest}`);
+      expect(res.statusCode).toBe(200);
+      hub.resetCounters();
+      const head = await request(`${mirror.url}/v2/srv/blobs/${slow.digest}`, { method: 'HEAD' });
+      expect(head.statusCode).toBe(200);
+      expect(Number(head.headers['content-length'])).toBe(slow.size);
+      await head.body.dump();
+      expect(hub.requests.filter((q) => q.kind === 'blob')).toEqual([]);
+      open();
+      expect(await digestOfStream(res.body)).toBe(slow.digest);
+    } finally {
+      hub.faults.holdBlobBody = undefined;
+      open();
+    }
+  });
+
   it('a Range on a download of unknown size (chunked upstream) that fails: an error status, not a 200 cut short', async () => {
     const odd = makeRandomLayer(500_000, 'server-odd');
     hub.putBlob('library/srv', odd);
