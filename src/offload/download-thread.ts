@@ -1,8 +1,8 @@
 /**
  * The download thread seen from the main thread: a worker (thread.cjs) that makes blob GETs with its
- * own undici Agent and writes their 200/206 bodies into the downloads' temp files, hashing them, so
- * that a cold download's socket reads, buffers, hash and writes leave the event loop free for the
- * clients (a cold 256 MiB pull: bench/RESULTS.md, workload 5; docs/architecture.md).
+ * own HTTP/1.1 client (http1.cjs) and writes their 200/206 bodies into the downloads' temp files,
+ * hashing them, so that a cold download's socket reads, buffers, hash and writes leave the event
+ * loop free for the clients (a cold 256 MiB pull: bench/RESULTS.md, workload 5; docs/architecture.md).
  *
  * The main thread keeps every decision: auth, redirects and statuses (upstream/client.ts), resumes,
  * pass-through and verification (transfer/). It hears of the bytes as counts ("the file now holds
@@ -11,14 +11,13 @@
  * One worker, started at the first download and again after it died; a worker that dies fails the
  * downloads it was writing (their clients get a cut body, nothing is kept) and no other.
  */
-import { createRequire } from 'node:module';
 import { Worker } from 'node:worker_threads';
 import type { ExternalAppend } from '../storage/store.js';
 import type { BlobSinks, OpenSink } from '../transfer/inflight.js';
 import { SinkFailure } from '../upstream/errors.js';
 import type { SinkAnswer, SinkRequest, SunkBody } from '../upstream/types.js';
 
-/** The worker's undici Agent: plain data (it crosses to the worker), as for the main dispatcher. */
+/** The worker's HTTP client settings: plain data (it crosses to the worker), as for the main dispatcher's Agent. */
 export interface DownloadThreadOptions {
   agent: { connect: { timeout: number }; keepAliveTimeout: number; connections: number };
   /** Told when the worker failed or stopped unasked (the downloads it wrote then failed). */
@@ -119,8 +118,7 @@ export class DownloadThread implements BlobSinks {
   private start(): Worker {
     if (this.worker) return this.worker;
     if (this.stopping) throw new SinkFailure('the download thread was stopped');
-    const undici = createRequire(import.meta.url).resolve('undici');
-    const worker = new Worker(new URL('./thread.cjs', import.meta.url), { workerData: { undici, agent: this.opts.agent } });
+    const worker = new Worker(new URL('./thread.cjs', import.meta.url), { workerData: { agent: this.opts.agent } });
     // An idle worker does not keep the process alive; one with downloads does (holdOpen).
     worker.unref();
     worker.on('message', (m: FromThread) => this.onMessage(worker, m));

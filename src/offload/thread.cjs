@@ -1,7 +1,7 @@
 'use strict';
 /**
- * The download thread, started by offload/download-thread.ts. It makes blob GETs with its own undici
- * Agent and writes a 200/206 body straight into the download's temp file, hashing it on the way, so
+ * The download thread, started by offload/download-thread.ts. It makes blob GETs with its own HTTP/1.1
+ * client (http1.cjs) and writes a 200/206 body straight into the download's temp file, hashing it on the way, so
  * a cold download's bytes never cross the main thread: its socket reads, their buffers, the hash and
  * the writes cost the event loop nothing (bench/RESULTS.md, workload 5). The main thread keeps every
  * decision (auth, redirects, statuses, resumes, verification); this file only moves bytes.
@@ -23,23 +23,13 @@
  */
 const { parentPort, workerData } = require('node:worker_threads');
 const { createHash } = require('node:crypto');
-const { writevSync } = require('node:fs');
-const { dirname, join } = require('node:path');
+const { writeSync } = require('node:fs');
+const { Http1Client } = require('./http1.cjs');
 
 /**
- * undici's Agent alone: its own module loads in a quarter of the time of the whole package (48 vs
- * 184 ms) and keeps the worker 7 MiB smaller; the package's entry point if that module moved.
+ * Bytes gathered before one write: fewer syscalls than one per socket read when reads are small (a
+ * slow upstream, TLS records of 16 KiB). A read at least this large is written as it is.
  */
-function loadAgent(entry) {
-  try {
-    return require(join(dirname(entry), 'lib', 'dispatcher', 'agent.js'));
-  } catch {
-    return require(entry).Agent;
-  }
-}
-const Agent = loadAgent(workerData.undici);
-
-/** Bytes gathered before one write: fewer syscalls than one per socket read (64 KiB). */
 const BATCH = 512 * 1024;
 /**
  * Progress is told at most once per this many bytes while data keeps coming (each message costs
@@ -51,33 +41,11 @@ const PROGRESS_EVERY = 2 * 1024 * 1024;
 const BATCH_DELAY_MS = 10;
 const MAX_ERROR_BODY = 64 * 1024;
 
-/**
- * A young-generation collection after this many bytes written. Each socket read is a fresh 64 KiB
- * buffer from this thread's malloc arena, freed only when V8 collects its Buffer object, and V8
- * waits for ~64 MiB of such memory before it does. The arena kept what it had grown to: ~34 MiB
- * resident after one 256 MiB download, until the thread exited, and memory the main thread cannot
- * reuse (its peak with 20 warm clients 184-193 MiB, 150 without the thread). Collected every 4 MiB
- * the arena stays under 1 MiB and that peak fell to 164-166 MiB; a cold pull's CPU did not change
- * (980-1,100 ms for the process, against 1,040-1,110 without).
- */
-const COLLECT_EVERY = 4 * 1024 * 1024;
-/**
- * gc() of a context made after --expose-gc is set: how a running Node collects on request. Where
- * that fails (a runtime that refuses the flag), nothing is collected early and all else still works.
- */
-const collectYoung = (() => {
-  try {
-    require('node:v8').setFlagsFromString('--expose-gc');
-    const gc = require('node:vm').runInNewContext('gc');
-    return typeof gc === 'function' ? () => gc({ type: 'minor' }) : () => undefined;
-  } catch {
-    return () => undefined;
-  }
-})();
-let writtenSinceCollect = 0;
-
-const agent = new Agent(workerData.agent);
-/** sid -> { fd, position (written), told (position last told), hash, batch, batchBytes, timer, broken } */
+// Reads go into the client's one buffer and batches into one per sink: a body allocates nothing per
+// read (undici's fresh 64 KiB buffers grew this thread's malloc arena until V8 collected them, and
+// forced young collections every 4 MiB kept it small; none are needed now).
+const client = new Http1Client({ connectTimeout: workerData.agent.connect.timeout, keepAliveTimeout: workerData.agent.keepAliveTimeout, connections: workerData.agent.connections });
+/** sid -> { fd, position (written), told (position last told), hash, batch (a Buffer of BATCH, made at the first small read), batchBytes, timer, broken } */
 const sinks = new Map();
 /** rid -> { sid, controller, phase, queued, ended, skip, captured, capturedBytes, cancelled } */
 const requests = new Map();
@@ -85,7 +53,7 @@ const requests = new Map();
 parentPort.on('message', (m) => {
   switch (m.op) {
     case 'sink':
-      sinks.set(m.sid, { fd: m.fd, position: m.position, hash: createHash(m.algorithm), batch: [], batchBytes: 0, timer: undefined, broken: false, told: m.position });
+      sinks.set(m.sid, { fd: m.fd, position: m.position, hash: createHash(m.algorithm), batch: undefined, batchBytes: 0, timer: undefined, broken: false, told: m.position });
       break;
     case 'get':
       get(m);
@@ -107,7 +75,7 @@ function get(m) {
   requests.set(m.rid, st);
   const opts = { origin: m.origin, path: m.path, method: 'GET', headers: m.headers, headersTimeout: m.headersTimeout, bodyTimeout: m.bodyTimeout };
   try {
-    agent.dispatch(opts, handler(m.rid, st));
+    client.dispatch(opts, handler(m.rid, st));
   } catch (e) {
     fail(m.rid, st, e);
   }
@@ -132,18 +100,19 @@ function handler(rid, st) {
         st.phase = 'capture';
       }
     },
+    // `chunk` is a view of the client's read buffer, valid during this call only: what is kept is copied.
     onResponseData(controller, chunk) {
       if (st.cancelled) return;
-      if (st.phase === 'parked') st.queued.push(chunk);
+      if (st.phase === 'parked') st.queued.push(Buffer.from(chunk));
       else if (st.phase === 'writing') take(rid, st, chunk);
       else if (st.phase === 'capture') {
         if (st.capturedBytes + chunk.length > MAX_ERROR_BODY) {
-          st.captured.push(chunk.subarray(0, MAX_ERROR_BODY - st.capturedBytes));
+          st.captured.push(Buffer.from(chunk.subarray(0, MAX_ERROR_BODY - st.capturedBytes)));
           answer(rid, st);
           controller.abort(new Error('error body too long'));
           return;
         }
-        st.captured.push(chunk);
+        st.captured.push(Buffer.from(chunk));
         st.capturedBytes += chunk.length;
       }
     },
@@ -192,7 +161,11 @@ function go(rid, skip, at) {
   else st.controller.resume();
 }
 
-/** One chunk of a 2xx body: hashed now (while it is in the CPU cache), written with its batch. */
+/**
+ * One chunk of a 2xx body: hashed now (while it is in the CPU cache), then written: copied into the
+ * sink's batch, or, when it is large and nothing is batched, written as it is. Either way nothing
+ * refers to `chunk` after this returns (it may be the client's read buffer).
+ */
 function take(rid, st, chunk) {
   let c = chunk;
   if (st.skip > 0) {
@@ -208,10 +181,17 @@ function take(rid, st, chunk) {
     return;
   }
   sink.hash.update(c);
-  sink.batch.push(c);
-  sink.batchBytes += c.length;
-  if (sink.batchBytes >= BATCH) {
-    if (!flush(rid, st, sink, false)) return;
+  if (sink.batchBytes === 0 && c.length >= BATCH) {
+    if (!writeAll(rid, st, sink, c)) return;
+    if (sink.position - sink.told >= PROGRESS_EVERY) progress(st.sid, sink);
+  } else {
+    sink.batch ??= Buffer.allocUnsafe(BATCH);
+    while (c.length > 0) {
+      const n = c.copy(sink.batch, sink.batchBytes);
+      sink.batchBytes += n;
+      c = c.subarray(n);
+      if (sink.batchBytes === BATCH && !flush(rid, st, sink, false)) return;
+    }
   }
   if (sink.timer === undefined && (sink.batchBytes > 0 || sink.position > sink.told)) {
     sink.timer = setTimeout(() => {
@@ -239,20 +219,21 @@ function flush(rid, st, sink, tell = true) {
     if (tell) progress(st.sid, sink);
     return true;
   }
-  let parts = sink.batch;
   const total = sink.batchBytes;
-  sink.batch = [];
   sink.batchBytes = 0;
+  if (!writeAll(rid, st, sink, sink.batch.subarray(0, total))) return false;
+  if (tell || sink.position - sink.told >= PROGRESS_EVERY) progress(st.sid, sink);
+  return true;
+}
+
+/** Writes `bytes` at the sink's position and moves it on; false (and the request failed) when the write failed. */
+function writeAll(rid, st, sink, bytes) {
   try {
     let done = 0;
-    while (done < total) {
-      const n = writevSync(sink.fd, parts, sink.position + done);
-      done += n;
-      if (done < total) parts = rest(parts, n);
-    }
+    while (done < bytes.length) done += writeSync(sink.fd, bytes, done, bytes.length - done, sink.position + done);
   } catch (e) {
     sink.broken = true;
-    // What earlier batches wrote is told first: a resume then continues exactly there.
+    // What earlier writes put in the file is told first: a resume then continues exactly there.
     progress(st.sid, sink);
     // What reached the file before the failure is not known exactly: the main thread re-reads
     // [0, position) and hashes it itself before anything else is decided (fill.ts, spill).
@@ -260,13 +241,7 @@ function flush(rid, st, sink, tell = true) {
     st.controller?.abort(e);
     return false;
   }
-  sink.position += total;
-  if (tell || sink.position - sink.told >= PROGRESS_EVERY) progress(st.sid, sink);
-  writtenSinceCollect += total;
-  if (writtenSinceCollect >= COLLECT_EVERY) {
-    writtenSinceCollect = 0;
-    collectYoung();
-  }
+  sink.position += bytes.length;
   return true;
 }
 
@@ -316,22 +291,7 @@ function fail(rid, st, e) {
   post({ op: 'error', rid, error: { name: e?.name ?? 'Error', code: typeof e?.code === 'string' ? e.code : undefined, message: String(e?.message ?? e) } });
 }
 
-/** The parts of a short write's batch still to write after its first `n` bytes. */
-function rest(parts, n) {
-  const out = [];
-  let skip = n;
-  for (const p of parts) {
-    if (skip >= p.length) {
-      skip -= p.length;
-      continue;
-    }
-    out.push(skip > 0 ? p.subarray(skip) : p);
-    skip = 0;
-  }
-  return out;
-}
-
-/** undici's headers object as plain data for postMessage. */
+/** The answer's headers as plain data for postMessage. */
 function plain(headers) {
   const out = {};
   for (const [k, v] of Object.entries(headers ?? {})) out[k] = Array.isArray(v) ? v.map(String) : String(v);
