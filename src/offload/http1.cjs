@@ -42,6 +42,16 @@ const TOKEN = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/;
 const STATUS_LINE = /^HTTP\/1\.([01]) ([1-9]\d\d)(?: [^\r\n]*)?$/;
 const CHUNK_SIZE = /^([0-9A-Fa-f]{1,15})[ \t]*(?:;[^\r\n]*)?$/;
 const CRLFCRLF = Buffer.from('\r\n\r\n');
+/**
+ * What a request header value may hold (undici's rule): written as latin1, a code point above U+00FF
+ * would lose its high byte, and U+010D U+010A would reach the wire as CR LF (a token from a token
+ * realm is any JSON string).
+ */
+const BAD_VALUE = /[^\t\x20-\x7e\x80-\xff]/;
+/** A request target is visible ASCII only (URL has percent-encoded the rest). */
+const BAD_PATH = /[^\x21-\x7e]/;
+/** Headers a bodiless GET never sends: the framing and connection are this client's. */
+const REFUSED_HEADERS = new Set(['content-length', 'transfer-encoding', 'expect', 'upgrade', 'te', 'keep-alive', 'trailer']);
 
 function httpError(code, message) {
   return Object.assign(new Error(message), { code });
@@ -67,15 +77,17 @@ class Http1Client {
     if ((opts.method ?? 'GET') !== 'GET') throw new TypeError('only GET is supported');
     const url = new URL(opts.origin);
     if (url.protocol !== 'http:' && url.protocol !== 'https:') throw new TypeError(`unsupported protocol ${url.protocol}`);
-    if (typeof opts.path !== 'string' || !opts.path.startsWith('/') || /[\s\0]/.test(opts.path)) throw new TypeError('invalid request path');
+    if (typeof opts.path !== 'string' || !opts.path.startsWith('/') || BAD_PATH.test(opts.path)) throw new TypeError('invalid request path');
     let head = `GET ${opts.path} HTTP/1.1\r\nhost: ${url.host}\r\n`;
     for (const [name, value] of Object.entries(opts.headers ?? {})) {
       if (value === undefined) continue;
       if (!TOKEN.test(name)) throw new TypeError(`invalid header name ${JSON.stringify(name.slice(0, 100))}`);
-      if (name.toLowerCase() === 'host' || name.toLowerCase() === 'connection') continue;
+      const lower = name.toLowerCase();
+      if (lower === 'host' || lower === 'connection') continue;
+      if (REFUSED_HEADERS.has(lower)) throw new TypeError(`header ${name} is not sent on a GET by this client`);
       for (const v of Array.isArray(value) ? value : [value]) {
         const s = String(v);
-        if (/[\r\n\0]/.test(s)) throw new TypeError(`invalid value for header ${name}`);
+        if (BAD_VALUE.test(s)) throw new TypeError(`invalid value for header ${name}`);
         head += `${name}: ${s}\r\n`;
       }
     }
@@ -101,11 +113,14 @@ class Http1Client {
     return p;
   }
 
-  /** Gives `ex` an idle connection of its origin, a new one, or a place in the queue. */
+  /**
+   * Gives `ex` an idle connection of its origin, a new one, or a place in the queue. A resent request
+   * skips the idle ones: a server closing idle connections closes them all at once.
+   */
   assign(ex) {
     if (this.closed) return ex.fail(httpError('UND_ERR_CLOSED', 'the client was closed'));
     const p = this.pool(ex.url.origin);
-    while (p.idle.length > 0) {
+    while (p.idle.length > 0 && !ex.retried) {
       const c = p.idle.pop();
       if (c.usable()) return c.send(ex);
     }
@@ -187,9 +202,9 @@ class Connection {
     clearTimeout(this.idleTimer);
     this.idleTimer = undefined;
     this.ex = ex;
+    // An idle connection is reading (idle()); attach pauses it for a handler that paused already.
     ex.attach(this);
     this.socket.write(ex.requestHead, 'latin1');
-    if (this.socket.isPaused()) this.socket.resume();
   }
 
   /** The current exchange is over; `reusable`: its answer ended exactly where the connection's bytes did. */
@@ -235,7 +250,7 @@ class Controller {
   pause() {
     const ex = this.ex;
     ex.paused = true;
-    clearTimeout(ex.timer);
+    if (ex.phase === 'body') clearTimeout(ex.timer);
     ex.conn?.socket.pause();
   }
 
@@ -282,12 +297,14 @@ class Exchange {
   attach(conn) {
     this.conn = conn;
     this.phase = 'head';
+    if (this.paused) conn.socket.pause();
     this.arm(this.opts.headersTimeout, 'UND_ERR_HEADERS_TIMEOUT', 'headers timeout');
   }
 
+  /** The timeout of the phase; a paused body has none (the head's runs whatever the handler does). */
   arm(ms, code, message) {
     clearTimeout(this.timer);
-    if (!ms || ms <= 0 || this.paused) return;
+    if (!ms || ms <= 0 || (this.paused && this.phase === 'body')) return;
     this.timer = setTimeout(() => this.fail(httpError(code, `${message} (${ms} ms)`)), ms);
   }
 
@@ -331,7 +348,8 @@ class Exchange {
     const m = STATUS_LINE.exec(lines[0]);
     if (!m) return this.fail(httpError('HPE_INVALID_STATUS', `invalid status line ${JSON.stringify(lines[0].slice(0, 100))}`));
     const status = Number(m[2]);
-    const headers = {};
+    // No prototype: a header named __proto__ or constructor is data like any other.
+    const headers = Object.create(null);
     for (let k = 1; k < lines.length; k++) {
       const line = lines[k];
       const colon = line.indexOf(':');
@@ -397,8 +415,9 @@ class Exchange {
       switch (this.chunkState) {
         case 'size':
         case 'trailer': {
-          const lf = buf.indexOf(10, i);
-          const stop = lf < 0 || lf >= end ? end : lf;
+          // Searched within this read only: past `end` the shared buffer holds older reads.
+          const lf = buf.subarray(i, end).indexOf(10);
+          const stop = lf < 0 ? end : i + lf;
           this.line += buf.toString('latin1', i, stop);
           const limit = this.chunkState === 'size' ? MAX_CHUNK_LINE : MAX_HEAD;
           if (this.line.length > limit + 1) return this.fail(httpError('HPE_INVALID_CHUNK_SIZE', 'chunk-size line too long')), end;

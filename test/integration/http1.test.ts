@@ -64,6 +64,9 @@ function get(client: Client, origin: string, path = '/blob', opts: { headers?: R
     client.dispatch(
       { origin, path, headers: opts.headers ?? {}, headersTimeout: opts.headersTimeout ?? 5000, bodyTimeout: opts.bodyTimeout ?? 5000 },
       {
+        onRequestStart(c) {
+          on.onRequestStart?.(c);
+        },
         onResponseStart(c, status, headers) {
           a.status = status;
           a.headers = headers;
@@ -237,6 +240,47 @@ describe('the download thread HTTP/1.1 client', () => {
     expect(s.requests.map((r) => r.conn)).toEqual([0, 0, 1]);
   });
 
+  it('sends it again on a new connection, not on another idle one the server closed at the same time', async () => {
+    // Two connections go idle; the server then drops every request on either (as at its keep-alive timeout).
+    const s = await serve((socket, req) => {
+      if (req.conn < 2 && req.nth > 0) return void socket.destroy();
+      setTimeout(() => socket.write(ok('fine')), 20);
+    });
+    const c = client();
+    await Promise.all([get(c, s.origin), get(c, s.origin)]);
+    expect(s.connections).toHaveLength(2);
+    const a = await get(c, s.origin);
+    expect(a.error).toBeUndefined();
+    expect(a.body.toString()).toBe('fine');
+    expect(s.requests.map((r) => r.conn).slice(2)).toEqual([expect.any(Number), 2]);
+  });
+
+  it('keeps the head timeout and the pause of a request paused before it had a connection', async () => {
+    const silent = await serve(() => undefined);
+    const c = client();
+    const timedOut = await get(c, silent.origin, '/x', { headersTimeout: 150 }, { onRequestStart: (controller) => controller.pause() });
+    expect(timedOut.error?.code).toBe('UND_ERR_HEADERS_TIMEOUT');
+    let server: Socket | undefined;
+    const s = await serve((socket) => {
+      server = socket;
+      socket.write(ok(randomBytes(8 * 1024 * 1024)));
+    });
+    let ctl: Controller | undefined;
+    const pending = get(c, s.origin, '/blob', {}, { onRequestStart: (controller) => (ctl = controller, controller.pause()) });
+    // Paused from the start: the server's writes back up before the head has even been read.
+    await waitFor(() => server !== undefined && server.writableLength > 0, 5000, 'the server to be held up');
+    ctl!.resume();
+    const a = await pending;
+    expect([a.error, a.status, a.body.length]).toEqual([undefined, 200, 8 * 1024 * 1024]);
+  });
+
+  it('keeps response headers named like object properties as data', async () => {
+    const s = await serve((socket) => socket.write('HTTP/1.1 200 OK\r\n__proto__: a\r\nconstructor: b\r\ncontent-length: 0\r\n\r\n'));
+    const a = await get(client(), s.origin);
+    expect(a.error).toBeUndefined();
+    expect([a.headers?.['__proto__'], a.headers?.constructor]).toEqual(['a', 'b']);
+  });
+
   it('does not send it again once part of the answer came, or on a new connection', async () => {
     const s = await serve((socket) => socket.end('HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nabc'));
     const c = client();
@@ -364,6 +408,10 @@ describe('the download thread HTTP/1.1 client', () => {
   it('refuses a request it could not send safely, before anything is sent', async () => {
     const c = client();
     expect(() => c.dispatch({ origin: 'http://127.0.0.1:1', path: '/x', headers: { 'x-a': 'one\r\nx-b: two' } }, {})).toThrow(/invalid value for header x-a/);
+    // Written as latin1, U+010D U+010A would reach the wire as CR LF (a token realm's token is any JSON string).
+    expect(() => c.dispatch({ origin: 'http://127.0.0.1:1', path: '/x', headers: { authorization: 'Bearer a\u010d\u010aGET /smuggled HTTP/1.1' } }, {})).toThrow(/invalid value for header authorization/);
+    expect(() => c.dispatch({ origin: 'http://127.0.0.1:1', path: '/x', headers: { 'transfer-encoding': 'chunked' } }, {})).toThrow(/not sent on a GET/);
+    expect(() => c.dispatch({ origin: 'http://127.0.0.1:1', path: '/x\u010a', headers: {} }, {})).toThrow(/invalid request path/);
     expect(() => c.dispatch({ origin: 'http://127.0.0.1:1', path: '/x y', headers: {} }, {})).toThrow(/invalid request path/);
     expect(() => c.dispatch({ origin: 'http://127.0.0.1:1', path: '/x', method: 'POST' }, {})).toThrow(/only GET/);
     expect(() => c.dispatch({ origin: 'ftp://127.0.0.1:1', path: '/x' }, {})).toThrow(/unsupported protocol/);
