@@ -23,7 +23,7 @@ export interface DownloadThreadOptions {
   /** Told when the worker failed or stopped unasked (the downloads it wrote then failed). */
   onCrash?: (e: Error) => void;
   /**
-   * A worker without downloads for this long exits, giving back its memory (about 15 MiB); the next
+   * A worker without downloads for this long exits, giving back its memory (about 9 MiB idle); the next
    * download starts a new one (about 80 ms). Default 120 s.
    */
   idleMs?: number;
