@@ -420,15 +420,24 @@ class Exchange {
           const stop = lf < 0 ? end : i + lf;
           this.line += buf.toString('latin1', i, stop);
           const limit = this.chunkState === 'size' ? MAX_CHUNK_LINE : MAX_HEAD;
-          if (this.line.length > limit + 1) return this.fail(httpError('HPE_INVALID_CHUNK_SIZE', 'chunk-size line too long')), end;
+          if (this.line.length > limit + 1) {
+            this.fail(httpError('HPE_INVALID_CHUNK_SIZE', 'chunk-size line too long'));
+            return end;
+          }
           if (stop === end) return end;
           i = stop + 1;
-          if (!this.line.endsWith('\r')) return this.fail(httpError('HPE_STRICT', 'bare LF in a chunked body')), end;
+          if (!this.line.endsWith('\r')) {
+            this.fail(httpError('HPE_STRICT', 'bare LF in a chunked body'));
+            return end;
+          }
           const line = this.line.slice(0, -1);
           this.line = '';
           if (this.chunkState === 'trailer') {
             this.trailerBytes = (this.trailerBytes ?? 0) + line.length + 2;
-            if (this.trailerBytes > MAX_HEAD) return this.fail(httpError('UND_ERR_HEADERS_OVERFLOW', 'trailers too long')), end;
+            if (this.trailerBytes > MAX_HEAD) {
+              this.fail(httpError('UND_ERR_HEADERS_OVERFLOW', 'trailers too long'));
+              return end;
+            }
             if (line === '') {
               this.complete();
               return i;
@@ -436,7 +445,10 @@ class Exchange {
             continue;
           }
           const m = CHUNK_SIZE.exec(line);
-          if (!m) return this.fail(httpError('HPE_INVALID_CHUNK_SIZE', 'invalid chunk size')), end;
+          if (!m) {
+            this.fail(httpError('HPE_INVALID_CHUNK_SIZE', 'invalid chunk size'));
+            return end;
+          }
           this.remaining = parseInt(m[1], 16);
           this.chunkState = this.remaining === 0 ? 'trailer' : 'data';
           break;
@@ -452,7 +464,10 @@ class Exchange {
         case 'cr':
         case 'lf': {
           const want = this.chunkState === 'cr' ? 13 : 10;
-          if (buf[i] !== want) return this.fail(httpError('HPE_STRICT', 'a chunk does not end with CRLF')), end;
+          if (buf[i] !== want) {
+            this.fail(httpError('HPE_STRICT', 'a chunk does not end with CRLF'));
+            return end;
+          }
           i++;
           this.chunkState = this.chunkState === 'cr' ? 'lf' : 'size';
           break;

@@ -1,10 +1,11 @@
 'use strict';
 /**
- * The download thread, started by offload/download-thread.ts. It makes blob GETs with its own HTTP/1.1
- * client (http1.cjs) and writes a 200/206 body straight into the download's temp file, hashing it on the way, so
- * a cold download's bytes never cross the main thread: its socket reads, their buffers, the hash and
- * the writes cost the event loop nothing (bench/RESULTS.md, workload 5). The main thread keeps every
- * decision (auth, redirects, statuses, resumes, verification); this file only moves bytes.
+ * The download thread, started by offload/download-thread.ts. It makes blob GETs with its own
+ * HTTP/1.1 client (http1.cjs) and writes a 200/206 body straight into the download's temp file,
+ * hashing it on the way, so a cold download's bytes never cross the main thread: its socket reads,
+ * the hash and the writes cost the event loop nothing (bench/RESULTS.md, workload 5). The main
+ * thread keeps every decision (auth, redirects, statuses, resumes, verification); this file only
+ * moves bytes.
  *
  * Plain JavaScript, not TypeScript: a worker needs a file Node runs as is, also under the tests.
  *
@@ -45,7 +46,10 @@ const MAX_ERROR_BODY = 64 * 1024;
 // read (undici's fresh 64 KiB buffers grew this thread's malloc arena until V8 collected them, and
 // forced young collections every 4 MiB kept it small; none are needed now).
 const client = new Http1Client({ connectTimeout: workerData.agent.connect.timeout, keepAliveTimeout: workerData.agent.keepAliveTimeout, connections: workerData.agent.connections });
-/** sid -> { fd, position (written), told (position last told), hash, batch (a Buffer of BATCH, made at the first small read), batchBytes, timer, broken } */
+/**
+ * sid -> { fd, position (written), told (position last told), hash, batch (a Buffer of BATCH, made
+ * at the first small read), batchBytes, timer, broken }
+ */
 const sinks = new Map();
 /** rid -> { sid, controller, phase, queued, ended, skip, captured, capturedBytes, cancelled } */
 const requests = new Map();
