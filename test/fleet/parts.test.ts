@@ -149,6 +149,44 @@ describe.skipIf(requireTools('fleet leases', { 'redis-server': redisServerAvaila
     }
   });
 
+  it('a lease taken by a SET whose reply came too late is ours: the download counts as "owner", upstream is asked once', async () => {
+    const { leases } = await replica('slow-reply');
+    // The first acquire reaches Redis and takes the lease, but its caller hears a timeout.
+    let timedOut = false;
+    const acquire = leases.acquire.bind(leases);
+    leases.acquire = async (name) => {
+      const taken = await acquire(name);
+      if (!timedOut) {
+        timedOut = true;
+        throw new Error('Command timed out');
+      }
+      return taken;
+    };
+    const dir = await mkdtemp(join(tmpdir(), 'fleet-slow-'));
+    try {
+      const store = new FsBlobStore(join(dir, 'shared'));
+      await store.init();
+      const roles: string[] = [];
+      let upstreamCalls = 0;
+      const coordinator = await coordinatorOver(leases, store, dir, (role) => roles.push(role));
+      const bytes = pseudoRandomBytes(200_000, 'coord-slow-reply');
+      const dl = await coordinator.join(digestOf(bytes), 'docker.io/library/x', async (offset) => {
+        upstreamCalls++;
+        return { start: offset, size: bytes.length, body: (async function* () { yield bytes.subarray(offset); })(), cancel: () => undefined };
+      });
+      const chunks: Buffer[] = [];
+      for await (const c of await dl.open()) chunks.push(c as Buffer);
+      await dl.finished;
+      expect(Buffer.concat(chunks).equals(bytes)).toBe(true);
+      expect(timedOut).toBe(true);
+      expect(roles).toEqual(['owner']);
+      expect(upstreamCalls).toBe(1);
+      expect(coordinator.owns(digestOf(bytes))).toBe(false);
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+
   it('the shared store away (S3 unreachable, Redis up): a cold blob is fetched and passed through uncached, not failed', async () => {
     const { leases } = await replica('s3-away');
     const dir = await mkdtemp(join(tmpdir(), 'fleet-away-'));
