@@ -70,6 +70,35 @@ describe.skipIf(requireTools('fleet leases', { 'redis-server': redisServerAvaila
     });
   };
 
+  /**
+   * A coordinator over a fresh shared store, as coordinatorOver; `read` joins the download of
+   * `bytes` (its upstream counted in `upstreamCalls`) and reads it whole. Call `cleanup` after.
+   */
+  const coordinatorRig = async (leases: Leases, name: string) => {
+    const dir = await mkdtemp(join(tmpdir(), `fleet-${name}-`));
+    const store = new FsBlobStore(join(dir, 'shared'));
+    await store.init();
+    const rig = {
+      store,
+      roles: [] as string[],
+      upstreamCalls: 0,
+      read: async (bytes: Buffer) => {
+        const dl = await coordinator.join(digestOf(bytes), 'docker.io/library/x', async (offset) => {
+          rig.upstreamCalls++;
+          return { start: offset, size: bytes.length, body: (async function* () { yield bytes.subarray(offset); })(), cancel: () => undefined };
+        });
+        await dl.ready;
+        const chunks: Buffer[] = [];
+        for await (const c of await dl.open()) chunks.push(c as Buffer);
+        await dl.finished;
+        return Buffer.concat(chunks);
+      },
+      cleanup: () => rm(dir, { recursive: true, force: true }),
+    };
+    const coordinator = await coordinatorOver(leases, store, dir, (role) => rig.roles.push(role));
+    return Object.assign(rig, { coordinator });
+  };
+
   it('one holder at a time; only the holder renews or releases; a lease gone from Redis is taken back by its holder', async () => {
     const a = await replica('a');
     const b = await replica('b');
@@ -116,36 +145,19 @@ describe.skipIf(requireTools('fleet leases', { 'redis-server': redisServerAvaila
 
   it('the lease taken for a blob another replica stored meanwhile: read from the store, upstream not asked, no "owner" counted', async () => {
     const { leases } = await replica('c');
-    const dir = await mkdtemp(join(tmpdir(), 'fleet-coord-'));
+    const rig = await coordinatorRig(leases, 'coord');
     try {
-      const store = new FsBlobStore(join(dir, 'shared'));
-      await store.init();
-      const roles: string[] = [];
-      let upstreamCalls = 0;
-      const coordinator = await coordinatorOver(leases, store, dir, (role) => roles.push(role));
       const stored = pseudoRandomBytes(300_000, 'coord-stored');
       const fresh = pseudoRandomBytes(200_000, 'coord-fresh');
-      await store.put(digestOf(stored), stored);
-      const source = (bytes: Buffer) => async (offset: number) => {
-        upstreamCalls++;
-        return { start: offset, size: bytes.length, body: (async function* () { yield bytes.subarray(offset); })(), cancel: () => undefined };
-      };
-      const read = async (digest: string, bytes: Buffer) => {
-        const dl = await coordinator.join(digest, 'docker.io/library/x', source(bytes));
-        await dl.ready;
-        const chunks: Buffer[] = [];
-        for await (const c of await dl.open()) chunks.push(c as Buffer);
-        await dl.finished;
-        return Buffer.concat(chunks);
-      };
-      expect((await read(digestOf(stored), stored)).equals(stored)).toBe(true);
-      expect(upstreamCalls).toBe(0);
-      expect(roles).toEqual([]);
-      expect((await read(digestOf(fresh), fresh)).equals(fresh)).toBe(true);
-      expect(upstreamCalls).toBe(1);
-      expect(roles).toEqual(['owner']);
+      await rig.store.put(digestOf(stored), stored);
+      expect((await rig.read(stored)).equals(stored)).toBe(true);
+      expect(rig.upstreamCalls).toBe(0);
+      expect(rig.roles).toEqual([]);
+      expect((await rig.read(fresh)).equals(fresh)).toBe(true);
+      expect(rig.upstreamCalls).toBe(1);
+      expect(rig.roles).toEqual(['owner']);
     } finally {
-      await rm(dir, { recursive: true, force: true });
+      await rig.cleanup();
     }
   });
 
@@ -162,28 +174,16 @@ describe.skipIf(requireTools('fleet leases', { 'redis-server': redisServerAvaila
       }
       return taken;
     };
-    const dir = await mkdtemp(join(tmpdir(), 'fleet-slow-'));
+    const rig = await coordinatorRig(leases, 'slow');
     try {
-      const store = new FsBlobStore(join(dir, 'shared'));
-      await store.init();
-      const roles: string[] = [];
-      let upstreamCalls = 0;
-      const coordinator = await coordinatorOver(leases, store, dir, (role) => roles.push(role));
       const bytes = pseudoRandomBytes(200_000, 'coord-slow-reply');
-      const dl = await coordinator.join(digestOf(bytes), 'docker.io/library/x', async (offset) => {
-        upstreamCalls++;
-        return { start: offset, size: bytes.length, body: (async function* () { yield bytes.subarray(offset); })(), cancel: () => undefined };
-      });
-      const chunks: Buffer[] = [];
-      for await (const c of await dl.open()) chunks.push(c as Buffer);
-      await dl.finished;
-      expect(Buffer.concat(chunks).equals(bytes)).toBe(true);
+      expect((await rig.read(bytes)).equals(bytes)).toBe(true);
       expect(timedOut).toBe(true);
-      expect(roles).toEqual(['owner']);
-      expect(upstreamCalls).toBe(1);
-      expect(coordinator.owns(digestOf(bytes))).toBe(false);
+      expect(rig.roles).toEqual(['owner']);
+      expect(rig.upstreamCalls).toBe(1);
+      expect(rig.coordinator.owns(digestOf(bytes))).toBe(false);
     } finally {
-      await rm(dir, { recursive: true, force: true });
+      await rig.cleanup();
     }
   });
 
