@@ -19,7 +19,7 @@ import { SinkFailure } from '../../src/upstream/errors.js';
 import type { UpstreamObserver } from '../../src/upstream/types.js';
 import { digestOf } from '../helpers/digest.js';
 import { FakeUpstream } from '../helpers/fake-upstream.js';
-import { makeImage, makeRandomLayer } from '../helpers/images.js';
+import { blobOf, makeImage, makeRandomLayer, pseudoRandomBytes, type Blob } from '../helpers/images.js';
 import { waitFor } from '../helpers/wait.js';
 
 const layer = makeRandomLayer(3 * 1024 * 1024, 'download-thread');
@@ -134,6 +134,32 @@ describe('the download thread', () => {
     expect(r.upstreamBytes()).toBe(layer.size);
     expect(blobGets()).toHaveLength(1);
     expect(r.events).toEqual(['started', 'completed']);
+  });
+
+  it('reuses its buffers from one download to the next without mixing their bytes: ten at once, trickled, then ten in turn', async () => {
+    const r = await rig();
+    // 100 KiB to 1.2 MiB: bodies inside one 512 KiB batch and across several, most of them parked
+    // with bytes that came with the head.
+    const blobs = Array.from({ length: 20 }, (_, i) => blobOf(pseudoRandomBytes(100 * 1024 + i * 61 * 1024, `thread-reuse-${i}`), 'application/octet-stream'));
+    for (const b of blobs) hub.putBlob('library/app', b);
+    hub.resetCounters();
+    // Slow enough that the ten bodies are written side by side, partial batches flushed by the timer.
+    Object.assign(hub.faults, { trickle: { bytesPerTick: 48 * 1024, tickMs: 5 } });
+    const pull = async (b: Blob) => {
+      const dl = r.inflight.join(b.digest, 'docker.io/library/app', (offset, sink) => r.client.getBlob('library/app', b.digest, offset, sink));
+      const got = await drain(dl.createReader(), dl);
+      await dl.finished;
+      return got;
+    };
+    const results = await Promise.all(blobs.slice(0, 10).map(pull));
+    for (const b of blobs.slice(10)) results.push(await pull(b));
+    for (const [i, b] of blobs.entries()) {
+      expect(results[i]!.error, `blob ${i}`).toBeUndefined();
+      expect(digestOf(results[i]!.bytes), `blob ${i}`).toBe(b.digest);
+      expect(digestOf((await r.store.read(b.digest))!), `blob ${i} kept`).toBe(b.digest);
+    }
+    expect(blobGets()).toHaveLength(20);
+    expect(r.events.filter((e) => e === 'completed')).toHaveLength(20);
   });
 
   it('resumes a cut body with a Range request into the same file and hash', async () => {
