@@ -13,6 +13,7 @@
  */
 import type { FileHandle } from 'node:fs/promises';
 import { Readable, type Writable } from 'node:stream';
+import type { BufferPool } from '../util/buffer-pool.js';
 import { watchResponse } from '../util/response-end.js';
 
 export class FileBody extends Readable {
@@ -21,12 +22,16 @@ export class FileBody extends Readable {
   private readonly stop: number;
   private taken = false;
 
-  /** Owns `handle` from here on: it is closed when the body is destroyed or done. */
+  /**
+   * Owns `handle` from here on: it is closed when the body is destroyed or done. writeInto takes
+   * its buffers from `buffers` and gives them back (without it, it makes its own).
+   */
   constructor(
     private readonly handle: FileHandle,
     start: number,
     endInclusive: number,
     private readonly chunk: number,
+    private readonly buffers?: BufferPool,
   ) {
     super({ highWaterMark: chunk });
     this.pos = start;
@@ -66,6 +71,10 @@ export class FileBody extends Readable {
    * client sees a cut transfer. Resolves, never rejects, with the bytes `out` took, as soon as that
    * is known (the request log reads it); the body is destroyed then and closes its file after any
    * read under way. Only on a body nothing has read.
+   *
+   * With a pool, a buffer goes back to it once no read into it and no write from it is under way:
+   * after a write that called back without an error, a read that finished after the end, or at the
+   * end for one unused. One whose write failed is left to the collector (the stream may still hold it).
    */
   writeInto(out: Writable): Promise<number> {
     if (this.taken || this.readableFlowing !== null || this.readableLength > 0 || this.destroyed) throw new Error('writeInto: the body is already being read');
@@ -73,12 +82,16 @@ export class FileBody extends Readable {
     return new Promise((resolve) => {
       const total = this.stop - this.pos;
       const size = Math.max(1, Math.min(this.chunk, total));
-      const free = total > size ? [Buffer.allocUnsafeSlow(size), Buffer.allocUnsafeSlow(size)] : [Buffer.allocUnsafeSlow(size)];
+      const pool = this.buffers;
+      const most = total > size ? 2 : 1;
+      let made = 0;
+      const free: Buffer[] = [];
       let written = 0;
       let writing = 0;
       let reading = false;
       const end = watchResponse(out, () => {
         this.destroy();
+        if (pool) for (const buf of free.splice(0)) pool.give(buf);
         resolve(written);
       });
       const settle = end.settle;
@@ -88,22 +101,28 @@ export class FileBody extends Readable {
           if (writing === 0) settle();
           return;
         }
-        const buf = free.pop();
+        let buf = free.pop();
+        if (!buf && made < most) {
+          made++;
+          buf = pool ? pool.take(size) : Buffer.allocUnsafeSlow(size);
+        }
         if (!buf) return;
         reading = true;
         const len = Math.min(buf.length, this.stop - this.pos);
-        this.handle.read(buf, 0, len, this.pos).then(
+        const into = buf;
+        this.handle.read(into, 0, len, this.pos).then(
           ({ bytesRead }) => {
             reading = false;
-            if (end.over) return;
+            if (end.over) return pool?.give(into);
             if (bytesRead === 0) return settle(endedEarly(this.pos, this.stop));
             this.pos += bytesRead;
             writing++;
-            out.write(bytesRead === buf.length ? buf : buf.subarray(0, bytesRead), (err) => {
+            out.write(bytesRead === into.length ? into : into.subarray(0, bytesRead), (err) => {
               writing--;
               if (err) return settle(err);
               written += bytesRead;
-              free.push(buf);
+              if (end.over) pool?.give(into);
+              else free.push(into);
               step();
             });
             step();

@@ -6,6 +6,7 @@ import { createHash, type Hash } from 'node:crypto';
 import { mkdir, open, readdir, readFile, rename, rm, stat, statfs, unlink, type FileHandle } from 'node:fs/promises';
 import { dirname, join, relative } from 'node:path';
 import type { Readable } from 'node:stream';
+import { BufferPool } from '../util/buffer-pool.js';
 import { FileBody } from './file-body.js';
 import { StorePaths, splitDigest } from './paths.js';
 import { DigestMismatchError, StoreFullError, type BlobInfo, type BlobStore, type BlobWriter, type ByteRange, type ExternalAppend, type StatOptions } from './store.js';
@@ -21,6 +22,8 @@ import { DigestMismatchError, StoreFullError, type BlobInfo, type BlobStore, typ
 const MAX_READ = 1024 * 1024;
 const MIN_READ = 64 * 1024;
 const READ_BUDGET = 4 * 1024 * 1024;
+/** Read buffers kept between answers (util/buffer-pool.ts): two reads each for 64 streams at the floor. */
+const IDLE_BUFFERS = 8 * 1024 * 1024;
 
 /** Told when a blob appears in or leaves the store (for size accounting). Must not throw. */
 export interface StoreEvents {
@@ -34,6 +37,8 @@ export class FsBlobStore implements BlobStore {
   private openStreams = 0;
   /** Open read streams per digest (eviction leaves these blobs alone). */
   private readonly reading = new Map<string, number>();
+  /** Served blobs' read buffers, reused between answers. */
+  private readonly buffers = new BufferPool(IDLE_BUFFERS);
 
   constructor(root: string, private readonly events?: StoreEvents) {
     this.paths = new StorePaths(root);
@@ -77,7 +82,7 @@ export class FsBlobStore implements BlobStore {
     const length = end - start + 1;
     const share = Math.max(MIN_READ, Math.min(MAX_READ, Math.floor(READ_BUDGET / (this.openStreams + 1))));
     // Never more than the bytes to be read: a small blob must not cost a large buffer.
-    const stream = new FileBody(handle, start, end, Math.max(1, Math.min(share, length)));
+    const stream = new FileBody(handle, start, end, Math.max(1, Math.min(share, length)), this.buffers);
     this.openStreams++;
     this.reading.set(digest, (this.reading.get(digest) ?? 0) + 1);
     stream.once('close', () => {

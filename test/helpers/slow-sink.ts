@@ -9,6 +9,8 @@ import { Writable } from 'node:stream';
 export class SlowSink extends Writable {
   readonly parts: Buffer[] = [];
   readonly buffers = new Set<ArrayBufferLike>();
+  /** The buffers of the writes that failed. */
+  readonly failed = new Set<ArrayBufferLike>();
   overwritten = 0;
   constructor(private readonly failAfter = Infinity) {
     super({ highWaterMark: 1 });
@@ -16,7 +18,10 @@ export class SlowSink extends Writable {
   override _write(chunk: Buffer, _enc: string, cb: (err?: Error | null) => void): void {
     const copy = Buffer.from(chunk);
     this.buffers.add(chunk.buffer);
-    if (this.parts.length >= this.failAfter) return void setImmediate(() => cb(new Error('socket gone')));
+    if (this.parts.length >= this.failAfter) {
+      this.failed.add(chunk.buffer);
+      return void setImmediate(() => cb(new Error('socket gone')));
+    }
     setTimeout(() => {
       if (!copy.equals(chunk)) this.overwritten++;
       this.parts.push(copy);

@@ -9,6 +9,7 @@ import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { FileBody } from '../../src/storage/file-body.js';
 import { FsBlobStore } from '../../src/storage/fs-store.js';
+import { BufferPool } from '../../src/util/buffer-pool.js';
 import { digestOf } from '../helpers/digest.js';
 import { SlowSink } from '../helpers/slow-sink.js';
 
@@ -116,6 +117,59 @@ describe('FileBody', () => {
     expect(() => b.writeInto(new SlowSink())).toThrow(/already being read/);
     b.destroy();
     await closed(b);
+  });
+
+  describe('with a pool of buffers', () => {
+    /** Scribbles over every buffer given back: one given back while a write still read it shows in the sink. */
+    class ScribblingPool extends BufferPool {
+      readonly given: Buffer[] = [];
+      override give(buf: Buffer): void {
+        buf.fill(0xee);
+        this.given.push(buf);
+        super.give(buf);
+      }
+    }
+    const pooled = async (pool: BufferPool, start: number, end: number, chunk: number) => new FileBody(await open(file, 'r'), start, end, chunk, pool);
+
+    it('gives its buffers back once the writer called back for them, and the next answer takes them again', async () => {
+      const pool = new ScribblingPool(1024 * KiB);
+      const first = new SlowSink();
+      expect(await (await pooled(pool, 0, bytes.length - 1, 16 * KiB)).writeInto(first)).toBe(bytes.length);
+      expect(first.bytes.equals(bytes)).toBe(true);
+      expect(first.overwritten).toBe(0);
+      expect(pool.given.length).toBe(2);
+      expect(pool.idleSize).toBe(2 * 16 * KiB);
+
+      const second = new SlowSink();
+      await (await pooled(pool, 7, 70 * KiB, 16 * KiB)).writeInto(second);
+      expect(second.bytes.equals(bytes.subarray(7, 70 * KiB + 1))).toBe(true);
+      expect(second.overwritten).toBe(0);
+      expect([...second.buffers].every((ab) => pool.given.some((g) => g.buffer === ab))).toBe(true);
+    });
+
+    it('twenty answers at once share one pool without a byte of one reaching another', async () => {
+      const pool = new ScribblingPool(256 * KiB);
+      const ranges = Array.from({ length: 20 }, (_, i) => [i * 997, bytes.length - 1 - i * 1009] as const);
+      const sinks = ranges.map(() => new SlowSink());
+      await Promise.all(ranges.map(async ([s, e], i) => (await pooled(pool, s, e, [4, 8, 16, 64][i % 4]! * KiB)).writeInto(sinks[i]!)));
+      for (const [i, [s, e]] of ranges.entries()) {
+        expect(sinks[i]!.overwritten, `answer ${i}`).toBe(0);
+        expect(sinks[i]!.bytes.equals(bytes.subarray(s, e + 1)), `answer ${i}`).toBe(true);
+      }
+      expect(pool.given.length).toBeGreaterThanOrEqual(20);
+    });
+
+    it('a buffer whose write failed is not given back (the stream may still hold it)', async () => {
+      const pool = new ScribblingPool(1024 * KiB);
+      const sink = new SlowSink(3);
+      sink.on('error', () => undefined);
+      const b = await pooled(pool, 0, bytes.length - 1, 16 * KiB);
+      expect(await b.writeInto(sink)).toBe(3 * 16 * KiB);
+      await closed(b);
+      expect(sink.failed.size).toBe(1);
+      expect(pool.given.some((g) => sink.failed.has(g.buffer))).toBe(false);
+      expect(pool.given.length).toBeLessThanOrEqual(1);
+    });
   });
 
   it('through FsBlobStore: the blob counts as busy until writeInto is done with it', async () => {
