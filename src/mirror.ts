@@ -65,6 +65,7 @@ import type { MetaStore } from './storage/meta-store.js';
 import { RedisMetaStore } from './storage/redis-meta-store.js';
 import type { BlobStore } from './storage/store.js';
 import { AvailabilityGuard } from './upstream/availability.js';
+import { BufferPool } from './util/buffer-pool.js';
 import { UpstreamClient } from './upstream/client.js';
 import { UpstreamHealth } from './upstream/health.js';
 import type { Upstream } from './upstream/types.js';
@@ -132,6 +133,8 @@ interface Stores {
   cachedMeta: CachingMetaStore;
   /** The Redis connection of the metadata (storage.redis.url), for coordination to share; undefined on fs. */
   redis: Redis | undefined;
+  /** Read buffers of served blobs, shared by the store's answers and the downloads' readers. */
+  buffers: BufferPool;
   /** Releases the backends' connections (S3 sockets, the Redis connection). */
   close(): Promise<void>;
 }
@@ -205,6 +208,7 @@ async function openStoresWith(
     },
     removed: (d: string, n: number) => stats.removed(d, n),
   };
+  const buffers = new BufferPool();
   let blobs: BlobStore;
   if (config.storage.type === 's3') {
     const client = await s3Client(config);
@@ -219,7 +223,7 @@ async function openStoresWith(
       events,
     });
   } else {
-    blobs = new FsBlobStore(config.dataDir, events);
+    blobs = new FsBlobStore(config.dataDir, events, buffers);
   }
   // init() sweeps tmp/ (or this replica's spool): only under the lock (a read-only export takes none and does not sweep).
   if (opts.sweep) await blobs.init();
@@ -289,6 +293,7 @@ async function openStoresWith(
   return {
     stats,
     blobs,
+    buffers,
     meta,
     cachedBlobs: new CachingBlobStore(blobs, { memoryBytes: config.cache.memoryBytes }),
     cachedMeta: new CachingMetaStore(meta),
@@ -522,7 +527,7 @@ export async function buildMirror(config: Config, opts: MirrorOptions = {}): Pro
       },
     },
   };
-  const inflight: InflightDownloads = new InflightDownloads({ store: blobs, ...(downloadThread ? { sinks: downloadThread } : {}), ...downloadRules });
+  const inflight: InflightDownloads = new InflightDownloads({ store: blobs, buffers: stores.buffers, ...(downloadThread ? { sinks: downloadThread } : {}), ...downloadRules });
 
   const fleet = fleetLink ? await fleetLink.coordinate({ blobs, inflight, rules: downloadRules }) : undefined;
 

@@ -16,6 +16,12 @@ import { Readable, type Writable } from 'node:stream';
 import type { BufferPool } from '../util/buffer-pool.js';
 import { watchResponse } from '../util/response-end.js';
 
+/**
+ * With a pool, an idle buffer down to this size serves when none of the read size waits: the read
+ * sizes follow the number of streams (fs-store.ts), and a smaller read beats a new buffer.
+ */
+const SMALLEST_POOLED_READ = 64 * 1024;
+
 export class FileBody extends Readable {
   private pos: number;
   /** Exclusive. */
@@ -104,7 +110,7 @@ export class FileBody extends Readable {
         let buf = free.pop();
         if (!buf && made < most) {
           made++;
-          buf = pool ? pool.take(size) : Buffer.allocUnsafeSlow(size);
+          buf = pool ? pool.take(size, Math.min(size, SMALLEST_POOLED_READ)) : Buffer.allocUnsafeSlow(size);
         }
         if (!buf) return;
         reading = true;

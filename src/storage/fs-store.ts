@@ -22,8 +22,6 @@ import { DigestMismatchError, StoreFullError, type BlobInfo, type BlobStore, typ
 const MAX_READ = 1024 * 1024;
 const MIN_READ = 64 * 1024;
 const READ_BUDGET = 4 * 1024 * 1024;
-/** Read buffers kept between answers (util/buffer-pool.ts): two reads each for 64 streams at the floor. */
-const IDLE_BUFFERS = 8 * 1024 * 1024;
 
 /** Told when a blob appears in or leaves the store (for size accounting). Must not throw. */
 export interface StoreEvents {
@@ -37,10 +35,15 @@ export class FsBlobStore implements BlobStore {
   private openStreams = 0;
   /** Open read streams per digest (eviction leaves these blobs alone). */
   private readonly reading = new Map<string, number>();
-  /** Served blobs' read buffers, reused between answers. */
-  private readonly buffers = new BufferPool(IDLE_BUFFERS);
-
-  constructor(root: string, private readonly events?: StoreEvents) {
+  /**
+   * `buffers`: where served blobs' read buffers come from and go back to (the composition root
+   * shares one with the downloads' readers); a pool of its own by default.
+   */
+  constructor(
+    root: string,
+    private readonly events?: StoreEvents,
+    private readonly buffers: BufferPool = new BufferPool(),
+  ) {
     this.paths = new StorePaths(root);
   }
 

@@ -15,6 +15,7 @@
  */
 import { Readable, type Writable } from 'node:stream';
 import type { BlobStore, BlobWriter } from '../storage/store.js';
+import type { BufferPool } from '../util/buffer-pool.js';
 import { watchResponse } from '../util/response-end.js';
 
 const READ_CHUNK = 512 * 1024;
@@ -86,6 +87,8 @@ export class Download {
     private readonly store: Pick<BlobStore, 'open'>,
     /** A pass-through cuts a reader that took nothing for this long (DEFAULT_READER_STALL_MS). */
     private readonly readerStallMs = DEFAULT_READER_STALL_MS,
+    /** Where an HTTP answer's read-back buffers come from and go back to (writeInto); none: made per answer. */
+    readonly buffers?: BufferPool,
   ) {
     this.ready = new Promise((res, rej) => {
       this.resolveReady = res;
@@ -468,11 +471,13 @@ class DownloadReader extends Readable {
     this.out = out;
     return new Promise((resolve) => {
       const free: Buffer[] = [];
+      const pool = this.dl.buffers;
       let written = 0;
       let writing = 0;
       let wakeWriter: (() => void) | undefined;
       const end = watchResponse(out, () => {
         this.destroy();
+        if (pool) for (const buf of free.splice(0)) pool.give(buf);
         wakeWriter?.();
         resolve(written);
       });
@@ -484,7 +489,8 @@ class DownloadReader extends Readable {
           writing--;
           if (err) return settle(err);
           written += bytes.length;
-          if (buf) free.push(buf);
+          if (buf && end.over) pool?.give(buf);
+          else if (buf) free.push(buf);
           const w = wakeWriter;
           wakeWriter = undefined;
           w?.();
@@ -517,9 +523,14 @@ class DownloadReader extends Readable {
             // Fewer than two writes under way and at most two buffers: one is free, or one more may be
             // made, no larger than what is left to send (a small blob must not cost 512 KiB; what is
             // left only shrinks, so a buffer made earlier is never too small for a later read).
-            const buf = free.pop() ?? Buffer.allocUnsafeSlow(Math.max(1, Math.min(READ_CHUNK, Math.min(limit, dl.size ?? Infinity) - this.pos)));
+            let buf = free.pop();
+            if (!buf) {
+              const size = Math.max(1, Math.min(READ_CHUNK, Math.min(limit, dl.size ?? Infinity) - this.pos));
+              buf = pool ? pool.take(size) : Buffer.allocUnsafeSlow(size);
+            }
             const got = await dl.writer.readAt(this.pos, Math.min(this.onDisk(available), buf.length), buf);
-            if (end.over) return;
+            // The read is over: nothing refers to an unsent buffer now.
+            if (end.over) return pool?.give(buf);
             if (got.length === 0) return settle(new Error('reader fell behind a pass-through download'));
             this.pos += got.length;
             dl.wake();

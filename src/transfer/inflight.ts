@@ -10,6 +10,7 @@ import type { BlobStore } from '../storage/store.js';
 import { DigestMismatchError, StoreFullError } from '../storage/store.js';
 import { UpstreamError } from '../upstream/errors.js';
 import type { BlobBody, BlobSink } from '../upstream/types.js';
+import type { BufferPool } from '../util/buffer-pool.js';
 import { Download } from './download.js';
 import { Fill, upstreamOf, type BlobSinks, type MinProgress } from './fill.js';
 
@@ -62,6 +63,8 @@ export interface InflightOptions {
   readerStallMs?: number;
   /** A download delivering less than this in a window fails as too slow (fill.ts); undefined: no floor. */
   minProgress?: MinProgress;
+  /** Read-back buffers of the readers' HTTP answers, reused between answers (util/buffer-pool.ts). */
+  buffers?: BufferPool;
 }
 
 export class InflightDownloads {
@@ -117,7 +120,7 @@ export class InflightDownloads {
       this.opts.observer.joined(digest);
       return existing;
     }
-    const dl = new Download(digest, origin, this.opts.store, this.opts.readerStallMs);
+    const dl = new Download(digest, origin, this.opts.store, this.opts.readerStallMs, this.opts.buffers);
     this.downloads.set(digest, dl);
     this.opts.observer.started(digest);
     void this.run(dl, source);

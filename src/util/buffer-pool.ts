@@ -7,6 +7,7 @@
  * Contract:
  * - `take(n)` gives a buffer of at least n bytes (n rounded up to a power of two, at least 4 KiB);
  *   its contents are whatever the last user left. Above 1 MiB it is made to measure and never kept.
+ *   `take(n, least)` may give a smaller idle one, of at least `least` bytes, rather than make one.
  * - `give(buf)` is for a buffer from `take` that nothing refers to any more: no read into it and no
  *   write from it still under way. A caller unsure of that (a write that failed) does not give it
  *   back; it is then collected as before. Giving back a buffer twice is a bug: two users would share it.
@@ -15,21 +16,30 @@
  */
 const MIN_CLASS = 4 * 1024;
 const MAX_CLASS = 1024 * 1024;
+/** The default cap on idle bytes: two 64 KiB reads (the store's floor) for 64 streams. */
+const DEFAULT_MAX_IDLE = 8 * 1024 * 1024;
 
 export class BufferPool {
   /** Idle buffers by size (each a power of two from MIN_CLASS to MAX_CLASS). */
   private readonly idle = new Map<number, Buffer[]>();
   private idleBytes = 0;
 
-  constructor(private readonly maxIdleBytes: number) {}
+  constructor(private readonly maxIdleBytes = DEFAULT_MAX_IDLE) {}
 
-  take(n: number): Buffer {
+  /**
+   * A buffer of at least n bytes; or, when none of that size waits, the largest idle one of at least
+   * `least` bytes (a caller that reads in chunks then reads smaller ones instead of making a buffer).
+   */
+  take(n: number, least = n): Buffer {
     if (n > MAX_CLASS) return Buffer.allocUnsafeSlow(n);
     const size = sizeFor(n);
-    const buf = this.idle.get(size)?.pop();
-    if (!buf) return Buffer.allocUnsafeSlow(size);
-    this.idleBytes -= size;
-    return buf;
+    for (let s = size, floor = sizeFor(Math.min(least, n)); s >= floor; s /= 2) {
+      const buf = this.idle.get(s)?.pop();
+      if (!buf) continue;
+      this.idleBytes -= s;
+      return buf;
+    }
+    return Buffer.allocUnsafeSlow(size);
   }
 
   give(buf: Buffer): void {

@@ -27,6 +27,22 @@ describe('BufferPool', () => {
     expect(pool.take(64 * KiB)).not.toBe(a);
   });
 
+  it('take(n, least): a smaller idle buffer, never below least, rather than a new one', () => {
+    const pool = new BufferPool(1024 * KiB);
+    const [s16, s64] = [pool.take(16 * KiB), pool.take(64 * KiB)];
+    pool.give(s16);
+    pool.give(s64);
+    expect(pool.take(256 * KiB, 64 * KiB)).toBe(s64);
+    // Only a 16 KiB one waits, and 64 KiB is the least: a new 256 KiB buffer.
+    const fresh = pool.take(256 * KiB, 64 * KiB);
+    expect(fresh.length).toBe(256 * KiB);
+    expect(pool.take(256 * KiB, 1)).toBe(s16);
+    // Of the same size first, when one waits.
+    pool.give(fresh);
+    pool.give(s64);
+    expect(pool.take(256 * KiB, 64 * KiB)).toBe(fresh);
+  });
+
   it('above 1 MiB it makes buffers to measure and keeps none', () => {
     const pool = new BufferPool(8 * 1024 * KiB);
     const big = pool.take(1024 * KiB + 1);

@@ -6,6 +6,7 @@ import { Writable, type Readable } from 'node:stream';
 import { setImmediate as tick, setTimeout as sleep } from 'node:timers/promises';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { UpstreamError } from '../../src/upstream/errors.js';
+import { ScribblingPool } from '../helpers/scribbling-pool.js';
 import { SlowSink } from '../helpers/slow-sink.js';
 import { waitFor } from '../helpers/wait.js';
 import { InflightDownloads, type BlobSource, type Download, type InflightObserver } from '../../src/transfer/inflight.js';
@@ -345,6 +346,29 @@ describe('InflightDownloads', () => {
       expect(small.sink.overwritten).toBe(0);
       expect(up.offsets).toEqual([0]);
       expect([...small.sink.buffers].map((b) => b.byteLength)).toEqual([50_000]);
+    });
+
+    it('with a pool, read-back buffers go back to it once written, and no answer sees another\'s bytes', async () => {
+      const pool = new ScribblingPool();
+      const pooled = new InflightDownloads({ store, observer, lingerMs: 60_000, buffers: pool });
+      const blob = randomBytes(2 * 1024 * 1024 + 333);
+      const d = digestOf(blob);
+      const up = scripted(blob);
+      const dl = pooled.join(d, ORIGIN, up.source);
+      const early = writeInto(dl.createReader());
+      await waitFor(() => dl.received > blob.length / 2, 2000);
+      // Joined behind the live edge: these read back from the file.
+      const behind = [writeInto(pooled.join(d, ORIGIN, up.source).createReader()), writeInto(pooled.join(d, ORIGIN, up.source).createReader(5, 1_500_000))];
+      const results = await Promise.all([early, ...behind]);
+      const late = await writeInto(pooled.join(d, ORIGIN, up.source).createReader(100));
+      for (const [i, r] of [...results, late].entries()) {
+        const want = i === 2 ? blob.subarray(5, 1_500_001) : i === 3 ? blob.subarray(100) : blob;
+        expect(r.sink.overwritten, `answer ${i}`).toBe(0);
+        expectBytes(r.sink.bytes, want);
+      }
+      expect(pool.given.length).toBeGreaterThan(0);
+      expect([...late.sink.buffers].some((ab) => pool.gave(ab))).toBe(true);
+      await pooled.drain(10_000);
     });
 
     it('a digest mismatch cuts every writer short of the last byte', async () => {
