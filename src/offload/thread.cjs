@@ -57,7 +57,7 @@ const spare = [];
 const MAX_SPARE = 16;
 const takeBuffer = () => spare.pop() ?? Buffer.allocUnsafe(BATCH);
 const giveBack = (buf) => {
-  if (spare.length < MAX_SPARE) spare.push(buf);
+  if (buf.length === BATCH && spare.length < MAX_SPARE) spare.push(buf);
 };
 const client = new Http1Client({ connectTimeout: workerData.agent.connect.timeout, keepAliveTimeout: workerData.agent.keepAliveTimeout, connections: workerData.agent.connections });
 /**
@@ -184,15 +184,27 @@ function go(rid, skip, at) {
   else st.controller.resume();
 }
 
-/** Keeps a copy of `chunk` (a view of the read buffer) while the head waits for the main thread's go. */
+/**
+ * Keeps a copy of `chunk` (a view of the read buffer) while the head waits for the main thread's go:
+ * in spare batch buffers while there are any, else in a copy of its own size (a small body must not
+ * cost a fresh 512 KiB when more downloads than MAX_SPARE park at once); only the former go back.
+ */
 function park(st, chunk) {
   let c = chunk;
   while (c.length > 0) {
-    if (st.queued.length === 0 || st.queuedFill === BATCH) {
-      st.queued.push(takeBuffer());
+    const last = st.queued[st.queued.length - 1];
+    if (last === undefined || st.queuedFill === last.length) {
+      const buf = spare.pop();
+      if (!buf) {
+        st.queued.push(Buffer.from(c));
+        st.queuedFill = c.length;
+        return;
+      }
+      st.queued.push(buf);
       st.queuedFill = 0;
+      continue;
     }
-    const n = c.copy(st.queued[st.queued.length - 1], st.queuedFill);
+    const n = c.copy(last, st.queuedFill);
     st.queuedFill += n;
     c = c.subarray(n);
   }

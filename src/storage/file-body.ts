@@ -16,12 +16,6 @@ import { Readable, type Writable } from 'node:stream';
 import type { BufferPool } from '../util/buffer-pool.js';
 import { watchResponse } from '../util/response-end.js';
 
-/**
- * With a pool, an idle buffer down to this size serves when none of the read size waits: the read
- * sizes follow the number of streams (fs-store.ts), and a smaller read beats a new buffer.
- */
-const SMALLEST_POOLED_READ = 64 * 1024;
-
 export class FileBody extends Readable {
   private pos: number;
   /** Exclusive. */
@@ -89,7 +83,6 @@ export class FileBody extends Readable {
       const total = this.stop - this.pos;
       const size = Math.max(1, Math.min(this.chunk, total));
       const pool = this.buffers;
-      const most = total > size ? 2 : 1;
       let made = 0;
       const free: Buffer[] = [];
       let written = 0;
@@ -108,9 +101,13 @@ export class FileBody extends Readable {
           return;
         }
         let buf = free.pop();
-        if (!buf && made < most) {
+        // A second buffer only while bytes are left beyond what the first one holds (it is out being
+        // written). From a pool, an idle buffer of half the size serves when none of the size waits
+        // (read sizes follow the number of streams): a smaller read rather than a new buffer, but
+        // never so small that a lone client after a busy spell reads in crumbs.
+        if (!buf && made < 2) {
           made++;
-          buf = pool ? pool.take(size, Math.min(size, SMALLEST_POOLED_READ)) : Buffer.allocUnsafeSlow(size);
+          buf = pool ? pool.take(size, Math.ceil(size / 2)) : Buffer.allocUnsafeSlow(size);
         }
         if (!buf) return;
         reading = true;
@@ -120,7 +117,10 @@ export class FileBody extends Readable {
           ({ bytesRead }) => {
             reading = false;
             if (end.over) return pool?.give(into);
-            if (bytesRead === 0) return settle(endedEarly(this.pos, this.stop));
+            if (bytesRead === 0) {
+              pool?.give(into);
+              return settle(endedEarly(this.pos, this.stop));
+            }
             this.pos += bytesRead;
             writing++;
             out.write(bytesRead === into.length ? into : into.subarray(0, bytesRead), (err) => {

@@ -522,7 +522,8 @@ class DownloadReader extends Readable {
             if (!dl.writer || this.pos >= dl.writer.written) return settle(new Error('reader fell behind a pass-through download'));
             // Fewer than two writes under way and at most two buffers: one is free, or one more may be
             // made, no larger than what is left to send (a small blob must not cost 512 KiB; what is
-            // left only shrinks, so a buffer made earlier is never too small for a later read).
+            // left only shrinks, so a buffer made earlier is never too small for a later read). From
+            // a pool it is that size rounded up to a power of two.
             let buf = free.pop();
             if (!buf) {
               const size = Math.max(1, Math.min(READ_CHUNK, Math.min(limit, dl.size ?? Infinity) - this.pos));
@@ -530,7 +531,8 @@ class DownloadReader extends Readable {
             }
             const got = await dl.writer.readAt(this.pos, Math.min(this.onDisk(available), buf.length), buf);
             // The read is over: nothing refers to an unsent buffer now.
-            if (end.over) return pool?.give(buf);
+            if (end.over || got.length === 0) pool?.give(buf);
+            if (end.over) return;
             if (got.length === 0) return settle(new Error('reader fell behind a pass-through download'));
             this.pos += got.length;
             dl.wake();

@@ -137,6 +137,18 @@ describe('FileBody', () => {
       expect(second.bytes.equals(bytes.subarray(7, 70 * KiB + 1))).toBe(true);
       expect(second.overwritten).toBe(0);
       expect([...second.buffers].every((ab) => pool.gave(ab))).toBe(true);
+      expect(pool.doubles).toBe(0);
+    });
+
+    it('after a busy spell (only 64 KiB buffers idle) a body planned for 256 KiB reads reads at least 128 KiB at a time', async () => {
+      const pool = new ScribblingPool();
+      const small = Array.from({ length: 8 }, () => pool.take(64 * KiB));
+      for (const b of small) pool.give(b);
+      const sink = new SlowSink();
+      await (await pooled(pool, 0, bytes.length - 1, 256 * KiB)).writeInto(sink);
+      expect(sink.bytes.equals(bytes)).toBe(true);
+      expect(sink.parts.slice(0, -1).every((p) => p.length >= 128 * KiB)).toBe(true);
+      expect([...sink.buffers].some((ab) => small.some((b) => b.buffer === ab))).toBe(false);
     });
 
     it('twenty answers at once share one pool without a byte of one reaching another', async () => {
@@ -149,6 +161,7 @@ describe('FileBody', () => {
         expect(sinks[i]!.bytes.equals(bytes.subarray(s, e + 1)), `answer ${i}`).toBe(true);
       }
       expect(pool.given.length).toBeGreaterThanOrEqual(20);
+      expect(pool.doubles).toBe(0);
     });
 
     it('a buffer whose write failed is not given back (the stream may still hold it)', async () => {

@@ -368,6 +368,7 @@ describe('InflightDownloads', () => {
       }
       expect(pool.given.length).toBeGreaterThan(0);
       expect([...late.sink.buffers].some((ab) => pool.gave(ab))).toBe(true);
+      expect(pool.doubles).toBe(0);
       await pooled.drain(10_000);
     });
 
