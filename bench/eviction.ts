@@ -207,7 +207,7 @@ async function openLoop(url: string, path: string, rate: number, until: Promise<
     if (wait >= 1) await sleep(wait);
     // A request sent up to 1 ms early (no sleep that short) counts from when it was sent: timing it
     // from `due` gave negative latencies on a fast machine (a p50 of -0.19 ms in one run).
-    const from = Math.max(due, performance.now());
+    const from = Math.min(due, performance.now());
     const p = (async () => {
       let ok = false;
       try {
