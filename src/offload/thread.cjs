@@ -61,8 +61,9 @@ const giveBack = (buf) => {
 };
 const client = new Http1Client({ connectTimeout: workerData.agent.connect.timeout, keepAliveTimeout: workerData.agent.keepAliveTimeout, connections: workerData.agent.connections });
 /**
- * sid -> { fd, position (written), told (position last told), hash, batch (a Buffer of BATCH, made
- * at the first small read), batchBytes, timer, broken }
+ * sid -> { fd, position (written), told (position last told), hash, batch (a Buffer of BATCH, taken
+ * from the spares at the first small read and given back at the body's end or the sink's close),
+ * batchBytes, timer, broken }
  */
 const sinks = new Map();
 /**
