@@ -109,6 +109,14 @@ async function drain(r: Readable, dl: Download): Promise<{ bytes: Buffer; error?
   }
 }
 
+/** Downloads `b` (put in the hub under library/app) through the rig and reads it whole. */
+async function pullBlob(r: Rig, b: Blob): Promise<{ bytes: Buffer; error?: Error }> {
+  const dl = r.inflight.join(b.digest, 'docker.io/library/app', (offset, sink) => r.client.getBlob('library/app', b.digest, offset, sink));
+  const got = await drain(dl.createReader(), dl);
+  await dl.finished;
+  return got;
+}
+
 /** The GETs that carried the blob's bytes (the registry redirects them to its CDN). */
 const blobGets = () => hub.requests.filter((r) => r.server === 'cdn' && r.method === 'GET');
 
@@ -145,12 +153,7 @@ describe('the download thread', () => {
     hub.resetCounters();
     // Slow enough that the ten bodies are written side by side, partial batches flushed by the timer.
     Object.assign(hub.faults, { trickle: { bytesPerTick: 48 * 1024, tickMs: 5 } });
-    const pull = async (b: Blob) => {
-      const dl = r.inflight.join(b.digest, 'docker.io/library/app', (offset, sink) => r.client.getBlob('library/app', b.digest, offset, sink));
-      const got = await drain(dl.createReader(), dl);
-      await dl.finished;
-      return got;
-    };
+    const pull = (b: Blob) => pullBlob(r, b);
     const results = await Promise.all(blobs.slice(0, 10).map(pull));
     for (const b of blobs.slice(10)) results.push(await pull(b));
     for (const [i, b] of blobs.entries()) {
@@ -160,6 +163,36 @@ describe('the download thread', () => {
     }
     expect(blobGets()).toHaveLength(20);
     expect(r.events.filter((e) => e === 'completed')).toHaveLength(20);
+  });
+
+  it('requests cancelled, or their sink closed, while their heads are parked give their buffers back once: the downloads after them are intact', async () => {
+    const r = await rig();
+    const blobs = Array.from({ length: 20 }, (_, i) => blobOf(pseudoRandomBytes(300 * 1024 + i * 37 * 1024, `thread-parked-${i}`), 'application/octet-stream'));
+    for (const b of blobs) hub.putBlob('library/app', b);
+    const pull = (b: Blob) => pullBlob(r, b);
+    // Six downloads leave their batch buffers as the thread's spares.
+    await Promise.all(blobs.slice(0, 6).map(pull));
+    // Four GETs answered and parked (the bytes that came with each head held in spares), then left:
+    // two cancelled, two with their sink closed under them.
+    for (const [i, b] of blobs.slice(6, 10).entries()) {
+      const w = await r.store.createWriter(b.digest);
+      const sink = r.thread.open(w.external!()!);
+      const body = await r.client.getBlob('library/app', b.digest, 0, sink);
+      expect(body.direct).toBeDefined();
+      if (i % 2 === 0) body.direct!.cancel();
+      await sink.close();
+      await w.abort();
+      await w.close();
+    }
+    // Ten at once, trickled, so their batches are in use side by side: a buffer given back twice
+    // would be two downloads' batch.
+    Object.assign(hub.faults, { trickle: { bytesPerTick: 48 * 1024, tickMs: 5 } });
+    const results = await Promise.all(blobs.slice(10).map(pull));
+    for (const [i, b] of blobs.slice(10).entries()) {
+      expect(results[i]!.error, `blob ${i}`).toBeUndefined();
+      expect(digestOf(results[i]!.bytes), `blob ${i}`).toBe(b.digest);
+      expect(digestOf((await r.store.read(b.digest))!), `blob ${i} kept`).toBe(b.digest);
+    }
   });
 
   it('resumes a cut body with a Range request into the same file and hash', async () => {
