@@ -111,7 +111,8 @@ export class FileBody extends Readable {
         }
         if (!buf) return;
         reading = true;
-        const len = Math.min(buf.length, this.stop - this.pos);
+        // Never more than the planned size: a pool's buffer may be larger (a power of two).
+        const len = Math.min(buf.length, size, this.stop - this.pos);
         const into = buf;
         this.handle.read(into, 0, len, this.pos).then(
           ({ bytesRead }) => {

@@ -140,6 +140,15 @@ describe('FileBody', () => {
       expect(pool.doubles).toBe(0);
     });
 
+    it('reads no more than the planned size into a larger buffer of the pool (a power of two)', async () => {
+      const pool = new ScribblingPool();
+      const sink = new SlowSink();
+      await (await pooled(pool, 0, bytes.length - 1, 100_000)).writeInto(sink);
+      expect(sink.bytes.equals(bytes)).toBe(true);
+      expect([...sink.buffers].every((ab) => ab.byteLength === 128 * KiB)).toBe(true);
+      expect(sink.parts.map((p) => p.length)).toEqual([100_000, 100_000, 100_000, bytes.length - 300_000]);
+    });
+
     it('after a busy spell (only 64 KiB buffers idle) a body planned for 256 KiB reads reads at least 128 KiB at a time', async () => {
       const pool = new ScribblingPool();
       const small = Array.from({ length: 8 }, () => pool.take(64 * KiB));
