@@ -14,8 +14,9 @@ import { DigestMismatchError, StoreFullError, type BlobInfo, type BlobStore, typ
 /**
  * Read sizes for served blobs. Big reads mean fewer syscalls and event-loop turns per byte (one
  * client streams fastest with 1 MiB reads); each open stream holds two reads in memory (FileBody), so
- * the size shrinks as streams multiply and their memory stays near 2 × READ_BUDGET up to
- * READ_BUDGET / MIN_READ (64) streams; past that it grows by 128 KiB a stream. At the 500-client
+ * the size shrinks as streams multiply and their memory stays near 2 × READ_BUDGET (at most twice
+ * that: the pool's buffers are the sizes rounded up to powers of two) up to READ_BUDGET / MIN_READ
+ * (64) streams; past that it grows by 128 KiB a stream. At the 500-client
  * load's peak (~250 streams) that is ~30 MiB of buffers: 16 KiB reads cut the peak by ~12 MiB but
  * the requests served by ~10 % (three 30-s runs each), so the floor stays at 64 KiB.
  */
