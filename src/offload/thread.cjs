@@ -211,6 +211,12 @@ function park(st, chunk) {
   }
 }
 
+/** Gives back a sink's batch buffer (its bytes written, or no longer wanted). */
+function dropBatch(sink) {
+  if (sink.batch) giveBack(sink.batch);
+  sink.batch = undefined;
+}
+
 /** Gives back the buffers of a request that ends parked (cancelled, closed, failed). */
 function dropQueued(st) {
   for (const buf of st.queued) giveBack(buf);
@@ -311,8 +317,7 @@ function finish(rid, st) {
   const sink = sinks.get(st.sid);
   if (!flush(rid, st, sink)) return;
   // Empty now; a later request on this sink (a resume) takes one again.
-  if (sink.batch) giveBack(sink.batch);
-  sink.batch = undefined;
+  dropBatch(sink);
   st.phase = 'done';
   requests.delete(rid);
   post({ op: 'end', rid });
@@ -344,8 +349,7 @@ function close(sid) {
   sinks.delete(sid);
   // After a failed write the hash covers bytes the file may not hold: no digest then.
   post({ op: 'closed', sid, position: sink.position, hex: sink.broken || sink.batchBytes > 0 ? undefined : sink.hash.digest('hex') });
-  if (sink.batch) giveBack(sink.batch);
-  sink.batch = undefined;
+  dropBatch(sink);
 }
 
 function fail(rid, st, e) {

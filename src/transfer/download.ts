@@ -530,10 +530,11 @@ class DownloadReader extends Readable {
               buf = pool ? pool.take(size) : Buffer.allocUnsafeSlow(size);
             }
             const got = await dl.writer.readAt(this.pos, Math.min(this.onDisk(available), buf.length), buf);
-            // The read is over: nothing refers to an unsent buffer now.
-            if (end.over || got.length === 0) pool?.give(buf);
-            if (end.over) return;
-            if (got.length === 0) return settle(new Error('reader fell behind a pass-through download'));
+            if (end.over || got.length === 0) {
+              // The read is over and nothing will send this buffer.
+              pool?.give(buf);
+              return end.over ? undefined : settle(new Error('reader fell behind a pass-through download'));
+            }
             this.pos += got.length;
             dl.wake();
             send(got, buf);
