@@ -56,7 +56,7 @@ describe('the embedded default config', () => {
     expect(c.upstreamHealth).toEqual({ offlineMinMs: 5000, offlineMaxMs: 120000 });
     expect(c.tls).toBeUndefined();
     expect(c.downloads).toEqual({ thread: true });
-    expect(c.heap).toEqual({ growthPercent: 0 });
+    expect(c.heap).toEqual({ growthPercent: 150 });
   });
 
   it('has the five upstreams, docker.io with the library prefix and its aliases', () => {
@@ -182,7 +182,8 @@ describe('environment overrides', () => {
 
   it('MIRROR_HEAP_GROWTH_PERCENT sets the old generation headroom (0: V8 decides; empty: the file or the default)', () => {
     expect(load({ env: { MIRROR_HEAP_GROWTH_PERCENT: '150' } }).heap).toEqual({ growthPercent: 150 });
-    expect(load({ env: { MIRROR_HEAP_GROWTH_PERCENT: '' } }).heap).toEqual({ growthPercent: 0 });
+    expect(load({ env: { MIRROR_HEAP_GROWTH_PERCENT: '' } }).heap).toEqual({ growthPercent: 150 });
+    expect(load({ env: { MIRROR_HEAP_GROWTH_PERCENT: '0' } }).heap).toEqual({ growthPercent: 0 });
   });
 
   it('MIRROR_UPSTREAM_<KEY>_URL/_USERNAME/_PASSWORD/_TAG_TTL set one upstream', () => {
