@@ -467,7 +467,7 @@ async function main(): Promise<void> {
     if (want(5)) {
       const n = 10;
       const url = (s: Server) => `${s.url}/v2/${bigRepo}/blobs/${big.digest}`;
-      const res = new Map<string, { one: number; running: number; slowest: number; warmSlowest: number; gets: number; bytes: number; coldCpu: number; warmCpu: number; upstreamCpu: number }>();
+      const res = new Map<string, { one: number; running: number; slowest: number; warmSlowest: number; gets: number; bytes: number; coldCpu: number; warmCpu: number; upstreamCpu: number; coldSelf: number; warmSelf: number }>();
       const upPid = distributionPid(up);
       // One cold pull on a fresh instance, three times each, interleaved: a single pull of well under
       // a second on a shared 2-core machine read 0.65-0.86 s for the same mirror within an hour.
@@ -504,17 +504,22 @@ async function main(): Promise<void> {
         await curlGet(`${s.url}/v2/bench/shared-a/blobs/${fx.base.digest}`, fx.base.size);
         await quiet(up);
         up.clearRequests();
-        const cpu0 = { machine: machineBusySeconds(), upstream: upPid !== undefined ? processCpuSeconds(upPid) : undefined };
+        // The server's own CPU too (all its threads): what is left of the machine's is the clients,
+        // the upstream and the kernel's writeback.
+        const selfCpu = () => (s.pid !== undefined ? (processCpuSeconds(s.pid) ?? NaN) : NaN);
+        const cpu0 = { machine: machineBusySeconds(), upstream: upPid !== undefined ? processCpuSeconds(upPid) : undefined, self: selfCpu() };
         const r = await curlConcurrent(url(s), n, big.size);
         const coldCpu = machineBusySeconds() - cpu0.machine;
+        const coldSelf = selfCpu() - cpu0.self;
         const upstreamCpu = upPid !== undefined && cpu0.upstream !== undefined ? (processCpuSeconds(upPid) ?? NaN) - cpu0.upstream : NaN;
         await quiet(up);
         const gets = blobGets(up, big.digest);
         // The same blob, the same instance, once it is stored: what serving alone costs.
         await waitFor(() => fileSize('dataDir' in s ? mirrorBlobFile(s, big.digest) : proxyBlobFile(s, big.digest)) === big.size, 60_000, `${s.name} to store the blob`, 100);
-        const warm0 = machineBusySeconds();
+        const warm0 = { machine: machineBusySeconds(), self: selfCpu() };
         const w = await curlConcurrent(url(s), n, big.size);
-        const warmCpu = machineBusySeconds() - warm0;
+        const warmCpu = machineBusySeconds() - warm0.machine;
+        const warmSelf = selfCpu() - warm0.self;
         res.set(kind, {
           one: one.seconds,
           running: running.seconds,
@@ -525,6 +530,8 @@ async function main(): Promise<void> {
           coldCpu,
           warmCpu,
           upstreamCpu,
+          coldSelf,
+          warmSelf,
         });
         const x = res.get(kind)!;
         log(`  ${kind}: one cold ${x.one.toFixed(2)} s (${x.running.toFixed(2)} s as the second cold pull of an instance); slowest of ${n} cold ${x.slowest.toFixed(2)} s, of ${n} warm ${x.warmSlowest.toFixed(2)} s; upstream GETs ${gets.length}, ${(x.bytes / MiB).toFixed(0)} MiB`);
@@ -568,7 +575,7 @@ async function main(): Promise<void> {
         // what is left for fetching, hashing and writing the blob.
         const budget = 1.2 * x.warmSlowest * cores - x.warmCpu - x.upstreamCpu;
         notes.push(
-          `workload 5, CPU of the whole machine (${cores} cores) for ${kind}: ${fmt(x.coldCpu, 2)} s during the ${n} cold clients (the upstream registry sending the blob: ${fmt(x.upstreamCpu, 2)} s of it), ${fmt(x.warmCpu, 2)} s during the ${n} warm ones. Cold ÷ warm ≤ 1.2 leaves at most ${fmt(budget, 2)} s of CPU for fetching, hashing and writing the ${fmt(bigMiB, 0)} MiB (hashing them alone takes ${fmt(hashSeconds, 2)} s here); the cold batch took ${fmt(x.coldCpu - x.warmCpu - x.upstreamCpu, 2)} s beyond serving and the upstream`,
+          `workload 5, CPU of the whole machine (${cores} cores) for ${kind}: ${fmt(x.coldCpu, 2)} s during the ${n} cold clients (the upstream registry sending the blob: ${fmt(x.upstreamCpu, 2)} s of it), ${fmt(x.warmCpu, 2)} s during the ${n} warm ones; of these, ${kind} itself (every thread of its process) ${fmt(x.coldSelf, 2)} s and ${fmt(x.warmSelf, 2)} s. Cold ÷ warm ≤ 1.2 leaves at most ${fmt(budget, 2)} s of CPU for fetching, hashing and writing the ${fmt(bigMiB, 0)} MiB (hashing them alone takes ${fmt(hashSeconds, 2)} s here); the cold batch took ${fmt(x.coldCpu - x.warmCpu - x.upstreamCpu, 2)} s beyond serving and the upstream`,
         );
       }
       // Both on an instance that pulled the base layer first (the 10 clients' instance did too).
@@ -658,7 +665,7 @@ async function main(): Promise<void> {
     '- **nginx sendfile**: nginx serving the blob file from the layout, `sendfile on`, `access_log off`, `worker_processes auto`.',
     '- **Node ceiling**: a minimal `node:http` server in its own process (bench/ceiling.ts) piping the same blob file with `fs.createReadStream(file).pipe(res)` (default 64 KiB reads): what a plain Node server does for a file. The mirror does more for a stored blob (routing, checks, metrics) but reads it into two buffers it reuses (src/storage/file-body.ts), where `fs.createReadStream` allocates every chunk anew, which is why it can beat this ceiling.',
     '- **nginx + regmirror (X-Accel-Redirect)**: nginx with the shipped deploy/nginx/regmirror.conf in front of the warm mirror (`serve.accelRedirect`): the mirror checks each hit and answers with X-Accel-Redirect, nginx sends the file with sendfile. Its rows compare it with nginx alone and the proxy.',
-    '- Workload 5 also runs 10 concurrent *warm* clients on the instance that served the 10 cold ones, once it stored the blob, and nginx and the Node ceiling serve the same blob to 1 and 10 clients: the slowest cold client against the slowest warm one says what coalescing costs beyond serving. That instance pulled the base layer cold before the 10 cold clients, so both batches run in a process that has compiled its hot paths. The machine’s busy CPU (/proc/stat) is recorded during each batch, and the upstream registry’s (/proc/PID/stat) during the cold one. "One cold pull" is on a fresh instance (a Node process compiles its hot paths and sizes its heap during that first pull), the median of three fresh instances of each, interleaved; "on a running instance" is the same pull on an instance that pulled the base layer cold first, as a mirror that has been up a while does it.',
+    '- Workload 5 also runs 10 concurrent *warm* clients on the instance that served the 10 cold ones, once it stored the blob, and nginx and the Node ceiling serve the same blob to 1 and 10 clients: the slowest cold client against the slowest warm one says what coalescing costs beyond serving. That instance pulled the base layer cold before the 10 cold clients, so both batches run in a process that has compiled its hot paths. The machine’s busy CPU (/proc/stat) and the server’s own (/proc/PID/stat, all its threads) are recorded during each batch, and the upstream registry’s during the cold one. "One cold pull" is on a fresh instance (a Node process compiles its hot paths and sizes its heap during that first pull), the median of three fresh instances of each, interleaved; "on a running instance" is the same pull on an instance that pulled the base layer cold first, as a mirror that has been up a while does it.',
     `- **workload 8 (eviction at scale, regmirror alone, no upstream)**: ${EVICTION_SETUP}`,
     '- Workloads 1–4 use one warm instance of each (blob and manifests fetched once and stored); 5–7 use fresh instances (empty storage; two of workload 5’s pulled the base layer first).',
     '- Blob clients are `curl -o /dev/null` (one process per client; MiB/s from curl’s own timing); small requests use `wrk -t2 -c32 --latency` with an Accept header for OCI and Docker manifests, in three 4 s turns per server with the mirror and the proxy alternating, reporting the median req/s and p99 of each; pulls use `skopeo copy docker://… dir:`.',
