@@ -156,8 +156,11 @@ export interface Config {
   serve: ServeConfig;
   /** Cold blob bodies are written to the filesystem store by a worker thread (src/offload/), off the event loop. */
   downloads: { thread: boolean };
-  /** V8's old generation may grow to (1 + growthPercent/100) × what survived the last full collection; 0: V8's own factor (src/heap.ts). */
-  heap: { growthPercent: number };
+  /**
+   * V8's old generation may grow to (1 + growthPercent/100) × what survived the last full collection;
+   * its young generation to two semi-spaces of maxSemiSpaceMiB. 0: V8 decides (src/heap.ts).
+   */
+  heap: { growthPercent: number; maxSemiSpaceMiB: number };
   /** Largest manifest accepted from upstream (bytes); largest `n` of a page. */
   limits: { maxManifestBytes: number; maxPageSize: number };
   /**
@@ -246,6 +249,7 @@ export function applyEnv(raw: Raw, env: Record<string, string | undefined>): Raw
   if (env.MIRROR_SERVE_ACCEL_REDIRECT !== undefined) set(['serve', 'accelRedirect'], env.MIRROR_SERVE_ACCEL_REDIRECT);
   if (env.MIRROR_DOWNLOADS_THREAD !== undefined && env.MIRROR_DOWNLOADS_THREAD !== '') set(['downloads', 'thread'], env.MIRROR_DOWNLOADS_THREAD);
   if (env.MIRROR_HEAP_GROWTH_PERCENT !== undefined && env.MIRROR_HEAP_GROWTH_PERCENT !== '') set(['heap', 'growthPercent'], env.MIRROR_HEAP_GROWTH_PERCENT);
+  if (env.MIRROR_HEAP_MAX_SEMI_SPACE_MIB !== undefined && env.MIRROR_HEAP_MAX_SEMI_SPACE_MIB !== '') set(['heap', 'maxSemiSpaceMiB'], env.MIRROR_HEAP_MAX_SEMI_SPACE_MIB);
   const upstreams = isObject(out.upstreams) ? out.upstreams : {};
   const fields: Array<[string, string]> = [['URL', 'url'], ['USERNAME', 'username'], ['PASSWORD', 'password'], ['TAG_TTL', 'tagTtl']];
   const used = new Set<string>();
@@ -337,9 +341,11 @@ export function validateConfig(raw: Raw): Config {
   const downloadsRaw = obj('downloads', req('downloads', raw.downloads));
   known('downloads', downloadsRaw, ['thread']);
   const heapRaw = obj('heap', req('heap', raw.heap));
-  known('heap', heapRaw, ['growthPercent']);
+  known('heap', heapRaw, ['growthPercent', 'maxSemiSpaceMiB']);
   const growthPercent = num('heap.growthPercent', req('heap.growthPercent', heapRaw.growthPercent), 0, 1000);
   if (!Number.isInteger(growthPercent)) throw new ConfigError('heap.growthPercent', 'must be a whole number of percent (0: V8 decides)');
+  const maxSemiSpaceMiB = num('heap.maxSemiSpaceMiB', req('heap.maxSemiSpaceMiB', heapRaw.maxSemiSpaceMiB), 0, 1024);
+  if (!Number.isInteger(maxSemiSpaceMiB)) throw new ConfigError('heap.maxSemiSpaceMiB', 'must be a whole number of MiB (0: V8 decides)');
   const limits = obj('limits', raw.limits);
   known('limits', limits, ['maxManifestBytes', 'maxPageSize']);
   const timeouts = obj('timeouts', raw.timeouts);
@@ -477,7 +483,7 @@ export function validateConfig(raw: Raw): Config {
     },
     serve: { accelRedirect: accel === '' ? undefined : accel },
     downloads: { thread: bool('downloads.thread', req('downloads.thread', downloadsRaw.thread)) },
-    heap: { growthPercent },
+    heap: { growthPercent, maxSemiSpaceMiB },
     limits: {
       maxManifestBytes: num('limits.maxManifestBytes', req('limits.maxManifestBytes', limits.maxManifestBytes), 1024),
       maxPageSize: num('limits.maxPageSize', req('limits.maxPageSize', limits.maxPageSize), 1),

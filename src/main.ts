@@ -23,7 +23,7 @@ import { getRequestListener } from '@hono/node-server';
 import { createMirrorServer } from './http/server.js';
 import { HtpasswdError } from './access/htpasswd-error.js';
 import { PolicyError } from './access/policy.js';
-import { applyHeapGrowth } from './heap.js';
+import { applyHeapGrowth, capYoungGeneration } from './heap.js';
 import { createLogger } from './logger.js';
 import { buildMirror, openAirgap, openCacheAdmin, openPrefetch } from './mirror.js';
 import { DataDirBusyError } from './storage/data-lock.js';
@@ -84,9 +84,10 @@ async function main(argv: string[], env: NodeJS.ProcessEnv): Promise<void> {
   const logger = createLogger(config);
   // The server only: a CLI command's short life gains nothing from a tighter heap.
   applyHeapGrowth(config.heap.growthPercent);
+  const young = capYoungGeneration(config.heap.maxSemiSpaceMiB);
   let mirror: Awaited<ReturnType<typeof buildMirror>>;
   try {
-    mirror = await buildMirror(config, { logger, processMetrics: true, downloadThread: 'at-start' });
+    mirror = await buildMirror(config, { logger, processMetrics: true, downloadThread: 'at-start', onThreadOnline: young.reassert });
   } catch (e) {
     // An unreadable or invalid htpasswd, policy or token key file (auth): say which, and stop.
     // A data directory that cannot be one (a file, no permission): the path and the reason, not a stack.

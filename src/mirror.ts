@@ -78,6 +78,8 @@ export interface MirrorOptions {
    * server, so its first cold download does not wait ~0.15 s for the worker), or never ('off').
    */
   downloadThread?: 'lazy' | 'at-start' | 'off';
+  /** Told each time the download thread's worker is online (main.ts: the young generation's cap, src/heap.ts). */
+  onThreadOnline?: () => void;
   now?: () => number;
   logger?: Logger;
   promRegistry?: PromRegistry;
@@ -504,6 +506,7 @@ export async function buildMirror(config: Config, opts: MirrorOptions = {}): Pro
       ? new DownloadThread({
           agent: { connect: { timeout: config.timeouts.connect }, keepAliveTimeout: AGENT_KEEP_ALIVE_MS, connections: AGENT_CONNECTIONS },
           onCrash: (e) => logger.error({ err: e.message }, 'the download thread stopped; the downloads it was writing failed'),
+          ...(opts.onThreadOnline ? { onOnline: opts.onThreadOnline } : {}),
         })
       : undefined;
   if (opts.downloadThread === 'at-start') downloadThread?.prestart();

@@ -22,6 +22,8 @@ export interface DownloadThreadOptions {
   agent: { connect: { timeout: number }; keepAliveTimeout: number; connections: number };
   /** Told when the worker failed or stopped unasked (the downloads it wrote then failed). */
   onCrash?: (e: Error) => void;
+  /** Told each time a worker is online (its isolate made: V8 has then reset some flags, src/heap.ts). */
+  onOnline?: () => void;
   /**
    * A worker without downloads for this long exits, giving back its memory (about 9 MiB idle); the next
    * download starts a new one (about 80 ms). Default 120 s.
@@ -122,6 +124,7 @@ export class DownloadThread implements BlobSinks {
     // An idle worker does not keep the process alive; one with downloads does (holdOpen).
     worker.unref();
     worker.on('message', (m: FromThread) => this.onMessage(worker, m));
+    if (this.opts.onOnline) worker.once('online', this.opts.onOnline);
     const died = (e: Error) => {
       if (this.worker !== worker) return;
       this.worker = undefined;

@@ -56,7 +56,7 @@ describe('the embedded default config', () => {
     expect(c.upstreamHealth).toEqual({ offlineMinMs: 5000, offlineMaxMs: 120000 });
     expect(c.tls).toBeUndefined();
     expect(c.downloads).toEqual({ thread: true });
-    expect(c.heap).toEqual({ growthPercent: 150 });
+    expect(c.heap).toEqual({ growthPercent: 150, maxSemiSpaceMiB: 8 });
   });
 
   it('has the five upstreams, docker.io with the library prefix and its aliases', () => {
@@ -181,9 +181,15 @@ describe('environment overrides', () => {
   });
 
   it('MIRROR_HEAP_GROWTH_PERCENT sets the old generation headroom (0: V8 decides; empty: the file or the default)', () => {
-    expect(load({ env: { MIRROR_HEAP_GROWTH_PERCENT: '150' } }).heap).toEqual({ growthPercent: 150 });
-    expect(load({ env: { MIRROR_HEAP_GROWTH_PERCENT: '' } }).heap).toEqual({ growthPercent: 150 });
-    expect(load({ env: { MIRROR_HEAP_GROWTH_PERCENT: '0' } }).heap).toEqual({ growthPercent: 0 });
+    expect(load({ env: { MIRROR_HEAP_GROWTH_PERCENT: '100' } }).heap.growthPercent).toBe(100);
+    expect(load({ env: { MIRROR_HEAP_GROWTH_PERCENT: '' } }).heap.growthPercent).toBe(150);
+    expect(load({ env: { MIRROR_HEAP_GROWTH_PERCENT: '0' } }).heap.growthPercent).toBe(0);
+  });
+
+  it('MIRROR_HEAP_MAX_SEMI_SPACE_MIB caps the young generation (0: V8 decides; empty: the file or the default)', () => {
+    expect(load({ env: { MIRROR_HEAP_MAX_SEMI_SPACE_MIB: '4' } }).heap).toEqual({ growthPercent: 150, maxSemiSpaceMiB: 4 });
+    expect(load({ env: { MIRROR_HEAP_MAX_SEMI_SPACE_MIB: '' } }).heap.maxSemiSpaceMiB).toBe(8);
+    expect(load({ env: { MIRROR_HEAP_MAX_SEMI_SPACE_MIB: '0' } }).heap.maxSemiSpaceMiB).toBe(0);
   });
 
   it('MIRROR_UPSTREAM_<KEY>_URL/_USERNAME/_PASSWORD/_TAG_TTL set one upstream', () => {
@@ -238,6 +244,9 @@ describe('validation names the bad key', () => {
     ['MIRROR_HEAP_GROWTH_PERCENT', '-1', 'heap.growthPercent'],
     ['MIRROR_HEAP_GROWTH_PERCENT', '2.5', 'heap.growthPercent'],
     ['MIRROR_HEAP_GROWTH_PERCENT', '5000', 'heap.growthPercent'],
+    ['MIRROR_HEAP_MAX_SEMI_SPACE_MIB', 'big', 'heap.maxSemiSpaceMiB'],
+    ['MIRROR_HEAP_MAX_SEMI_SPACE_MIB', '-2', 'heap.maxSemiSpaceMiB'],
+    ['MIRROR_HEAP_MAX_SEMI_SPACE_MIB', '1.5', 'heap.maxSemiSpaceMiB'],
     ['MIRROR_DATA_DIR', '', 'dataDir'],
     ['MIRROR_LOG_LEVEL', 'verbose', 'log.level'],
     ['MIRROR_LOG_FORMAT', 'xml', 'log.format'],
