@@ -3,8 +3,8 @@
  *
  * As a Readable it reads chunk by chunk like fs.ReadStream, for every consumer (a fleet peer, a
  * bundle export, a download's copy). An HTTP answer takes writeInto() instead (http/send.ts
- * `WritesItself`; storage does not import http, so the shape is matched, not named): two buffers,
- * each read into again once the socket has taken what it held. A Readable's chunks are fresh
+ * `WritesItself`; storage does not import http, so the shape is matched, not named): two buffers
+ * (one when the store serves many streams), each read into again once the socket has taken what it held. A Readable's chunks are fresh
  * buffers that only a garbage collection frees, and V8 lets ~64 MiB of such memory gather before
  * it collects: 20 clients of a warm blob held 41 MiB of them at their peak.
  *
@@ -24,7 +24,9 @@ export class FileBody extends Readable {
 
   /**
    * Owns `handle` from here on: it is closed when the body is destroyed or done. writeInto takes
-   * its buffers from `buffers` and gives them back (without it, it makes its own).
+   * its buffers from `buffers` and gives them back (without it, it makes its own), at most `reads`
+   * of them (2: the next read overlaps the write of the last; 1: they take turns, for a store
+   * serving so many streams at once that the others keep the disk and the sockets busy).
    */
   constructor(
     private readonly handle: FileHandle,
@@ -32,6 +34,7 @@ export class FileBody extends Readable {
     endInclusive: number,
     private readonly chunk: number,
     private readonly buffers?: BufferPool,
+    private readonly reads: 1 | 2 = 2,
   ) {
     super({ highWaterMark: chunk });
     this.pos = start;
@@ -65,7 +68,7 @@ export class FileBody extends Readable {
   }
 
   /**
-   * Writes the bytes into `out` and ends it, with at most two reads' worth of memory, reused. Each
+   * Writes the bytes into `out` and ends it, with at most `reads` reads' worth of memory, reused. Each
    * buffer is read into again only after `out` called back for it (the socket has the bytes). On a
    * failure (a read error, the file ending early, `out` closing first) `out` is destroyed, so the
    * client sees a cut transfer. Resolves, never rejects, with the bytes `out` took, as soon as that
@@ -101,11 +104,11 @@ export class FileBody extends Readable {
           return;
         }
         let buf = free.pop();
-        // A second buffer only while bytes are left beyond what the first one holds (it is out being
-        // written). From a pool, an idle buffer of half the size serves when none of the size waits
+        // A second buffer (if `reads` allows one) only while bytes are left beyond what the first one
+        // holds (it is out being written). From a pool, an idle buffer of half the size serves when none of the size waits
         // (read sizes follow the number of streams): a smaller read rather than a new buffer, but
         // never so small that a lone client after a busy spell reads in crumbs.
-        if (!buf && made < 2) {
+        if (!buf && made < this.reads) {
           made++;
           buf = pool ? pool.take(size, Math.ceil(size / 2)) : Buffer.allocUnsafeSlow(size);
         }

@@ -16,9 +16,12 @@ import { DigestMismatchError, StoreFullError, type BlobInfo, type BlobStore, typ
  * client streams fastest with 1 MiB reads); each open stream holds two reads in memory (FileBody), so
  * the size shrinks as streams multiply and their memory stays near 2 × READ_BUDGET (at most twice
  * that: the pool's buffers are the sizes rounded up to powers of two) up to READ_BUDGET / MIN_READ
- * (64) streams; past that it grows by 128 KiB a stream. At the 500-client
- * load's peak (~250 streams) that is ~30 MiB of buffers: 16 KiB reads cut the peak by ~12 MiB but
- * the requests served by ~10 % (three 30-s runs each), so the floor stays at 64 KiB.
+ * (64) streams. Past that a stream holds one read (its read and its write take turns; the other
+ * streams keep the disk and the sockets busy), so memory grows by 64 KiB a stream: at the 500-client
+ * load's peak (~250 streams) ~16 MiB of buffers instead of ~30. That cut the load's peak by ~11 MiB
+ * (six interleaved 30-s rounds: 180-203 MiB against 191-208) and served as many requests. Reads of
+ * 16 KiB instead (two per stream) cut it by ~12 MiB but the requests served by ~10 % (three 30-s
+ * runs each), so the floor stays at 64 KiB.
  */
 const MAX_READ = 1024 * 1024;
 const MIN_READ = 64 * 1024;
@@ -87,9 +90,10 @@ export class FsBlobStore implements BlobStore {
       throw e;
     }
     const length = end - start + 1;
-    const share = Math.max(MIN_READ, Math.min(MAX_READ, Math.floor(READ_BUDGET / (this.openStreams + 1))));
+    const streams = this.openStreams + 1;
+    const share = Math.max(MIN_READ, Math.min(MAX_READ, Math.floor(READ_BUDGET / streams)));
     // Never more than the bytes to be read: a small blob must not cost a large buffer.
-    const stream = new FileBody(handle, start, end, Math.max(1, Math.min(share, length)), this.buffers);
+    const stream = new FileBody(handle, start, end, Math.max(1, Math.min(share, length)), this.buffers, streams > READ_BUDGET / MIN_READ ? 1 : 2);
     this.openStreams++;
     this.reading.set(digest, (this.reading.get(digest) ?? 0) + 1);
     stream.once('close', () => {

@@ -1,6 +1,6 @@
 /**
  * FileBody: a stored blob's bytes as a Readable, and writeInto() (the HTTP answer's path), which
- * reuses two buffers: a buffer must never be read into again before the writer called back for it.
+ * reuses two buffers (or one): a buffer must never be read into again before the writer called back for it.
  */
 import { randomBytes } from 'node:crypto';
 import { mkdtemp, open, rm, truncate, writeFile } from 'node:fs/promises';
@@ -173,6 +173,18 @@ describe('FileBody', () => {
       expect(pool.doubles).toBe(0);
     });
 
+    it('with reads 1 it takes one buffer and reads into it again only after the writer called back', async () => {
+      const pool = new ScribblingPool(1024 * KiB);
+      const sink = new SlowSink();
+      const b = new FileBody(await open(file, 'r'), 5, bytes.length - 1, 16 * KiB, pool, 1);
+      expect(await b.writeInto(sink)).toBe(bytes.length - 5);
+      expect(sink.bytes.equals(bytes.subarray(5))).toBe(true);
+      expect(sink.parts.length).toBe(Math.ceil((bytes.length - 5) / (16 * KiB)));
+      expect(sink.overwritten).toBe(0);
+      expect(sink.buffers.size).toBe(1);
+      expect(pool.given.length).toBe(1);
+    });
+
     it('a buffer whose write failed is not given back (the stream may still hold it)', async () => {
       const pool = new ScribblingPool(1024 * KiB);
       const sink = new SlowSink(3);
@@ -184,6 +196,29 @@ describe('FileBody', () => {
       expect([...sink.failed].some((ab) => pool.gave(ab))).toBe(false);
       expect(pool.given.length).toBeLessThanOrEqual(1);
     });
+  });
+
+  it('through FsBlobStore: past 64 open streams (reads at the 64 KiB floor) a new stream holds one buffer, not two', async () => {
+    const store = new FsBlobStore(join(dir, 'store'));
+    await store.init();
+    const digest = digestOf(bytes);
+    await store.put(digest, bytes);
+    const buffersOfNext = async () => {
+      const sink = new SlowSink();
+      const s = (await store.open(digest))! as unknown as FileBody;
+      await s.writeInto(sink);
+      await closed(s);
+      expect(sink.bytes.equals(bytes)).toBe(true);
+      expect(sink.overwritten).toBe(0);
+      return sink.buffers.size;
+    };
+    const held: FileBody[] = [];
+    for (let i = 0; i < 63; i++) held.push((await store.open(digest))! as unknown as FileBody);
+    expect(await buffersOfNext()).toBe(2); // the 64th: 64 KiB reads, two of them
+    held.push((await store.open(digest))! as unknown as FileBody);
+    expect(await buffersOfNext()).toBe(1); // the 65th
+    for (const h of held) h.destroy();
+    await Promise.all(held.map(closed));
   });
 
   it('through FsBlobStore: the blob counts as busy until writeInto is done with it', async () => {
