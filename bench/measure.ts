@@ -1,6 +1,7 @@
 /** Clients the bench measures with: curl (blobs), wrk (small requests), skopeo (whole pulls). */
 import { writeFileSync } from 'node:fs';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { run, runOk, toolPath } from '../test/e2e/harness/tools.js';
 
 export const ACCEPT = [
@@ -26,6 +27,18 @@ export async function curlGet(url: string, expectBytes: number | undefined, time
     throw new Error(`curl ${url}: exit ${r.code} status ${f.status} bytes ${f.bytes}${expectBytes !== undefined ? ` of ${expectBytes}` : ''} ${r.stderr.trim()}`);
   }
   return f;
+}
+
+/**
+ * bare-download.ts on `url` into `file` (a process of its own): the seconds it took. Throws unless it
+ * got `expect`'s bytes with its digest.
+ */
+export async function bareDownload(url: string, file: string, expect: { size: number; digest: string }): Promise<number> {
+  const script = join(dirname(fileURLToPath(import.meta.url)), 'bare-download.js');
+  const r = await runOk(process.execPath, [script, url, file], { timeoutMs: 120_000 });
+  const [bytes, digest, seconds] = r.stdout.trim().split(' ');
+  if (Number(bytes) !== expect.size || digest !== expect.digest) throw new Error(`bare download of ${url}: ${bytes} bytes, ${digest}; expected ${expect.size}, ${expect.digest}`);
+  return Number(seconds);
 }
 
 /** `n` concurrent curls of one URL: each client's result and the wall time of the whole batch. */
