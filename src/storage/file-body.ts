@@ -4,9 +4,10 @@
  * As a Readable it reads chunk by chunk like fs.ReadStream, for every consumer (a fleet peer, a
  * bundle export, a download's copy). An HTTP answer takes writeInto() instead (http/send.ts
  * `WritesItself`; storage does not import http, so the shape is matched, not named): two buffers
- * (one when the store serves many streams), each read into again once the socket has taken what it held. A Readable's chunks are fresh
- * buffers that only a garbage collection frees, and V8 lets ~64 MiB of such memory gather before
- * it collects: 20 clients of a warm blob held 41 MiB of them at their peak.
+ * (one when the store serves many streams), each read into again once the socket has taken what it
+ * held. A Readable's chunks are fresh buffers that only a garbage collection frees, and V8 lets
+ * ~64 MiB of such memory gather before it collects: 20 clients of a warm blob held 41 MiB of them
+ * at their peak.
  *
  * A file that ends before `end` (changed under the store) is an error either way, never a short
  * body under a Content-Length that promised more.
@@ -16,27 +17,42 @@ import { Readable, type Writable } from 'node:stream';
 import type { BufferPool } from '../util/buffer-pool.js';
 import { watchResponse } from '../util/response-end.js';
 
+/**
+ * How an answer reads, asked again before every read: a stream opened in a quiet spell shrinks its
+ * reads (and gives its larger buffers back) once many streams are open.
+ */
+export interface ReadPlan {
+  /** Bytes per read (never more than the range holds). */
+  chunk(): number;
+  /** Buffers at most: 2 lets the next read overlap the last write; 1 makes them take turns. */
+  reads(): 1 | 2;
+}
+
 export class FileBody extends Readable {
   private pos: number;
   /** Exclusive. */
   private readonly stop: number;
   private taken = false;
+  private readonly plan: ReadPlan;
+  /** The Readable side's read size (fixed when the body is made). */
+  private readonly chunk: number;
 
   /**
-   * Owns `handle` from here on: it is closed when the body is destroyed or done. writeInto takes
-   * its buffers from `buffers` and gives them back (without it, it makes its own), at most `reads`
-   * of them (2: the next read overlaps the write of the last; 1: they take turns, for a store
-   * serving so many streams at once that the others keep the disk and the sockets busy).
+   * Owns `handle` from here on: it is closed when the body is destroyed or done. `plan`: a read size
+   * (two buffers), or a ReadPlan. writeInto takes its buffers from `buffers` and gives them back
+   * (without it, it makes its own).
    */
   constructor(
     private readonly handle: FileHandle,
     start: number,
     endInclusive: number,
-    private readonly chunk: number,
+    plan: number | ReadPlan,
     private readonly buffers?: BufferPool,
-    private readonly reads: 1 | 2 = 2,
   ) {
+    const chunk = Math.max(1, Math.min(typeof plan === 'number' ? plan : plan.chunk(), endInclusive + 1 - start));
     super({ highWaterMark: chunk });
+    this.chunk = chunk;
+    this.plan = typeof plan === 'number' ? { chunk: () => plan, reads: () => 2 } : plan;
     this.pos = start;
     this.stop = endInclusive + 1;
   }
@@ -68,7 +84,7 @@ export class FileBody extends Readable {
   }
 
   /**
-   * Writes the bytes into `out` and ends it, with at most `reads` reads' worth of memory, reused. Each
+   * Writes the bytes into `out` and ends it, with the plan's reads' worth of memory, reused. Each
    * buffer is read into again only after `out` called back for it (the socket has the bytes). On a
    * failure (a read error, the file ending early, `out` closing first) `out` is destroyed, so the
    * client sees a cut transfer. Resolves, never rejects, with the bytes `out` took, as soon as that
@@ -84,7 +100,6 @@ export class FileBody extends Readable {
     this.taken = true;
     return new Promise((resolve) => {
       const total = this.stop - this.pos;
-      const size = Math.max(1, Math.min(this.chunk, total));
       const pool = this.buffers;
       let made = 0;
       const free: Buffer[] = [];
@@ -103,12 +118,24 @@ export class FileBody extends Readable {
           if (writing === 0) settle();
           return;
         }
+        // Never more than the range holds: a small blob must not cost a large buffer (the whole
+        // range, not what is left of it, which only shrinks).
+        const size = Math.max(1, Math.min(this.plan.chunk(), total));
+        const reads = this.plan.reads();
         let buf = free.pop();
-        // A second buffer (if `reads` allows one) only while bytes are left beyond what the first one
-        // holds (it is out being written). From a pool, an idle buffer of half the size serves when none of the size waits
-        // (read sizes follow the number of streams): a smaller read rather than a new buffer, but
-        // never so small that a lone client after a busy spell reads in crumbs.
-        if (!buf && made < this.reads) {
+        // Made for a quieter spell: twice the read size or more (the pool's next size up is less),
+        // or one buffer more than the plan allows now. Back to the pool; one of the size is taken.
+        if (buf && (made > reads || (pool && buf.length >= 2 * size))) {
+          pool?.give(buf);
+          made--;
+          buf = undefined;
+        }
+        // A second buffer (if the plan allows one) only while bytes are left beyond what the first
+        // one holds (it is out being written). From a pool, an idle buffer of half the size serves
+        // when none of the size waits (read sizes follow the number of streams): a smaller read
+        // rather than a new buffer, but never so small that a lone client after a busy spell reads
+        // in crumbs.
+        if (!buf && made < reads) {
           made++;
           buf = pool ? pool.take(size, Math.ceil(size / 2)) : Buffer.allocUnsafeSlow(size);
         }

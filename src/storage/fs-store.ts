@@ -7,7 +7,7 @@ import { mkdir, open, readdir, readFile, rename, rm, stat, statfs, unlink, type 
 import { dirname, join, relative } from 'node:path';
 import type { Readable } from 'node:stream';
 import { BufferPool } from '../util/buffer-pool.js';
-import { FileBody } from './file-body.js';
+import { FileBody, type ReadPlan } from './file-body.js';
 import { StorePaths, splitDigest } from './paths.js';
 import { DigestMismatchError, StoreFullError, type BlobInfo, type BlobStore, type BlobWriter, type ByteRange, type ExternalAppend, type StatOptions } from './store.js';
 
@@ -16,11 +16,12 @@ import { DigestMismatchError, StoreFullError, type BlobInfo, type BlobStore, typ
  * client streams fastest with 1 MiB reads); each open stream holds two reads in memory (FileBody), so
  * the size shrinks as streams multiply and their memory stays near 2 × READ_BUDGET (at most twice
  * that: the pool's buffers are the sizes rounded up to powers of two) up to READ_BUDGET / MIN_READ
- * (64) streams. Past that a stream holds one read (its read and its write take turns; the other
+ * (64) streams. Past that every stream holds one read (its read and its write take turns; the other
  * streams keep the disk and the sockets busy), so memory grows by 64 KiB a stream: at the 500-client
- * load's peak (~250 streams) ~16 MiB of buffers instead of ~30. That cut the load's peak by ~11 MiB
- * (six interleaved 30-s rounds: 180-203 MiB against 191-208) and served as many requests. Reads of
- * 16 KiB instead (two per stream) cut it by ~12 MiB but the requests served by ~10 % (three 30-s
+ * load's peak (~250 streams) ~16 MiB of buffers instead of ~30 (readPlan). That cut the load's peak
+ * by ~11 MiB for new streams alone (six interleaved 30-s rounds: 180-203 MiB against 191-208) and by
+ * ~11 more for every stream (four rounds: 181-188 against 181-202), as many requests served. Reads
+ * of 16 KiB instead (two per stream) cut it by ~12 MiB but the requests served by ~10 % (three 30-s
  * runs each), so the floor stays at 64 KiB.
  */
 const MAX_READ = 1024 * 1024;
@@ -35,7 +36,7 @@ export interface StoreEvents {
 
 export class FsBlobStore implements BlobStore {
   readonly paths: StorePaths;
-  /** Read streams open now: sizes the reads of the next one. */
+  /** Read streams open now: sizes the reads of the next one, and of all of them when crowded. */
   private openStreams = 0;
   /** Open read streams per digest (eviction leaves these blobs alone). */
   private readonly reading = new Map<string, number>();
@@ -60,6 +61,21 @@ export class FsBlobStore implements BlobStore {
     // Anything in tmp/ is a download or write a crash (or kill -9) interrupted: never complete, never served.
     await rm(this.paths.tmpDir, { recursive: true, force: true });
     await mkdir(this.paths.tmpDir, { recursive: true });
+  }
+
+  /**
+   * A stream's reads: the share it got at its open, two buffers; while more than READ_BUDGET /
+   * MIN_READ streams are open (asked before every read), the floor's 64 KiB in one buffer. The load
+   * changes while a stream runs (under the 500 clients, 0 to 300 streams within a second), and a
+   * stream opened in a quiet spell kept its two 256 or 512 KiB buffers through the busy one after:
+   * heaptrack put 36 MiB of that load's peak in the answers' buffers, where the floor allows ~16.
+   * Only when crowded: re-planned all the time, 20 warm clients (bench workload 2) shrank the first
+   * streams' 1 MiB buffers as the others opened, and the buffers given up in that ramp were garbage
+   * enough to raise their peak RSS from 120 to 167 MiB.
+   */
+  private readPlan(share: number): ReadPlan {
+    const crowded = () => this.openStreams > READ_BUDGET / MIN_READ;
+    return { chunk: () => (crowded() ? MIN_READ : share), reads: () => (crowded() ? 1 : 2) };
   }
 
   async stat(digest: string, opts?: StatOptions): Promise<BlobInfo | undefined> {
@@ -89,11 +105,8 @@ export class FsBlobStore implements BlobStore {
       await handle.close().catch(() => undefined);
       throw e;
     }
-    const length = end - start + 1;
-    const streams = this.openStreams + 1;
-    const share = Math.max(MIN_READ, Math.min(MAX_READ, Math.floor(READ_BUDGET / streams)));
-    // Never more than the bytes to be read: a small blob must not cost a large buffer.
-    const stream = new FileBody(handle, start, end, Math.max(1, Math.min(share, length)), this.buffers, streams > READ_BUDGET / MIN_READ ? 1 : 2);
+    const share = Math.max(MIN_READ, Math.min(MAX_READ, Math.floor(READ_BUDGET / (this.openStreams + 1))));
+    const stream = new FileBody(handle, start, end, this.readPlan(share), this.buffers);
     this.openStreams++;
     this.reading.set(digest, (this.reading.get(digest) ?? 0) + 1);
     stream.once('close', () => {

@@ -1,6 +1,7 @@
 /**
  * FileBody: a stored blob's bytes as a Readable, and writeInto() (the HTTP answer's path), which
- * reuses two buffers (or one): a buffer must never be read into again before the writer called back for it.
+ * reuses two buffers (or one): a buffer must never be read into again before the writer called
+ * back for it.
  */
 import { randomBytes } from 'node:crypto';
 import { mkdtemp, open, rm, truncate, writeFile } from 'node:fs/promises';
@@ -173,16 +174,37 @@ describe('FileBody', () => {
       expect(pool.doubles).toBe(0);
     });
 
-    it('with reads 1 it takes one buffer and reads into it again only after the writer called back', async () => {
+    it('with a plan of one read it takes one buffer and reads into it again only after the writer called back', async () => {
       const pool = new ScribblingPool(1024 * KiB);
       const sink = new SlowSink();
-      const b = new FileBody(await open(file, 'r'), 5, bytes.length - 1, 16 * KiB, pool, 1);
+      const b = new FileBody(await open(file, 'r'), 5, bytes.length - 1, { chunk: () => 16 * KiB, reads: () => 1 }, pool);
       expect(await b.writeInto(sink)).toBe(bytes.length - 5);
       expect(sink.bytes.equals(bytes.subarray(5))).toBe(true);
       expect(sink.parts.length).toBe(Math.ceil((bytes.length - 5) / (16 * KiB)));
       expect(sink.overwritten).toBe(0);
       expect(sink.buffers.size).toBe(1);
       expect(pool.given.length).toBe(1);
+    });
+
+    it('follows its plan as it changes: larger buffers and the second one go back to the pool, smaller reads go on', async () => {
+      const pool = new ScribblingPool(4096 * KiB);
+      const sink = new SlowSink();
+      // Two reads of 128 KiB planned, then (as if many streams opened meanwhile) one of 16 KiB.
+      let reads = 0; // reads() is asked once before each read, after chunk()
+      const plan = { chunk: () => (reads < 2 ? 128 * KiB : 16 * KiB), reads: (): 1 | 2 => (++reads <= 2 ? 2 : 1) };
+      const b = new FileBody(await open(file, 'r'), 0, bytes.length - 1, plan, pool);
+      expect(await b.writeInto(sink)).toBe(bytes.length);
+      expect(sink.bytes.equals(bytes)).toBe(true);
+      expect(sink.overwritten).toBe(0);
+      expect(pool.doubles).toBe(0);
+      const sizes = sink.parts.map((p) => p.length);
+      expect(sizes.slice(0, 2)).toEqual([128 * KiB, 128 * KiB]);
+      expect(sizes.slice(2).every((n) => n <= 16 * KiB)).toBe(true);
+      // Both 128 KiB buffers went back as soon as each was free; after them one 16 KiB buffer did every read.
+      const big = pool.given.filter((g) => g.length === 128 * KiB);
+      expect(big.length).toBe(2);
+      expect(new Set([...sink.buffers].filter((ab) => ab.byteLength === 16 * KiB)).size).toBe(1);
+      expect(sink.buffers.size).toBe(3);
     });
 
     it('a buffer whose write failed is not given back (the stream may still hold it)', async () => {
@@ -217,6 +239,24 @@ describe('FileBody', () => {
     expect(await buffersOfNext()).toBe(2); // the 64th: 64 KiB reads, two of them
     held.push((await store.open(digest))! as unknown as FileBody);
     expect(await buffersOfNext()).toBe(1); // the 65th
+    for (const h of held) h.destroy();
+    await Promise.all(held.map(closed));
+  });
+
+  it('through FsBlobStore: a stream opened alone reads as the streams open when it reads, not as at its open', async () => {
+    const store = new FsBlobStore(join(dir, 'store'));
+    await store.init();
+    const digest = digestOf(bytes);
+    await store.put(digest, bytes);
+    const first = (await store.open(digest))! as unknown as FileBody; // alone: the whole 300 KiB in one read
+    const held: FileBody[] = [];
+    for (let i = 0; i < 70; i++) held.push((await store.open(digest))! as unknown as FileBody);
+    const sink = new SlowSink();
+    await first.writeInto(sink);
+    await closed(first);
+    expect(sink.bytes.equals(bytes)).toBe(true);
+    expect(sink.parts.slice(0, -1).every((p) => p.length === 64 * KiB)).toBe(true);
+    expect(sink.buffers.size).toBe(1);
     for (const h of held) h.destroy();
     await Promise.all(held.map(closed));
   });
