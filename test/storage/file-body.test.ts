@@ -255,6 +255,7 @@ describe('FileBody', () => {
     await first.writeInto(sink);
     await closed(first);
     expect(sink.bytes.equals(bytes)).toBe(true);
+    expect(sink.parts.length).toBe(Math.ceil(bytes.length / (64 * KiB)));
     expect(sink.parts.slice(0, -1).every((p) => p.length === 64 * KiB)).toBe(true);
     expect(sink.buffers.size).toBe(1);
     for (const h of held) h.destroy();
