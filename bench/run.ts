@@ -541,7 +541,7 @@ async function main(): Promise<void> {
       // The peers that only serve files: the same blob to one client and to 10 at once.
       const servePeers: Array<{ name: string; one: number; slowest: number }> = [];
       const slowestOf = (r: { fetches: Array<{ seconds: number }> }) => Math.max(...r.fetches.map((f) => f.seconds));
-      let floor: { ratio: number; alone: number[]; beside: number[]; download: number[] } | undefined;
+      let machineFloor: { ratio: number; alone: number[]; beside: number[]; download: number[] } | undefined;
       for (const start of [() => startNginx(fx.layoutDir), () => startNodeCeiling(fx.blobPath(big.digest))]) {
         const p = track(await start());
         const peerUrl = p.name === 'nginx sendfile' ? `${p.url}/blobs/sha256/${big.digest.slice(7)}` : `${p.url}/`;
@@ -565,8 +565,8 @@ async function main(): Promise<void> {
             await quiet(up);
           }
           await cleanupDir(into);
-          floor = { ratio: median(beside.map((b, i) => b / alone[i]!)), alone, beside, download };
-          log(`  ${p.name}: slowest of ${n} beside a bare download of the blob ÷ alone: ${floor.ratio.toFixed(2)}`);
+          machineFloor = { ratio: median(beside.map((b, i) => b / alone[i]!)), alone, beside, download };
+          log(`  ${p.name}: slowest of ${n} beside a bare download of the blob ÷ alone: ${machineFloor.ratio.toFixed(2)}`);
         }
         await stopTracked(p);
       }
@@ -582,11 +582,11 @@ async function main(): Promise<void> {
       rows.push({ workload: '5', metric: `slowest of ${n} warm clients (same instance, after), s`, better: 'lower', mirror: mr.warmSlowest, peer, peerValue: pr.warmSlowest, digits: 2 });
       for (const p of servePeers) rows.push({ workload: '5', metric: `slowest of ${n} warm clients, s`, better: 'lower', mirror: mr.warmSlowest, peer: p.name, peerValue: p.slowest, digits: 2 });
       rows.push({ workload: '5', metric: `slowest of ${n} cold ÷ slowest of ${n} warm (same instance)`, better: 'lower', mirror: mr.slowest / mr.warmSlowest, peer, peerValue: pr.slowest / pr.warmSlowest, target: { kind: 'mirror<=', value: 1.2 }, digits: 2 });
-      if (floor) {
-        rows.push({ workload: '5', metric: `slowest of ${n} cold ÷ slowest of ${n} warm (peer: nginx's ${n} warm clients beside a bare download ÷ alone, the machine's floor)`, better: 'lower', mirror: mr.slowest / mr.warmSlowest, peer: 'nginx sendfile + bare download', peerValue: floor.ratio, digits: 2 });
+      if (machineFloor) {
+        rows.push({ workload: '5', metric: `slowest of ${n} cold ÷ slowest of ${n} warm (peer: nginx's ${n} warm clients beside a bare download ÷ alone, the machine's floor)`, better: 'lower', mirror: mr.slowest / mr.warmSlowest, peer: 'nginx sendfile + bare download', peerValue: machineFloor.ratio, digits: 2 });
         const s3 = (xs: number[]) => xs.map((x) => x.toFixed(2)).join(' / ');
         notes.push(
-          `workload 5, the floor of cold ÷ warm on this machine: nginx's ${n} warm clients, slowest ${s3(floor.alone)} s alone and ${s3(floor.beside)} s beside a bare download of the same blob from the upstream (bench/bare-download.ts: one GET, sha256, positional writes; nothing else; it took ${s3(floor.download)} s), three interleaved rounds: ${floor.ratio.toFixed(2)}× by the median. No mirror's cold batch can beat that ratio here, however little its coalescing costs, while serving keeps every core busy`,
+          `workload 5, the floor of cold ÷ warm on this machine: nginx's ${n} warm clients, slowest ${s3(machineFloor.alone)} s alone and ${s3(machineFloor.beside)} s beside a bare download of the same blob from the upstream (bench/bare-download.ts: one GET, sha256, positional writes; nothing else; it took ${s3(machineFloor.download)} s), three interleaved rounds: ${machineFloor.ratio.toFixed(2)}× by the median. No mirror's cold batch can beat that ratio here, however little its coalescing costs, while serving keeps every core busy`,
         );
       }
       if (mirrorAggregate) {
