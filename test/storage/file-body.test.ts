@@ -31,6 +31,14 @@ describe('FileBody', () => {
 
   const body = async (start: number, end: number, chunk: number) => new FileBody(await open(file, 'r'), start, end, chunk);
   const closed = (b: FileBody) => (b.closed ? Promise.resolve() : new Promise<void>((r) => b.once('close', () => r())));
+  /** A store holding `bytes`, and a way to open them as the HTTP path gets them. */
+  const storeWithBlob = async () => {
+    const store = new FsBlobStore(join(dir, 'store'));
+    await store.init();
+    const digest = digestOf(bytes);
+    await store.put(digest, bytes);
+    return { store, digest, openBody: async () => (await store.open(digest))! as unknown as FileBody };
+  };
 
   it('writeInto writes the range with two buffers, each reused only after the writer took it', async () => {
     const b = await body(1000, bytes.length - 1, 16 * KiB);
@@ -221,13 +229,10 @@ describe('FileBody', () => {
   });
 
   it('through FsBlobStore: past 64 open streams (reads at the 64 KiB floor) a new stream holds one buffer, not two', async () => {
-    const store = new FsBlobStore(join(dir, 'store'));
-    await store.init();
-    const digest = digestOf(bytes);
-    await store.put(digest, bytes);
+    const { openBody } = await storeWithBlob();
     const buffersOfNext = async () => {
       const sink = new SlowSink();
-      const s = (await store.open(digest))! as unknown as FileBody;
+      const s = await openBody();
       await s.writeInto(sink);
       await closed(s);
       expect(sink.bytes.equals(bytes)).toBe(true);
@@ -235,22 +240,19 @@ describe('FileBody', () => {
       return sink.buffers.size;
     };
     const held: FileBody[] = [];
-    for (let i = 0; i < 63; i++) held.push((await store.open(digest))! as unknown as FileBody);
+    for (let i = 0; i < 63; i++) held.push(await openBody());
     expect(await buffersOfNext()).toBe(2); // the 64th: 64 KiB reads, two of them
-    held.push((await store.open(digest))! as unknown as FileBody);
+    held.push(await openBody());
     expect(await buffersOfNext()).toBe(1); // the 65th
     for (const h of held) h.destroy();
     await Promise.all(held.map(closed));
   });
 
   it('through FsBlobStore: a stream opened alone reads as the streams open when it reads, not as at its open', async () => {
-    const store = new FsBlobStore(join(dir, 'store'));
-    await store.init();
-    const digest = digestOf(bytes);
-    await store.put(digest, bytes);
-    const first = (await store.open(digest))! as unknown as FileBody; // alone: the whole 300 KiB in one read
+    const { openBody } = await storeWithBlob();
+    const first = await openBody(); // alone: the whole 300 KiB in one read
     const held: FileBody[] = [];
-    for (let i = 0; i < 70; i++) held.push((await store.open(digest))! as unknown as FileBody);
+    for (let i = 0; i < 70; i++) held.push(await openBody());
     const sink = new SlowSink();
     await first.writeInto(sink);
     await closed(first);
@@ -263,11 +265,8 @@ describe('FileBody', () => {
   });
 
   it('through FsBlobStore: the blob counts as busy until writeInto is done with it', async () => {
-    const store = new FsBlobStore(join(dir, 'store'));
-    await store.init();
-    const digest = digestOf(bytes);
-    await store.put(digest, bytes);
-    const s = (await store.open(digest))! as unknown as FileBody;
+    const { store, digest, openBody } = await storeWithBlob();
+    const s = await openBody();
     expect(store.busy(digest)).toBe(true);
     const sink = new SlowSink();
     await s.writeInto(sink);
