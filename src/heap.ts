@@ -54,7 +54,9 @@ const v8Deps: YoungGenerationDeps = {
  * Under 500 clients it held at the cap (test/faults/load.test.ts). V8 also puts a factor below 2 back
  * to 2 whenever it makes an isolate (a Worker), so the owner calls `reassert()` once a Worker is
  * online (the download thread's owner does); without it the space grew past the cap after a Worker
- * in 2 runs of 3 of test/ops/young-generation.test.ts.
+ * in 2 runs of 3 of test/ops/young-generation.test.ts. The reset comes when the Worker's isolate is
+ * made, before 'online' reaches the owner: a collection in between still grows the space once (one
+ * doubling; CI saw it once in seven runs of that test).
  */
 export function capYoungGeneration(semiSpaceMiB: number, deps: YoungGenerationDeps = v8Deps): YoungGenerationCap {
   if (!Number.isInteger(semiSpaceMiB) || semiSpaceMiB < 0) throw new RangeError(`the semi-space cap must be a whole number of MiB, not ${semiSpaceMiB}`);

@@ -5,6 +5,10 @@
  * owner does). Child processes allocate in small tasks, as a server does, keeping enough alive
  * that V8 grows its new space; without the cap it reaches V8's own size. Without reassert() the
  * space grew past the cap after the Worker in 2 runs of 3 here (16 and 32 MiB against the cap's 8).
+ * With it, it can still pass the cap by one doubling, as src/heap.ts says: V8 resets the factor when
+ * the Worker's isolate is made, before 'online' reaches its owner, and a collection in between
+ * grows the space once (CI saw 16 MiB against a cap of 4 MiB semi-spaces, once in seven runs). So
+ * the cap here is 2 MiB: at most 8 MiB of new space with that one doubling, far below V8's own 32.
  */
 import { execFile } from 'node:child_process';
 import { join } from 'node:path';
@@ -50,10 +54,10 @@ async function newSpacePeak(capMiB: number, mode: 'reassert' | 'no-reassert'): P
 
 describe('heap.maxSemiSpaceMiB', () => {
   it('holds the new space at two semi-spaces of the cap, across a Worker made after it; V8 alone grows it further', async () => {
-    const [own, capped] = await Promise.all([newSpacePeak(0, 'reassert'), newSpacePeak(4, 'reassert')]);
-    // V8's own: 32 MiB here (16 MiB semi-spaces). The cap: 2 × 4 MiB.
+    const [own, capped] = await Promise.all([newSpacePeak(0, 'reassert'), newSpacePeak(2, 'reassert')]);
+    // V8's own: 32 MiB here (16 MiB semi-spaces). The cap: 2 × 2 MiB, and one doubling past it.
     expect(own).toBeGreaterThan(16 * MiB);
-    expect(capped).toBeLessThanOrEqual(8 * MiB);
+    expect(capped).toBeLessThanOrEqual(2 * 2 * 2 * MiB);
     expect(capped).toBeGreaterThan(2 * MiB);
   });
 });
