@@ -41,6 +41,9 @@ export async function bareDownload(url: string, file: string, expect: { size: nu
   return Number(seconds);
 }
 
+/** The slowest client of a curlConcurrent batch, in seconds. */
+export const slowestSeconds = (batch: { fetches: Fetch[] }): number => Math.max(...batch.fetches.map((f) => f.seconds));
+
 /** `n` concurrent curls of one URL: each client's result and the wall time of the whole batch. */
 export async function curlConcurrent(url: string, n: number, expectBytes: number, timeoutMs = 300_000): Promise<{ fetches: Fetch[]; wallSeconds: number }> {
   const t0 = performance.now();

@@ -25,7 +25,7 @@ import { fileURLToPath } from 'node:url';
 import { startDistribution, type AccessLogEntry, type Distribution } from '../test/e2e/harness/distribution.js';
 import { cleanupDir, makeTempDir, waitFor } from '../test/e2e/harness/tools.js';
 import { buildFixtures, MiB, pushFixtures } from './fixtures.js';
-import { bareDownload, curlConcurrent, curlGet, median, skopeoPull, wrk, wrkAlternating } from './measure.js';
+import { bareDownload, curlConcurrent, curlGet, median, slowestSeconds, skopeoPull, wrk, wrkAlternating } from './measure.js';
 import { runEvictionWorkload, type EvictionFigures } from './eviction.js';
 import { formatSummary, summarize } from './profile.js';
 import { ACCEL_PREFIX } from '../test/helpers/nginx.js';
@@ -390,7 +390,7 @@ async function main(): Promise<void> {
             aggs.get(t)!.push((n * big.size) / MiB / r.wallSeconds);
             const peak = t.pid !== undefined ? peakRss(t.pid) : undefined;
             if (peak !== undefined) rss.set(t, Math.max(rss.get(t) ?? 0, peak));
-            log(`  ${t.name}: ${aggs.get(t)!.at(-1)!.toFixed(0)} MiB/s aggregate, slowest client ${Math.max(...r.fetches.map((f) => f.seconds)).toFixed(2)} s, peak RSS ${fmt((peak ?? NaN) / MiB, 0)} MiB`);
+            log(`  ${t.name}: ${aggs.get(t)!.at(-1)!.toFixed(0)} MiB/s aggregate, slowest client ${slowestSeconds(r).toFixed(2)} s, peak RSS ${fmt((peak ?? NaN) / MiB, 0)} MiB`);
           }
         }
         const agg = new Map<Server, number>(targets.map((t) => [t, median(aggs.get(t)!)]));
@@ -523,8 +523,8 @@ async function main(): Promise<void> {
         res.set(kind, {
           one: one.seconds,
           running: running.seconds,
-          slowest: Math.max(...r.fetches.map((f) => f.seconds)),
-          warmSlowest: Math.max(...w.fetches.map((f) => f.seconds)),
+          slowest: slowestSeconds(r),
+          warmSlowest: slowestSeconds(w),
           gets: gets.length,
           bytes: gets.reduce((a, e) => a + e.bytes, 0),
           coldCpu,
@@ -540,14 +540,13 @@ async function main(): Promise<void> {
       }
       // The peers that only serve files: the same blob to one client and to 10 at once.
       const servePeers: Array<{ name: string; one: number; slowest: number }> = [];
-      const slowestOf = (r: { fetches: Array<{ seconds: number }> }) => Math.max(...r.fetches.map((f) => f.seconds));
       let machineFloor: { ratio: number; alone: number[]; beside: number[]; download: number[] } | undefined;
       for (const start of [() => startNginx(fx.layoutDir), () => startNodeCeiling(fx.blobPath(big.digest))]) {
         const p = track(await start());
         const peerUrl = p.name === 'nginx sendfile' ? `${p.url}/blobs/sha256/${big.digest.slice(7)}` : `${p.url}/`;
         const one = await curlGet(peerUrl, big.size);
         const w = await curlConcurrent(peerUrl, n, big.size);
-        servePeers.push({ name: p.name, one: one.seconds, slowest: slowestOf(w) });
+        servePeers.push({ name: p.name, one: one.seconds, slowest: slowestSeconds(w) });
         log(`  ${p.name}: one ${one.seconds.toFixed(2)} s; slowest of ${n} ${servePeers[servePeers.length - 1]!.slowest.toFixed(2)} s`);
         if (p.name === 'nginx sendfile') {
           // The floor of cold ÷ warm on this machine: nginx's n warm clients alone, and beside the
@@ -558,9 +557,9 @@ async function main(): Promise<void> {
           const beside: number[] = [];
           const download: number[] = [];
           for (let round = 0; round < 3; round++) {
-            alone.push(slowestOf(await curlConcurrent(peerUrl, n, big.size)));
+            alone.push(slowestSeconds(await curlConcurrent(peerUrl, n, big.size)));
             const [dl, b] = await Promise.all([bareDownload(`${up.url}/v2/${bigRepo}/blobs/${big.digest}`, into, big), curlConcurrent(peerUrl, n, big.size)]);
-            beside.push(slowestOf(b));
+            beside.push(slowestSeconds(b));
             download.push(dl);
             await quiet(up);
           }
