@@ -9,8 +9,6 @@ import { hostname } from 'node:os';
 import { readFileSync } from 'node:fs';
 import { mkdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { Agent as HttpAgent } from 'node:http';
-import { Agent as HttpsAgent } from 'node:https';
 // The S3 SDK and the Redis client are loaded only when the configuration asks for them (about 20 MiB
 // of RSS and 100-250 ms of start-up each, for a mirror on the default filesystem store that needs neither).
 import type { S3Client } from '@aws-sdk/client-s3';
@@ -145,23 +143,17 @@ interface Stores {
 async function s3Client(config: Config): Promise<S3Client> {
   const { S3Client } = await import('@aws-sdk/client-s3');
   const { addOutageBreaker } = await import('./storage/s3-breaker.js');
+  const { s3ClientConfig } = await import('./storage/s3-client.js');
   const s3 = config.storage.s3;
-  const client = new S3Client({
-    region: s3.region,
-    ...(s3.endpoint ? { endpoint: s3.endpoint } : {}),
-    forcePathStyle: s3.forcePathStyle,
-    ...(s3.accessKeyId && s3.secretAccessKey ? { credentials: { accessKeyId: s3.accessKeyId, secretAccessKey: s3.secretAccessKey } } : {}),
-    // Checksums only where S3 requires them: Ceph RGW 16 and other compatibles refuse the newer
-    // aws-chunked trailers; every body is verified by its digest here, each PUT and part by Content-MD5.
-    requestChecksumCalculation: 'WHEN_REQUIRED',
-    responseChecksumValidation: 'WHEN_REQUIRED',
-    // Every open blob stream holds a socket: the SDK's default of 50 would queue readers.
-    requestHandler: {
-      connectionTimeout: config.timeouts.connect,
-      httpAgent: new HttpAgent({ keepAlive: true, maxSockets: 1024 }),
-      httpsAgent: new HttpsAgent({ keepAlive: true, maxSockets: 1024 }),
-    },
-  });
+  const client = new S3Client(
+    s3ClientConfig({
+      region: s3.region,
+      endpoint: s3.endpoint,
+      forcePathStyle: s3.forcePathStyle,
+      ...(s3.accessKeyId && s3.secretAccessKey ? { credentials: { accessKeyId: s3.accessKeyId, secretAccessKey: s3.secretAccessKey } } : {}),
+      connectTimeoutMs: config.timeouts.connect,
+    }),
+  );
   // An endpoint that does not answer costs one client one timeout per 5 s, not every client each.
   addOutageBreaker(client, 5000);
   return client;

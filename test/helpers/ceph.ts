@@ -29,6 +29,7 @@ import {
   S3Client,
 } from '@aws-sdk/client-s3';
 import { inject } from 'vitest';
+import { s3ClientConfig } from '../../src/storage/s3-client.js';
 import { freePort } from './ports.js';
 import { requireTools } from './tools.js';
 import { waitFor } from './wait.js';
@@ -119,15 +120,16 @@ async function connect(): Promise<S3Server> {
     forcePathStyle: env.S3_FORCE_PATH_STYLE === 'true',
     startMs,
   };
+  // The mirror's own client configuration (src/storage/s3-client.ts), so a store under test sends what the mirror sends.
   const client = (keys?: { accessKeyId: string; secretAccessKey: string }) =>
-    new S3Client({
-      endpoint: server.endpoint,
-      region: server.region,
-      forcePathStyle: server.forcePathStyle,
-      credentials: keys ?? { accessKeyId: server.accessKeyId, secretAccessKey: server.secretAccessKey },
-      requestChecksumCalculation: 'WHEN_REQUIRED',
-      responseChecksumValidation: 'WHEN_REQUIRED',
-    });
+    new S3Client(
+      s3ClientConfig({
+        endpoint: server.endpoint,
+        region: server.region,
+        forcePathStyle: server.forcePathStyle,
+        credentials: keys ?? { accessKeyId: server.accessKeyId, secretAccessKey: server.secretAccessKey },
+      }),
+    );
   const admin = client();
   let n = 0;
   const clear = async (bucket: string, prefix: string) => {

@@ -12,6 +12,7 @@ import { createServer, type Socket } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { CachingBlobStore } from '../../src/cache/caching-blob-store.js';
 import { addOutageBreaker } from '../../src/storage/s3-breaker.js';
+import { s3ClientConfig } from '../../src/storage/s3-client.js';
 import { S3BlobStore } from '../../src/storage/s3-store.js';
 import { DigestMismatchError, StoreFullError, StoreUnavailableError, type BlobStore } from '../../src/storage/store.js';
 import { cephSkipReason, s3Server, type S3Server } from '../helpers/ceph.js';
@@ -208,7 +209,7 @@ describe.skipIf(SKIP !== undefined)('S3BlobStore on Ceph RGW', () => {
     beforeAll(async () => {
       spoolDir = await mkdtemp(join(tmpdir(), 's3-spool-'));
       // A port nothing listens on: every request is refused.
-      deadClient = new S3Client({ endpoint: `http://127.0.0.1:${await freePort()}`, region: 'us-east-1', forcePathStyle: true, credentials: { accessKeyId: 'x', secretAccessKey: 'y' }, maxAttempts: 1 });
+      deadClient = new S3Client(s3ClientConfig({ endpoint: `http://127.0.0.1:${await freePort()}`, region: 'us-east-1', forcePathStyle: true, credentials: { accessKeyId: 'x', secretAccessKey: 'y' }, maxAttempts: 1 }));
       dead = new S3BlobStore({ client: deadClient, bucket: 'nowhere', prefix: '', spoolDir });
     });
     afterAll(async () => {
@@ -237,7 +238,7 @@ describe.skipIf(SKIP !== undefined)('S3BlobStore on Ceph RGW', () => {
         sock.destroy(); // accepts and hangs up: no HTTP answer
       });
       const port = await listenOn(black);
-      const c = new S3Client({ endpoint: `http://127.0.0.1:${port}`, region: 'us-east-1', forcePathStyle: true, credentials: { accessKeyId: 'x', secretAccessKey: 'y' }, maxAttempts: 1 });
+      const c = new S3Client(s3ClientConfig({ endpoint: `http://127.0.0.1:${port}`, region: 'us-east-1', forcePathStyle: true, credentials: { accessKeyId: 'x', secretAccessKey: 'y' }, maxAttempts: 1 }));
       const clock = { now: 1_000_000 };
       addOutageBreaker(c, 5000, () => clock.now);
       const store = new S3BlobStore({ client: c, bucket: 'b', prefix: '', spoolDir });
@@ -260,7 +261,7 @@ describe.skipIf(SKIP !== undefined)('S3BlobStore on Ceph RGW', () => {
 
     it('a wrong secret or a missing bucket is unavailable too, not a crash', async () => {
       const bucket = await s3.newBucket();
-      const wrong = new S3Client({ endpoint: s3.endpoint, region: s3.region, forcePathStyle: true, credentials: { accessKeyId: s3.accessKeyId, secretAccessKey: 'wrong' }, maxAttempts: 1 });
+      const wrong = new S3Client(s3ClientConfig({ endpoint: s3.endpoint, region: s3.region, forcePathStyle: true, credentials: { accessKeyId: s3.accessKeyId, secretAccessKey: 'wrong' }, maxAttempts: 1 }));
       try {
         const bad = new S3BlobStore({ client: wrong, bucket, prefix: '', spoolDir });
         await expect(bad.stat(digestOf(Buffer.from('x')))).rejects.toBeInstanceOf(StoreUnavailableError);
