@@ -648,7 +648,11 @@ export async function buildMirror(config: Config, opts: MirrorOptions = {}): Pro
     getManifest: (ref, reference, accept) => registry.getManifest(ref, reference, accept),
     openBlob: (ref, digest) => registry.openBlob(ref, digest, undefined),
     route: (name) => registry.route(name, undefined),
-    has: async (digest) => (await stores.cachedBlobs.stat(digest)) !== undefined,
+    has: async (digest) => {
+      // An earlier image of the job may have read this blob to its verified end a moment ago.
+      await inflight.settled(digest);
+      return (await stores.cachedBlobs.stat(digest)) !== undefined;
+    },
   };
   const prefetch = new PrefetchJobs(prefetchDeps, now);
   const parseRepository = (name: string) => {

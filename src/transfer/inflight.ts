@@ -113,6 +113,17 @@ export class InflightDownloads {
     }
   }
 
+  /**
+   * Resolves once a verified download of `digest` has taken its last step (stored, or not kept);
+   * at once when there is none, or when it is not verified yet. A reader gets the last byte once the
+   * blob is verified, before the store has it: who asks the store about a blob just read to the end
+   * (prefetch's "already cached?") asks after this, or may see that moment and count it missing.
+   */
+  async settled(digest: string): Promise<void> {
+    const dl = this.downloads.get(digest);
+    if (dl?.verified) await dl.finished.catch(() => undefined);
+  }
+
   /** Joins the download of `digest` if one is under way, else starts one from `source`. */
   join(digest: string, origin: string, source: BlobSource): Download {
     const existing = this.downloads.get(digest);

@@ -147,12 +147,8 @@ class RecordingObserver implements InflightObserver {
 
 const enospc = () => new StoreFullError(Object.assign(new Error('ENOSPC: no space left on device, write'), { code: 'ENOSPC' }));
 
-/**
- * A store that is full: createWriter fails with StoreFullError, or (with `failAtWrite`) the writer's
- * n-th write does, as a disk filling up mid-download would.
- */
-/** A store whose writers fail with ENOSPC from the start, or once `capacity` bytes are written. */
-function fullStore(inner: FsBlobStore, capacity?: number): BlobStore {
+/** Every BlobStore method of `inner`, bound: a test store replaces the ones it changes. */
+function delegate(inner: FsBlobStore): BlobStore {
   return {
     init: () => inner.init(),
     stat: (d) => inner.stat(d),
@@ -164,6 +160,14 @@ function fullStore(inner: FsBlobStore, capacity?: number): BlobStore {
     busy: (d) => inner.busy(d),
     space: () => inner.space(),
     sweepTemp: (ms) => inner.sweepTemp(ms),
+    createWriter: (d) => inner.createWriter(d),
+  };
+}
+
+/** A store whose writers fail with ENOSPC from the start, or once `capacity` bytes are written (a disk filling up mid-download). */
+function fullStore(inner: FsBlobStore, capacity?: number): BlobStore {
+  return {
+    ...delegate(inner),
     createWriter: async (d): Promise<BlobWriter> => {
       if (capacity === undefined) throw enospc();
       const w = await inner.createWriter(d);
@@ -600,6 +604,53 @@ describe('InflightDownloads', () => {
     const r = await collect(inflight.join(d, ORIGIN, scripted(blob).source).createReader(100, 300_000));
     expect(r.error).toBeUndefined();
     expectBytes(r.bytes, blob.subarray(100, 300_001));
+  });
+
+  it('settled() waits out a verified download\'s last step (the store has the blob after it); at once when there is none or it is not verified yet', async () => {
+    const blob = randomBytes(200 * 1024);
+    const d = digestOf(blob);
+    // The store's last step held: the writer verifies (readers get the last byte), then waits to rename.
+    let release!: () => void;
+    const held = new Promise<void>((r) => (release = r));
+    const gated: BlobStore = {
+      ...delegate(store),
+      createWriter: async (digest) => {
+        const w = await store.createWriter(digest);
+        return {
+          get digest() {
+            return w.digest;
+          },
+          get written() {
+            return w.written;
+          },
+          write: (c) => w.write(c),
+          readAt: (p, l, into) => w.readAt(p, l, into),
+          commit: async (size, onVerified) => {
+            if (digestOf(await w.readAt(0, w.written)) === digest) onVerified?.();
+            await held;
+            await w.commit(size);
+          },
+          abort: () => w.abort(),
+          close: () => w.close(),
+        };
+      },
+    };
+    inflight = new InflightDownloads({ store: gated, observer, lingerMs: 60_000 });
+    const pending = async (p: Promise<void>) => Promise.race([p.then(() => 'settled'), sleep(30).then(() => 'pending')]);
+    expect(await pending(inflight.settled(d))).toBe('settled'); // no download
+    const up = scripted(blob, [{ pace: { bytes: 64 * 1024, everyMs: 5 } }]);
+    const dl = inflight.join(d, ORIGIN, up.source);
+    expect(dl.verified).toBe(false);
+    expect(await pending(inflight.settled(d))).toBe('settled'); // under way, not verified
+    const r = await collect(dl.createReader());
+    expectBytes(r.bytes, blob);
+    expect(dl.verified).toBe(true);
+    expect(await store.stat(d)).toBeUndefined();
+    const settled = inflight.settled(d);
+    expect(await pending(settled)).toBe('pending');
+    release();
+    await settled;
+    expect(await store.stat(d)).toEqual({ digest: d, size: blob.length });
   });
 
   it('a finished download is forgotten after the linger', async () => {
