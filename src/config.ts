@@ -161,8 +161,8 @@ export interface Config {
    * its young generation to two semi-spaces of maxSemiSpaceMiB. 0: V8 decides (src/heap.ts).
    */
   heap: { growthPercent: number; maxSemiSpaceMiB: number };
-  /** Largest manifest accepted from upstream (bytes); largest `n` of a page. */
-  limits: { maxManifestBytes: number; maxPageSize: number };
+  /** Largest manifest and blob accepted from upstream (bytes); largest `n` of a page. */
+  limits: { maxManifestBytes: number; maxBlobBytes: number; maxPageSize: number };
   /**
    * Milliseconds; `revalidate` is how long a tag revalidation may hold a client before the cached
    * copy is served; `clientIdle` closes a client connection with nothing read or written for that
@@ -318,7 +318,9 @@ export function validateConfig(raw: Raw): Config {
   if (format !== 'json' && format !== 'pretty') throw new ConfigError('log.format', 'must be json or pretty');
   const cache = obj('cache', raw.cache);
   known('cache', cache, ['tagTtl', 'memoryBytes', 'negativeTtl', 'maxBytes', 'minFreeBytes', 'minFreePercent', 'lowWatermark', 'pin', 'evictionInterval']);
-  const optNum = (key: string, v: unknown, min: number, max?: number) => (v === undefined || v === null || v === '' ? undefined : num(key, typeof v === 'string' ? parseSize(key, v) : v, min, max));
+  /** A size: bytes, or a string such as `64GiB` or `500MB`. */
+  const size = (key: string, v: unknown, min: number, max?: number) => num(key, typeof v === 'string' ? parseSize(key, v) : v, min, max);
+  const optNum = (key: string, v: unknown, min: number, max?: number) => (v === undefined || v === null || v === '' ? undefined : size(key, v, min, max));
   const pin = req('cache.pin', cache.pin);
   if (!Array.isArray(pin) || pin.some((p) => typeof p !== 'string')) throw new ConfigError('cache.pin', 'must be a list of reference patterns');
   for (const [i, p] of (pin as string[]).entries()) {
@@ -347,7 +349,7 @@ export function validateConfig(raw: Raw): Config {
   const maxSemiSpaceMiB = num('heap.maxSemiSpaceMiB', req('heap.maxSemiSpaceMiB', heapRaw.maxSemiSpaceMiB), 0, 1024);
   if (!Number.isInteger(maxSemiSpaceMiB)) throw new ConfigError('heap.maxSemiSpaceMiB', 'must be a whole number of MiB (0: V8 decides)');
   const limits = obj('limits', raw.limits);
-  known('limits', limits, ['maxManifestBytes', 'maxPageSize']);
+  known('limits', limits, ['maxManifestBytes', 'maxBlobBytes', 'maxPageSize']);
   const timeouts = obj('timeouts', raw.timeouts);
   known('timeouts', timeouts, ['connect', 'headers', 'bodyIdle', 'revalidate', 'clientIdle']);
   const health = obj('upstreamHealth', raw.upstreamHealth);
@@ -451,7 +453,7 @@ export function validateConfig(raw: Raw): Config {
       forcePathStyle: bool('storage.s3.forcePathStyle', req('storage.s3.forcePathStyle', s3Raw.forcePathStyle)),
       accessKeyId,
       secretAccessKey,
-      partSize: num('storage.s3.partSize', typeof partSizeRaw === 'string' ? parseSize('storage.s3.partSize', partSizeRaw) : partSizeRaw, 5 * 1024 * 1024, 5 * 1024 ** 3),
+      partSize: size('storage.s3.partSize', partSizeRaw, 5 * 1024 * 1024, 5 * 1024 ** 3),
     },
     redis: { url: redisUrl, keyPrefix },
   };
@@ -486,6 +488,7 @@ export function validateConfig(raw: Raw): Config {
     heap: { growthPercent, maxSemiSpaceMiB },
     limits: {
       maxManifestBytes: num('limits.maxManifestBytes', req('limits.maxManifestBytes', limits.maxManifestBytes), 1024),
+      maxBlobBytes: size('limits.maxBlobBytes', req('limits.maxBlobBytes', limits.maxBlobBytes), 1024 * 1024),
       maxPageSize: num('limits.maxPageSize', req('limits.maxPageSize', limits.maxPageSize), 1),
     },
     timeouts: {

@@ -503,12 +503,13 @@ export async function buildMirror(config: Config, opts: MirrorOptions = {}): Pro
       : undefined;
   if (opts.downloadThread === 'at-start') downloadThread?.prestart();
   // What every download is held to, here and (fleet mode) a takeover or a peer's stream.
-  const downloadRules: Pick<InflightOptions, 'readerStallMs' | 'minProgress' | 'observer'> = {
+  const downloadRules: Pick<InflightOptions, 'readerStallMs' | 'minProgress' | 'maxBlobBytes' | 'observer'> = {
     // Well inside upstream's body timeout: a pass-through held up by one client must cut that client
     // before the upstream connection times out under all of them.
     readerStallMs: Math.min(DEFAULT_READER_STALL_MS, config.timeouts.bodyIdle / 2),
     // bodyIdle ends a body that brings no byte; this one that brings next to nothing (transfer/fill.ts).
     minProgress: { bytes: MIN_PROGRESS_BYTES, windowMs: config.timeouts.bodyIdle },
+    maxBlobBytes: config.limits.maxBlobBytes,
     observer: {
       ...downloads,
       started: (digest) => {
@@ -812,7 +813,7 @@ async function connectFleet(config: Config, deps: { logger: Logger; promRegistry
   };
   logger.info({ replicaId, advertiseUrl, leaseTtlMs: f.leaseTtlMs }, 'fleet mode: downloads coordinated through Redis');
 
-  const coordinate = async (d: { blobs: BlobStore; inflight: InflightDownloads; rules: Pick<InflightOptions, 'readerStallMs' | 'minProgress' | 'observer'> }) => {
+  const coordinate = async (d: { blobs: BlobStore; inflight: InflightDownloads; rules: Pick<InflightOptions, 'readerStallMs' | 'minProgress' | 'maxBlobBytes' | 'observer'> }) => {
     // Bytes streamed from an owner replica go to this replica's own scratch, not the shared store.
     const scratchRoot = join(config.dataDir, 'fleet-scratch', replicaId);
     const scratch = new FsBlobStore(scratchRoot);

@@ -67,13 +67,13 @@ export class DownloadThread implements BlobSinks {
 
   constructor(private readonly opts: DownloadThreadOptions) {}
 
-  open(file: ExternalAppend): OpenSink {
+  open(file: ExternalAppend, limit?: number): OpenSink {
     const worker = this.start();
     const sid = this.next++;
     const sink: Sink = { file, position: 0, onBytes: undefined };
     this.sinks.set(sid, sink);
     this.holdOpen();
-    worker.postMessage({ op: 'sink', sid, fd: file.fd, position: 0, algorithm: file.algorithm });
+    worker.postMessage({ op: 'sink', sid, fd: file.fd, position: 0, algorithm: file.algorithm, limit });
     return {
       get failure() {
         return sink.failure;

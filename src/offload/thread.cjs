@@ -61,9 +61,9 @@ const giveBack = (buf) => {
 };
 const client = new Http1Client({ connectTimeout: workerData.agent.connect.timeout, keepAliveTimeout: workerData.agent.keepAliveTimeout, connections: workerData.agent.connections });
 /**
- * sid -> { fd, position (written), told (position last told), hash, batch (a Buffer of BATCH, taken
- * from the spares at the first small read and given back at the body's end or the sink's close),
- * batchBytes, timer, broken }
+ * sid -> { fd, position (written), limit (no byte goes past it; undefined: none), told (position
+ * last told), hash, batch (a Buffer of BATCH, taken from the spares at the first small read and
+ * given back at the body's end or the sink's close), batchBytes, timer, broken }
  */
 const sinks = new Map();
 /**
@@ -75,7 +75,7 @@ const requests = new Map();
 parentPort.on('message', (m) => {
   switch (m.op) {
     case 'sink':
-      sinks.set(m.sid, { fd: m.fd, position: m.position, hash: createHash(m.algorithm), batch: undefined, batchBytes: 0, timer: undefined, broken: false, told: m.position });
+      sinks.set(m.sid, { fd: m.fd, position: m.position, limit: m.limit, hash: createHash(m.algorithm), batch: undefined, batchBytes: 0, timer: undefined, broken: false, told: m.position });
       break;
     case 'get':
       get(m);
@@ -240,6 +240,14 @@ function take(rid, st, chunk) {
   if (!sink) {
     fail(rid, st, new Error('the sink was closed'));
     st.controller?.abort(new Error('sink closed'));
+    return;
+  }
+  if (sink.limit !== undefined && sink.position + sink.batchBytes + c.length > sink.limit) {
+    // A body without a size that goes on past the blob size cap (transfer/fill.ts SINK_LIMIT_CODE):
+    // nothing past it is written; the download fails and its temp file goes.
+    const e = Object.assign(new Error(`the body passed the sink's limit of ${sink.limit} bytes`), { code: 'REGMIRROR_SINK_LIMIT' });
+    fail(rid, st, e);
+    st.controller?.abort(e);
     return;
   }
   sink.hash.update(c);

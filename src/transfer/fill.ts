@@ -39,9 +39,15 @@ export const DEFAULT_RESUME_BACKOFF: ResumeBackoff = { baseMs: 100, maxMs: 4000,
 
 /** Where a download's bytes can go without crossing this thread (the download thread, offload/). */
 export interface BlobSinks {
-  /** A sink writing into `file` from its start. */
-  open(file: ExternalAppend): OpenSink;
+  /**
+   * A sink writing into `file` from its start. With `limit`, no byte goes past that position: the
+   * request whose body would pass it fails with the code SINK_LIMIT_CODE.
+   */
+  open(file: ExternalAppend, limit?: number): OpenSink;
 }
+
+/** The `code` of a sink request's failure when its body would pass the sink's limit (offload/thread.cjs says it too). */
+export const SINK_LIMIT_CODE = 'REGMIRROR_SINK_LIMIT';
 
 /** A BlobSink bound to one temp file, for as many requests (resumes) as the download needs. */
 export interface OpenSink extends BlobSink {
@@ -72,6 +78,14 @@ export interface FillOptions {
    * readers. Undefined: none.
    */
   minProgress?: MinProgress;
+  /**
+   * The largest blob a download takes (limits.maxBlobBytes): an announced size above it is refused
+   * before any byte is written; a body without one is cut as it passes it. Framing bounds a sized
+   * body, nothing bounds an unsized one: without this a hostile or broken upstream could stream
+   * until the disk is full, and the free-space floor would then evict the cache to make room.
+   * Undefined: no cap.
+   */
+  maxBytes?: number;
 }
 
 export interface MinProgress {
@@ -131,7 +145,7 @@ export class Fill {
   private openSink(): OpenSink | undefined {
     if (!this.sink && !this.sinkless) {
       this.ext = this.dl.writer!.external?.();
-      if (this.ext) this.sink = this.opts.sinks!.open(this.ext);
+      if (this.ext) this.sink = this.opts.sinks!.open(this.ext, this.opts.maxBytes);
       else this.sinkless = true;
     }
     return this.sink;
@@ -231,6 +245,11 @@ export class Fill {
       if (dl.state === 'starting' || !isTransient(e)) throw e;
       throw new ResumableFailure(e);
     }
+    const max = this.opts.maxBytes;
+    if (max !== undefined && body.size !== undefined && body.size > max) {
+      body.cancel();
+      throw this.tooLarge(`upstream announces a blob of ${body.size} bytes, over limits.maxBlobBytes (${max})`);
+    }
     if (dl.state === 'starting') dl.markRunning(body.size);
     // A body from before where we are (a 200 ignoring the Range, a 206 from a CDN that rounds ranges
     // down) has its first `skip` bytes dropped; one from beyond it would leave a hole.
@@ -270,10 +289,12 @@ export class Fill {
     const skip = this.skip;
     this.skip = 0;
     try {
+      // The other thread stops at the cap itself (the sink's limit) and fails with SINK_LIMIT_CODE.
       await direct.write(skip, (n) => dl.appendOnDisk(n));
       if (dl.size !== undefined && dl.received < dl.size) throw new Error(`upstream body ended at ${dl.received} of ${dl.size} bytes`);
     } catch (e) {
       direct.cancel();
+      if ((e as { code?: unknown }).code === SINK_LIMIT_CODE) throw this.tooLarge(`upstream sent more than limits.maxBlobBytes (${this.opts.maxBytes}) of a blob without a size`);
       if (this.sink?.failure) throw this.sink.failure;
       if (dl.size !== undefined && dl.received >= dl.size && !(e instanceof StoreFullError)) return;
       if (e instanceof StoreFullError) {
@@ -303,6 +324,8 @@ export class Fill {
       c = c.subarray(n);
       if (c.length === 0) return;
     }
+    // copy() cancels the body for this throw, as for any other.
+    if (this.opts.maxBytes !== undefined && dl.received + c.length > this.opts.maxBytes) throw this.tooLarge(`upstream sent more than limits.maxBlobBytes (${this.opts.maxBytes}) of a blob without a size`);
     if (!dl.spilled) {
       try {
         this.disk!.push(c);
@@ -320,6 +343,10 @@ export class Fill {
     dl.append(c);
     if (!dl.spilled) await this.disk!.belowLag().catch((e: unknown) => this.spillNow(e));
     if (dl.spilled) await dl.waitForReaders();
+  }
+
+  private tooLarge(message: string): UpstreamError {
+    return new UpstreamError('protocol', upstreamOf(this.dl.origin), message);
   }
 
   /** The store filled up: hash what reached the disk and what was still queued, then pass through. */

@@ -63,6 +63,8 @@ export interface InflightOptions {
   readerStallMs?: number;
   /** A download delivering less than this in a window fails as too slow (fill.ts); undefined: no floor. */
   minProgress?: MinProgress;
+  /** The largest blob a download takes (fill.ts `maxBytes`); undefined: no cap. */
+  maxBlobBytes?: number;
   /** Read-back buffers of the readers' HTTP answers, reused between answers (util/buffer-pool.ts). */
   buffers?: BufferPool;
 }
@@ -156,6 +158,7 @@ export class InflightDownloads {
           onSpill: (e) => this.spill(dl, e),
           ...(this.opts.sinks ? { sinks: this.opts.sinks } : {}),
           ...(this.opts.minProgress ? { minProgress: this.opts.minProgress } : {}),
+          ...(this.opts.maxBlobBytes !== undefined ? { maxBytes: this.opts.maxBlobBytes } : {}),
         },
         hash,
       ).run();

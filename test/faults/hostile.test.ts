@@ -19,6 +19,11 @@ const warmLayer = makeRandomLayer(100_000, 'hostile-warm');
 const coldLayer = makeLayer([{ path: 'cold.txt', content: 'never cached' }]);
 const img = makeImage({ layers: [warmLayer, coldLayer] });
 const hugeImg = makeImage({ layers: [coldLayer], cmd: ['huge'] });
+/** limits.maxBlobBytes of this suite's mirror; one layer just over it, one that upstream sends without end. */
+const MAX_BLOB = 1024 * 1024;
+const overLayer = makeRandomLayer(MAX_BLOB + 256 * 1024, 'hostile-over');
+const endlessLayer = makeRandomLayer(300_000, 'hostile-endless');
+const bigImg = makeImage({ layers: [overLayer, endlessLayer], cmd: ['big'] });
 const HEX = warmLayer.digest.slice(7);
 
 let hub: FakeUpstream;
@@ -44,7 +49,8 @@ beforeAll(async () => {
   hub = await FakeUpstream.start();
   hub.putImage('library/alpine', img, 'latest');
   hub.putImage('library/alpine', hugeImg, 'huge');
-  mirror = await spawnMirror({ upstreams: { 'docker.io': { url: hub.url, libraryPrefix: true } } });
+  hub.putImage('library/alpine', bigImg, 'big');
+  mirror = await spawnMirror({ upstreams: { 'docker.io': { url: hub.url, libraryPrefix: true } }, extraConfig: { limits: { maxBlobBytes: '1MiB' } } });
   // Warm the cache: the tag, the manifest and one blob (range cases read it).
   expect((await rawGet(`${mirror.url}/v2/alpine/manifests/latest`, { headers: { accept: DOCKER_ACCEPT } })).status).toBe(200);
   const b = await rawGet(`${mirror.url}/v2/library/alpine/blobs/${warmLayer.digest}`);
@@ -202,6 +208,34 @@ describe('hostile upstream answers', () => {
       expect(byTag.ms).toBeLessThan(5000);
     } finally {
       delete hub.faults.hugeManifestBytes;
+    }
+  });
+
+  it('a blob announced larger than limits.maxBlobBytes (1 MiB here) is a 502 OCI error before any byte is kept', async () => {
+    const r = await rawGet(`${mirror.url}/v2/library/alpine/blobs/${overLayer.digest}`, { timeoutMs: 20_000 });
+    expectOciError(r, [502], ['UNAVAILABLE']);
+    expect(r.body.toString()).toContain(`announces a blob of ${overLayer.size} bytes, over limits.maxBlobBytes (${MAX_BLOB})`);
+  });
+
+  it('a blob body without a size that never ends is cut at limits.maxBlobBytes: the client never gets a clean end, upstream is hung up on, nothing is kept', async () => {
+    const endless = { maxBytes: 256 * 1024 * 1024, sent: 0, hungUp: false };
+    hub.faults.endlessBlobs = endless;
+    try {
+      const r = await rawGet(`${mirror.url}/v2/library/alpine/blobs/${endlessLayer.digest}`, { timeoutMs: 20_000 });
+      // Cut before the answer's head went out, or after: either way never a clean end.
+      expect([0, 200]).toContain(r.status);
+      expect(r.complete).toBe(false);
+      expect(r.body.length).toBeLessThanOrEqual(MAX_BLOB);
+      await waitFor(() => endless.hungUp, 5000, 'the mirror hanging up on the endless body');
+      // What upstream got out before the hang-up: the cap plus what the sockets between held.
+      expect(endless.sent).toBeLessThan(16 * MAX_BLOB);
+      // No bytes kept; upstream did answer for the blob in this repository, and that is recorded.
+      await waitFor(() => tmpEntries(mirror.dataDir).length === 0, 3000, () => `an empty tmp/ (has ${tmpEntries(mirror.dataDir).join(', ')})`);
+      const now = tree(mirror.dataDir);
+      expect(now.filter((p) => !dataTree.includes(p))).toEqual([`repos/docker.io/library/alpine/_links/sha256/${endlessLayer.digest.slice(7)}`]);
+      dataTree = now;
+    } finally {
+      delete hub.faults.endlessBlobs;
     }
   });
 

@@ -51,7 +51,7 @@ describe('the embedded default config', () => {
     expect(c.log).toEqual({ level: 'info', format: 'json' });
     expect(c.cache).toEqual({ tagTtl: 300, memoryBytes: 64 * 1024 * 1024, negativeTtl: 30, maxBytes: undefined, minFreeBytes: undefined, minFreePercent: undefined, lowWatermark: 0.9, pin: [], evictionInterval: 10 });
     expect(c.admin).toEqual({ listen: { host: '127.0.0.1', port: 5001 }, hosts: [] });
-    expect(c.limits).toEqual({ maxManifestBytes: 4 * 1024 * 1024, maxPageSize: 10000 });
+    expect(c.limits).toEqual({ maxManifestBytes: 4 * 1024 * 1024, maxBlobBytes: 64 * 1024 ** 3, maxPageSize: 10000 });
     expect(c.timeouts).toEqual({ connect: 5000, headers: 30000, bodyIdle: 30000, revalidate: 2000, clientIdle: 300000 });
     expect(c.upstreamHealth).toEqual({ offlineMinMs: 5000, offlineMaxMs: 120000 });
     expect(c.tls).toBeUndefined();
@@ -288,6 +288,13 @@ describe('validation names the bad key', () => {
   it('timeouts.clientIdle: 0 switches the client idle timeout off', async () => {
     expect(load({ file: await userFile('timeouts:\n  clientIdle: 0\n') }).timeouts.clientIdle).toBe(0);
     expect(load({ file: await userFile('timeouts:\n  clientIdle: 60000\n') }).timeouts).toEqual({ connect: 5000, headers: 30000, bodyIdle: 30000, revalidate: 2000, clientIdle: 60000 });
+  });
+
+  it('limits.maxBlobBytes: a size or bytes, at least 1 MiB', async () => {
+    expect(load({ file: await userFile('limits:\n  maxBlobBytes: 500MB\n') }).limits.maxBlobBytes).toBe(500_000_000);
+    expect(load({ file: await userFile('limits:\n  maxBlobBytes: 2GiB\n') }).limits).toEqual({ maxManifestBytes: 4 * 1024 * 1024, maxBlobBytes: 2 * 1024 ** 3, maxPageSize: 10000 });
+    expect(load({ file: await userFile('limits:\n  maxBlobBytes: 1048576\n') }).limits.maxBlobBytes).toBe(1048576);
+    for (const bad of ['1000', 'lots', '-1GiB', '""']) expect((await errorForFile(`limits:\n  maxBlobBytes: ${bad}\n`)).key).toBe('limits.maxBlobBytes');
   });
 
   it('wrong types in the file are named', async () => {

@@ -415,6 +415,47 @@ describe('InflightDownloads', () => {
     expect(await store.stat(d)).toBeUndefined();
   });
 
+  describe('a cap on a blob\'s size (maxBlobBytes)', () => {
+    const MiB = 1024 * 1024;
+    it('a body without a size that goes on past it is cut there: readers error having had at most the cap, upstream is cancelled, nothing is kept', async () => {
+      inflight = new InflightDownloads({ store, observer, maxBlobBytes: MiB });
+      const blob = randomBytes(300 * 1024);
+      const d = digestOf(blob);
+      // Upstream sends 8 MiB where the blob is 300 KiB, with no size to stop it.
+      const up = scripted(blob, [{ data: Buffer.concat(Array.from({ length: 28 }, () => blob)), size: null }]);
+      const dl = inflight.join(d, ORIGIN, up.source);
+      const r = await collect(dl.createReader());
+      expect(r.ended).toBe(false);
+      expect(r.error).toBeInstanceOf(UpstreamError);
+      expect((r.error as UpstreamError).kind).toBe('protocol');
+      expect(r.error!.message).toMatch(/more than limits\.maxBlobBytes \(1048576\) of a blob without a size/);
+      expect(r.bytes.length).toBeLessThanOrEqual(MiB);
+      expect(dl.received).toBeLessThanOrEqual(MiB);
+      expect(up.cancels).toBe(1);
+      expect(up.offsets).toEqual([0]);
+      await dl.finished.catch(() => undefined);
+      expect(await store.stat(d)).toBeUndefined();
+      expect(await tmpEntries()).toEqual([]);
+      expect(observer.count('failed')).toBe(1);
+    });
+
+    it('a body announcing more is refused before any byte is kept; up to the cap a blob is stored as ever', async () => {
+      inflight = new InflightDownloads({ store, observer, maxBlobBytes: MiB });
+      const big = randomBytes(MiB + 1);
+      const up = scripted(big);
+      const dl = inflight.join(digestOf(big), ORIGIN, up.source);
+      await expect(dl.ready).rejects.toThrow(/announces a blob of 1048577 bytes, over limits\.maxBlobBytes \(1048576\)/);
+      expect(dl.received).toBe(0);
+      expect(up.cancels).toBe(1);
+      expect(await tmpEntries()).toEqual([]);
+      const exact = randomBytes(MiB);
+      const ok = inflight.join(digestOf(exact), ORIGIN, scripted(exact, [{ size: null }]).source);
+      expectBytes((await collect(ok.createReader())).bytes, exact);
+      await ok.finished;
+      expectBytes(await store.read(digestOf(exact)), exact);
+    });
+  });
+
   it('a body cut midway is resumed with a request at the offset reached, and the result is correct', async () => {
     const blob = randomBytes(1024 * 1024 + 5);
     const d = digestOf(blob);

@@ -36,6 +36,7 @@ export async function serveBytes(ctx: Ctx, faults: Faults, blob: Blob, extra: Re
   if (ctx.head) return send(ctx, status, headers);
   // Chunked: no length until the end (an upstream streaming from a source of unknown size).
   if (faults.chunkedBlobs) delete headers['content-length'];
+  if (faults.endlessBlobs) return sendEndless(ctx, faults.endlessBlobs, blob.bytes, headers);
 
   let body = blob.bytes.subarray(start, end + 1);
   const mid = Math.floor(total / 2);
@@ -88,6 +89,23 @@ async function sendBody(ctx: Ctx, f: Faults, body: Buffer): Promise<void> {
     setTimeout(() => socket?.destroy(), 1000).unref();
   }
   // 'stall': leave the response open; close()/goDown() drop the connection.
+}
+
+async function sendEndless(ctx: Ctx, e: NonNullable<Faults['endlessBlobs']>, bytes: Buffer, headers: Record<string, string | number>): Promise<void> {
+  const { res } = ctx;
+  delete headers['content-length'];
+  delete headers['content-range'];
+  ctx.rec.status = 200;
+  res.writeHead(200, headers);
+  res.on('close', () => {
+    if (!res.writableEnded) e.hungUp = true;
+  });
+  while (!res.destroyed && e.sent < e.maxBytes) {
+    const ok = res.write(bytes);
+    e.sent += bytes.length;
+    if (!ok) await drained(res);
+  }
+  if (!res.destroyed) res.end();
 }
 
 /** A manifest-shaped body of exactly `size` bytes, streamed so even gigabytes cost no memory. */

@@ -75,6 +75,12 @@ export interface Faults {
   manifestHeadWithout?: 'digest' | 'digest-and-etag';
   /** Blob GETs answered chunked, with no Content-Length. */
   chunkedBlobs?: boolean;
+  /**
+   * Blob GETs answered chunked with the blob's bytes over and over, without end (a broken or hostile
+   * upstream), until the client hangs up or `maxBytes` went out; `sent` counts what went out and
+   * `hungUp` is set once the client closed the connection first.
+   */
+  endlessBlobs?: { maxBytes: number; sent: number; hungUp: boolean };
   /** Blob bodies: send this many bytes, then neither send more nor end. */
   stallBlobAfter?: number;
   /**
