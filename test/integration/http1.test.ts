@@ -13,6 +13,7 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { cleanupDir, hasTool, makeTempDir, run } from '../e2e/harness/tools.js';
 import { sha256Hex } from '../helpers/digest.js';
 import { listenOn } from '../helpers/ports.js';
+import { requireTools } from '../helpers/tools.js';
 import { waitFor } from '../helpers/wait.js';
 
 interface Controller {
@@ -426,7 +427,7 @@ describe('the download thread HTTP/1.1 client', () => {
   });
 });
 
-const TLS_SKIP = hasTool('openssl') ? undefined : 'missing tool: openssl';
+const TLS_SKIP = requireTools('the download thread HTTP/1.1 client over TLS', { openssl: hasTool('openssl') });
 describe.skipIf(TLS_SKIP !== undefined)('the download thread HTTP/1.1 client over TLS', () => {
   let dir = '';
   let cert: Buffer;

@@ -12,8 +12,9 @@ import { cleanupDir, freePort, hasTool, makeTempDir, run, waitFor } from '../e2e
 import { FakeUpstream } from '../helpers/fake-upstream.js';
 import { makeImage, makeLayer } from '../helpers/images.js';
 import { MAIN_JS } from '../helpers/spawn.js';
+import { requireTools } from '../helpers/tools.js';
 
-const SKIP = hasTool('openssl') ? undefined : 'missing tool: openssl';
+const SKIP = requireTools('TLS', { openssl: hasTool('openssl') });
 if (SKIP) console.warn(`[ops] skipping TLS tests: ${SKIP}`);
 
 describe.skipIf(SKIP !== undefined)('serving HTTPS', () => {
