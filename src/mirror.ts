@@ -139,6 +139,9 @@ interface Stores {
   close(): Promise<void>;
 }
 
+/** What every download is held to: the main ones, and in fleet mode a takeover's or a peer's stream. */
+type DownloadRules = Pick<InflightOptions, 'readerStallMs' | 'minProgress' | 'maxBlobBytes' | 'observer'>;
+
 /** The S3 client of `storage.s3`: static credentials when given, else the SDK's default chain. */
 async function s3Client(config: Config): Promise<S3Client> {
   const { S3Client } = await import('@aws-sdk/client-s3');
@@ -503,7 +506,7 @@ export async function buildMirror(config: Config, opts: MirrorOptions = {}): Pro
       : undefined;
   if (opts.downloadThread === 'at-start') downloadThread?.prestart();
   // What every download is held to, here and (fleet mode) a takeover or a peer's stream.
-  const downloadRules: Pick<InflightOptions, 'readerStallMs' | 'minProgress' | 'maxBlobBytes' | 'observer'> = {
+  const downloadRules: DownloadRules = {
     // Well inside upstream's body timeout: a pass-through held up by one client must cut that client
     // before the upstream connection times out under all of them.
     readerStallMs: Math.min(DEFAULT_READER_STALL_MS, config.timeouts.bodyIdle / 2),
@@ -649,11 +652,8 @@ export async function buildMirror(config: Config, opts: MirrorOptions = {}): Pro
     getManifest: (ref, reference, accept) => registry.getManifest(ref, reference, accept),
     openBlob: (ref, digest) => registry.openBlob(ref, digest, undefined),
     route: (name) => registry.route(name, undefined),
-    has: async (digest) => {
-      // An earlier image of the job may have read this blob to its verified end a moment ago.
-      await inflight.settled(digest);
-      return (await stores.cachedBlobs.stat(digest)) !== undefined;
-    },
+    // An earlier image of the job may have read this blob to its verified end a moment ago.
+    has: async (digest) => inflight.holdsVerified(digest) || (await stores.cachedBlobs.stat(digest)) !== undefined,
   };
   const prefetch = new PrefetchJobs(prefetchDeps, now);
   const parseRepository = (name: string) => {
@@ -813,7 +813,7 @@ async function connectFleet(config: Config, deps: { logger: Logger; promRegistry
   };
   logger.info({ replicaId, advertiseUrl, leaseTtlMs: f.leaseTtlMs }, 'fleet mode: downloads coordinated through Redis');
 
-  const coordinate = async (d: { blobs: BlobStore; inflight: InflightDownloads; rules: Pick<InflightOptions, 'readerStallMs' | 'minProgress' | 'maxBlobBytes' | 'observer'> }) => {
+  const coordinate = async (d: { blobs: BlobStore; inflight: InflightDownloads; rules: DownloadRules }) => {
     // Bytes streamed from an owner replica go to this replica's own scratch, not the shared store.
     const scratchRoot = join(config.dataDir, 'fleet-scratch', replicaId);
     const scratch = new FsBlobStore(scratchRoot);

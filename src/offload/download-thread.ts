@@ -67,13 +67,13 @@ export class DownloadThread implements BlobSinks {
 
   constructor(private readonly opts: DownloadThreadOptions) {}
 
-  open(file: ExternalAppend, limit?: number): OpenSink {
+  open(file: ExternalAppend): OpenSink {
     const worker = this.start();
     const sid = this.next++;
     const sink: Sink = { file, position: 0, onBytes: undefined };
     this.sinks.set(sid, sink);
     this.holdOpen();
-    worker.postMessage({ op: 'sink', sid, fd: file.fd, position: 0, algorithm: file.algorithm, limit });
+    worker.postMessage({ op: 'sink', sid, fd: file.fd, position: 0, algorithm: file.algorithm });
     return {
       get failure() {
         return sink.failure;
@@ -190,7 +190,7 @@ export class DownloadThread implements BlobSinks {
   /** The parked 200/206 body of request `rid`. */
   private body(worker: Worker, rid: number): SunkBody {
     return {
-      write: (skip, onBytes) =>
+      write: (skip, onBytes, limit) =>
         new Promise<void>((resolve, reject) => {
           const r = this.requests.get(rid);
           if (this.worker !== worker || !r || r.phase !== 'parked') return reject(new Error('the upstream body is no longer available'));
@@ -200,7 +200,7 @@ export class DownloadThread implements BlobSinks {
           sink.onBytes = onBytes;
           // `at`: where this body continues the file, as far as this thread knows; the worker
           // refuses to write anywhere else.
-          worker.postMessage({ op: 'go', rid, skip, at: sink.position });
+          worker.postMessage({ op: 'go', rid, skip, at: sink.position, limit });
         }),
       cancel: () => {
         const r = this.requests.get(rid);

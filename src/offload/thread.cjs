@@ -12,7 +12,9 @@
  * Messages in (from download-thread.ts):
  *   {op:'sink', sid, fd, position, algorithm} a temp file open for writing at `position` (hashing starts there)
  *   {op:'get', rid, sid, origin, path, headers, headersTimeout, bodyTimeout}
- *   {op:'go', rid, skip, at}                 write the parked 200/206 body into its sink (at `at`), less `skip` bytes
+ *   {op:'go', rid, skip, at, limit}          write the parked 200/206 body into its sink (at `at`), less `skip`
+ *                                            bytes, none past file position `limit` (if set: the request
+ *                                            fails with code REGMIRROR_SINK_LIMIT instead)
  *   {op:'cancel', rid}                       abort the request
  *   {op:'close', sid}                        the sink is done: report its bytes and digest, forget it
  * Messages out:
@@ -61,27 +63,28 @@ const giveBack = (buf) => {
 };
 const client = new Http1Client({ connectTimeout: workerData.agent.connect.timeout, keepAliveTimeout: workerData.agent.keepAliveTimeout, connections: workerData.agent.connections });
 /**
- * sid -> { fd, position (written), limit (no byte goes past it; undefined: none), told (position
- * last told), hash, batch (a Buffer of BATCH, taken from the spares at the first small read and
- * given back at the body's end or the sink's close), batchBytes, timer, broken }
+ * sid -> { fd, position (written), told (position last told), hash, batch (a Buffer of BATCH, taken
+ * from the spares at the first small read and given back at the body's end or the sink's close),
+ * batchBytes, timer, broken }
  */
 const sinks = new Map();
 /**
  * rid -> { sid, controller, phase, queued (BATCH buffers holding what came with a parked head),
- * queuedFill (bytes in the last one), ended, skip, captured, capturedBytes, cancelled }
+ * queuedFill (bytes in the last one), ended, skip, limit (no byte goes past this file position;
+ * undefined: none), captured, capturedBytes, cancelled }
  */
 const requests = new Map();
 
 parentPort.on('message', (m) => {
   switch (m.op) {
     case 'sink':
-      sinks.set(m.sid, { fd: m.fd, position: m.position, limit: m.limit, hash: createHash(m.algorithm), batch: undefined, batchBytes: 0, timer: undefined, broken: false, told: m.position });
+      sinks.set(m.sid, { fd: m.fd, position: m.position, hash: createHash(m.algorithm), batch: undefined, batchBytes: 0, timer: undefined, broken: false, told: m.position });
       break;
     case 'get':
       get(m);
       break;
     case 'go':
-      go(m.rid, m.skip, m.at);
+      go(m.rid, m.skip, m.at, m.limit);
       break;
     case 'cancel':
       cancel(m.rid);
@@ -93,7 +96,7 @@ parentPort.on('message', (m) => {
 });
 
 function get(m) {
-  const st = { sid: m.sid, controller: undefined, phase: 'head', queued: [], queuedFill: 0, ended: false, skip: 0, captured: [], capturedBytes: 0, cancelled: false };
+  const st = { sid: m.sid, controller: undefined, phase: 'head', queued: [], queuedFill: 0, ended: false, skip: 0, limit: undefined, captured: [], capturedBytes: 0, cancelled: false };
   requests.set(m.rid, st);
   const opts = { origin: m.origin, path: m.path, method: 'GET', headers: m.headers, headersTimeout: m.headersTimeout, bodyTimeout: m.bodyTimeout };
   try {
@@ -161,7 +164,7 @@ function answer(rid, st) {
   post({ op: 'head', rid, status: st.status, headers: plain(st.headers), text: Buffer.concat(st.captured).toString('utf8') });
 }
 
-function go(rid, skip, at) {
+function go(rid, skip, at, limit) {
   const st = requests.get(rid);
   if (!st || st.phase !== 'parked') return;
   const sink = sinks.get(st.sid);
@@ -173,6 +176,7 @@ function go(rid, skip, at) {
   }
   st.phase = 'writing';
   st.skip = skip;
+  st.limit = limit;
   const queued = st.queued;
   st.queued = [];
   for (const [i, buf] of queued.entries()) {
@@ -242,10 +246,10 @@ function take(rid, st, chunk) {
     st.controller?.abort(new Error('sink closed'));
     return;
   }
-  if (sink.limit !== undefined && sink.position + sink.batchBytes + c.length > sink.limit) {
-    // A body without a size that goes on past the blob size cap (transfer/fill.ts SINK_LIMIT_CODE):
-    // nothing past it is written; the download fails and its temp file goes.
-    const e = Object.assign(new Error(`the body passed the sink's limit of ${sink.limit} bytes`), { code: 'REGMIRROR_SINK_LIMIT' });
+  if (st.limit !== undefined && sink.position + sink.batchBytes + c.length > st.limit) {
+    // A body going on past the blob's size or the size cap (SINK_LIMIT_CODE, upstream/errors.ts):
+    // nothing past it is written; the main thread decides what that means.
+    const e = Object.assign(new Error(`the body passed the limit of ${st.limit} bytes`), { code: 'REGMIRROR_SINK_LIMIT' });
     fail(rid, st, e);
     st.controller?.abort(e);
     return;

@@ -157,11 +157,9 @@ export class BlobService {
       await this.confirm(ref, digest);
     }
     const source: BlobSource = (offset, sink) => upstream.getBlob(ref.repo, digest, offset, sink);
-    // A download that already holds every verified byte is the cache by another name: the blob is
-    // only being made durable (synced and renamed), or lingers for late joiners. A client pulling
-    // again right after a pull finished must see a hit, in its header and in the metrics, not a miss.
-    // Not a spilled one (passed through a full store: nothing is kept, the next pull fetches again).
-    const stored = running?.verified === true && !running.spilled;
+    // A client pulling again right after a pull finished must see a hit, in its header and in the
+    // metrics, not a miss. Not a spilled one (passed through a full store: nothing is kept).
+    const stored = deps.inflight.holdsVerified(digest);
     const dl = deps.coordinator ? await deps.coordinator.join(digest, origin, source) : deps.inflight.join(digest, origin, source);
     // Until this request has its reader (or fails), a pass-through waits for it, and gives up when it does.
     const unclaim = dl.claim();

@@ -31,13 +31,13 @@ export function s3ClientConfig(s: S3ClientSettings): S3ClientConfig {
     // aws-chunked trailers; every body is verified by its digest here, each PUT and part by Content-MD5.
     requestChecksumCalculation: 'WHEN_REQUIRED',
     responseChecksumValidation: 'WHEN_REQUIRED',
-    // No `Expect: 100-continue`: a PUT's body goes at once and a refusal is read after it. A client
-    // that held the body back for the 100 got radosgw 16.2's refusal of a PUT over a full quota as
-    // a connection closed mid-body in 3-7 of 40 tries of 1.5-5 MiB (EPIPE, no status: an
-    // unreachable store to us, the breaker opens, where the truth is a full one); sending at once,
-    // 0 of 40. (On agents it did not make, as below, the SDK skipped the wait already; `false` also
-    // drops the header, which then promised a wait that did not happen.)
-    // A refusal then wastes at most one part's upload.
+    // No `Expect: 100-continue`: a PUT's body goes at once and a refusal is read after it. On agents
+    // it did not make, as below, the SDK never waited for the 100 anyway; it sent the header alone,
+    // promising a wait that did not happen, and `false` drops it. The tests' client used to let
+    // the SDK make its agents, and so waited: radosgw 16.2 then answered a PUT over a full quota by
+    // closing the connection mid-body in 3-7 of 40 tries of 1.5-5 MiB (EPIPE, no status: an
+    // unreachable store, where the truth is a full one); sending at once, 0 of 40. Both now use
+    // this configuration. A refusal costs at most one part's upload.
     expectContinueHeader: false,
     // Every open blob stream holds a socket: the SDK's default of 50 would queue readers.
     requestHandler: {

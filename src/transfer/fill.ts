@@ -18,7 +18,7 @@
 import type { Hash } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { StoreFullError, type ExternalAppend } from '../storage/store.js';
-import { SinkFailure, UpstreamError } from '../upstream/errors.js';
+import { SINK_LIMIT_CODE, SinkFailure, UpstreamError } from '../upstream/errors.js';
 import type { BlobBody, BlobSink, SunkBody } from '../upstream/types.js';
 import type { Download } from './download.js';
 import { isTransient, PassThroughAbandonedError } from './errors.js';
@@ -39,15 +39,9 @@ export const DEFAULT_RESUME_BACKOFF: ResumeBackoff = { baseMs: 100, maxMs: 4000,
 
 /** Where a download's bytes can go without crossing this thread (the download thread, offload/). */
 export interface BlobSinks {
-  /**
-   * A sink writing into `file` from its start. With `limit`, no byte goes past that position: the
-   * request whose body would pass it fails with the code SINK_LIMIT_CODE.
-   */
-  open(file: ExternalAppend, limit?: number): OpenSink;
+  /** A sink writing into `file` from its start. */
+  open(file: ExternalAppend): OpenSink;
 }
-
-/** The `code` of a sink request's failure when its body would pass the sink's limit (offload/thread.cjs says it too). */
-export const SINK_LIMIT_CODE = 'REGMIRROR_SINK_LIMIT';
 
 /** A BlobSink bound to one temp file, for as many requests (resumes) as the download needs. */
 export interface OpenSink extends BlobSink {
@@ -80,10 +74,10 @@ export interface FillOptions {
   minProgress?: MinProgress;
   /**
    * The largest blob a download takes (limits.maxBlobBytes): an announced size above it is refused
-   * before any byte is written; a body without one is cut as it passes it. Framing bounds a sized
-   * body, nothing bounds an unsized one: without this a hostile or broken upstream could stream
-   * until the disk is full, and the free-space floor would then evict the cache to make room.
-   * Undefined: no cap.
+   * before any byte is written. Every body is then held to the blob's size once upstream announced
+   * one (a resume answered without a size included), and to this cap while none is known: without
+   * it an unsized body could stream until the disk is full, and the free-space floor would evict
+   * the cache to make room. Undefined: no cap.
    */
   maxBytes?: number;
 }
@@ -145,7 +139,7 @@ export class Fill {
   private openSink(): OpenSink | undefined {
     if (!this.sink && !this.sinkless) {
       this.ext = this.dl.writer!.external?.();
-      if (this.ext) this.sink = this.opts.sinks!.open(this.ext, this.opts.maxBytes);
+      if (this.ext) this.sink = this.opts.sinks!.open(this.ext);
       else this.sinkless = true;
     }
     return this.sink;
@@ -289,14 +283,14 @@ export class Fill {
     const skip = this.skip;
     this.skip = 0;
     try {
-      // The other thread stops at the cap itself (the sink's limit) and fails with SINK_LIMIT_CODE.
-      await direct.write(skip, (n) => dl.appendOnDisk(n));
+      // The other thread stops at the bound itself, failing with SINK_LIMIT_CODE.
+      await direct.write(skip, (n) => dl.appendOnDisk(n), this.bound());
       if (dl.size !== undefined && dl.received < dl.size) throw new Error(`upstream body ended at ${dl.received} of ${dl.size} bytes`);
     } catch (e) {
       direct.cancel();
-      if ((e as { code?: unknown }).code === SINK_LIMIT_CODE) throw this.tooLarge(`upstream sent more than limits.maxBlobBytes (${this.opts.maxBytes}) of a blob without a size`);
       if (this.sink?.failure) throw this.sink.failure;
       if (dl.size !== undefined && dl.received >= dl.size && !(e instanceof StoreFullError)) return;
+      if ((e as { code?: unknown }).code === SINK_LIMIT_CODE) throw this.overBound();
       if (e instanceof StoreFullError) {
         // The rest comes through this thread as a pass-through, by a Range resume from what is on disk.
         await this.spillNow(e);
@@ -324,8 +318,10 @@ export class Fill {
       c = c.subarray(n);
       if (c.length === 0) return;
     }
-    // copy() cancels the body for this throw, as for any other.
-    if (this.opts.maxBytes !== undefined && dl.received + c.length > this.opts.maxBytes) throw this.tooLarge(`upstream sent more than limits.maxBlobBytes (${this.opts.maxBytes}) of a blob without a size`);
+    // copy() cancels the body for this throw, as for any other (and takes a body that brought the
+    // whole blob first for complete).
+    const bound = this.bound();
+    if (bound !== undefined && dl.received + c.length > bound) throw this.overBound();
     if (!dl.spilled) {
       try {
         this.disk!.push(c);
@@ -343,6 +339,16 @@ export class Fill {
     dl.append(c);
     if (!dl.spilled) await this.disk!.belowLag().catch((e: unknown) => this.spillNow(e));
     if (dl.spilled) await dl.waitForReaders();
+  }
+
+  /** No body goes past this: the blob's size once announced, else the cap. */
+  private bound(): number | undefined {
+    return this.dl.size ?? this.opts.maxBytes;
+  }
+
+  private overBound(): UpstreamError {
+    const { dl } = this;
+    return this.tooLarge(dl.size !== undefined ? `upstream sent more than the blob's ${dl.size} bytes` : `upstream sent more than limits.maxBlobBytes (${this.opts.maxBytes}) of a blob without a size`);
   }
 
   private tooLarge(message: string): UpstreamError {

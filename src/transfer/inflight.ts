@@ -116,14 +116,15 @@ export class InflightDownloads {
   }
 
   /**
-   * Resolves once a verified download of `digest` has taken its last step (stored, or not kept);
-   * at once when there is none, or when it is not verified yet. A reader gets the last byte once the
-   * blob is verified, before the store has it: who asks the store about a blob just read to the end
-   * (prefetch's "already cached?") asks after this, or may see that moment and count it missing.
+   * Whether a download of `digest` here holds every verified byte and is keeping them (not a
+   * pass-through): the cache by another name, while the store makes them durable (sync, rename,
+   * upload) or it lingers for late joiners. A reader gets the last byte once the blob is verified,
+   * before the store has it: who asks "is it cached?" of a blob just read to the end asks this
+   * first, or may see that moment and count it missing.
    */
-  async settled(digest: string): Promise<void> {
+  holdsVerified(digest: string): boolean {
     const dl = this.downloads.get(digest);
-    if (dl?.verified) await dl.finished.catch(() => undefined);
+    return dl !== undefined && dl.verified && !dl.spilled && dl.state !== 'failed';
   }
 
   /** Joins the download of `digest` if one is under way, else starts one from `source`. */

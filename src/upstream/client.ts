@@ -135,11 +135,15 @@ export class UpstreamClient implements Upstream {
         body: Readable.from([]),
         cancel: () => direct.cancel(),
         direct: {
-          write: (skip, onBytes) =>
-            direct.write(skip, (n) => {
-              observer.bytes(name, n);
-              onBytes(n);
-            }),
+          write: (skip, onBytes, limit) =>
+            direct.write(
+              skip,
+              (n) => {
+                observer.bytes(name, n);
+                onBytes(n);
+              },
+              limit,
+            ),
           cancel: () => direct.cancel(),
         },
       };

@@ -62,6 +62,12 @@ export class UpstreamError extends Error {
 export const isUpstreamError = (e: unknown): e is UpstreamError => e instanceof UpstreamError;
 
 /**
+ * The `code` of a SunkBody.write that stopped at its `limit` (upstream/types.ts): the body went on
+ * past the position it was allowed to reach. offload/thread.cjs, plain JavaScript, spells it out too.
+ */
+export const SINK_LIMIT_CODE = 'REGMIRROR_SINK_LIMIT';
+
+/**
  * A BlobSink that cannot go on (its thread died or was stopped). It says nothing about the upstream:
  * the client passes it on as is, never as "unreachable" (which would mark the upstream offline).
  */

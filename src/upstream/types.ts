@@ -68,9 +68,10 @@ export interface SunkBody {
   /**
    * Writes the body into the sink's file, less its first `skip` bytes; `onBytes(n)` as each n bytes
    * reach the file. Resolves once the body is complete and written; rejects when the body or a
-   * write fails (bytes written before a cut stay written and counted).
+   * write fails (bytes written before a cut stay written and counted). With `limit`, no byte goes
+   * past that file position: a body that would pass it fails with the code SINK_LIMIT_CODE (errors.ts).
    */
-  write(skip: number, onBytes: (n: number) => void): Promise<void>;
+  write(skip: number, onBytes: (n: number) => void, limit?: number): Promise<void>;
   /** Stops the transfer; bytes already received are written first. */
   cancel(): void;
 }

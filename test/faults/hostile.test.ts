@@ -19,8 +19,11 @@ const warmLayer = makeRandomLayer(100_000, 'hostile-warm');
 const coldLayer = makeLayer([{ path: 'cold.txt', content: 'never cached' }]);
 const img = makeImage({ layers: [warmLayer, coldLayer] });
 const hugeImg = makeImage({ layers: [coldLayer], cmd: ['huge'] });
-/** limits.maxBlobBytes of this suite's mirror; one layer just over it, one that upstream sends without end. */
-const MAX_BLOB = 1024 * 1024;
+/**
+ * limits.maxBlobBytes of this suite's mirror (1100 KiB: not a multiple of the download thread's 512 KiB
+ * batches, so the cap falls inside one); one layer just over it, one that upstream sends without end.
+ */
+const MAX_BLOB = 1100 * 1024;
 const overLayer = makeRandomLayer(MAX_BLOB + 256 * 1024, 'hostile-over');
 const endlessLayer = makeRandomLayer(300_000, 'hostile-endless');
 const bigImg = makeImage({ layers: [overLayer, endlessLayer], cmd: ['big'] });
@@ -50,7 +53,7 @@ beforeAll(async () => {
   hub.putImage('library/alpine', img, 'latest');
   hub.putImage('library/alpine', hugeImg, 'huge');
   hub.putImage('library/alpine', bigImg, 'big');
-  mirror = await spawnMirror({ upstreams: { 'docker.io': { url: hub.url, libraryPrefix: true } }, extraConfig: { limits: { maxBlobBytes: '1MiB' } } });
+  mirror = await spawnMirror({ upstreams: { 'docker.io': { url: hub.url, libraryPrefix: true } }, extraConfig: { limits: { maxBlobBytes: '1100KiB' } } });
   // Warm the cache: the tag, the manifest and one blob (range cases read it).
   expect((await rawGet(`${mirror.url}/v2/alpine/manifests/latest`, { headers: { accept: DOCKER_ACCEPT } })).status).toBe(200);
   const b = await rawGet(`${mirror.url}/v2/library/alpine/blobs/${warmLayer.digest}`);
@@ -211,10 +214,12 @@ describe('hostile upstream answers', () => {
     }
   });
 
-  it('a blob announced larger than limits.maxBlobBytes (1 MiB here) is a 502 OCI error before any byte is kept', async () => {
+  it('a blob announced larger than limits.maxBlobBytes (1100 KiB here) is a 502 OCI error before any byte is kept', async () => {
     const r = await rawGet(`${mirror.url}/v2/library/alpine/blobs/${overLayer.digest}`, { timeoutMs: 20_000 });
     expectOciError(r, [502], ['UNAVAILABLE']);
     expect(r.body.toString()).toContain(`announces a blob of ${overLayer.size} bytes, over limits.maxBlobBytes (${MAX_BLOB})`);
+    await waitFor(() => tmpEntries(mirror.dataDir).length === 0, 3000, () => `an empty tmp/ (has ${tmpEntries(mirror.dataDir).join(', ')})`);
+    expect(tree(mirror.dataDir)).toEqual(dataTree);
   });
 
   it('a blob body without a size that never ends is cut at limits.maxBlobBytes: the client never gets a clean end, upstream is hung up on, nothing is kept', async () => {

@@ -59,14 +59,15 @@ afterEach(async () => {
   }
 });
 
-async function rig(opts: { idleMs?: number; onOnline?: () => void } = {}): Promise<Rig> {
+async function rig(opts: { idleMs?: number; onOnline?: () => void; maxBlobBytes?: number } = {}): Promise<Rig> {
   const root = await mkdtemp(join(tmpdir(), 'download-thread-'));
   const store = new FsBlobStore(root);
   await store.init();
   let bytes = 0;
   const observer: UpstreamObserver = { request: () => undefined, bytes: (_u, n) => (bytes += n), token: () => undefined, rateLimit: () => undefined };
   const client = new UpstreamClient({ name: 'docker.io', url: hub.url, dispatcher, now: Date.now, observer, timeouts: { headers: 5000, bodyIdle: 2000 }, maxManifestBytes: 4 << 20, userAgent: 'test' });
-  const thread = new DownloadThread({ agent: { connect: { timeout: 2000 }, keepAliveTimeout: 30_000, connections: 8 }, ...opts });
+  const { maxBlobBytes, ...threadOpts } = opts;
+  const thread = new DownloadThread({ agent: { connect: { timeout: 2000 }, keepAliveTimeout: 30_000, connections: 8 }, ...threadOpts });
   const events: string[] = [];
   const inflightObserver: InflightObserver = {
     started: () => events.push('started'),
@@ -76,7 +77,7 @@ async function rig(opts: { idleMs?: number; onOnline?: () => void } = {}): Promi
     spilled: () => events.push('spilled'),
     failed: () => events.push('failed'),
   };
-  const inflight = new InflightDownloads({ store, observer: inflightObserver, sinks: thread, lingerMs: 0 });
+  const inflight = new InflightDownloads({ store, observer: inflightObserver, sinks: thread, lingerMs: 0, ...(maxBlobBytes !== undefined ? { maxBlobBytes } : {}) });
   const r: Rig = {
     store,
     thread,
@@ -213,6 +214,24 @@ describe('the download thread', () => {
     expect(at).toBeLessThanOrEqual(1024 * 1024 + 17);
     expect(r.events).toEqual(['started', `resumed@${at}`, 'completed']);
     expect(digestOf((await r.store.read(layer.digest))!)).toBe(layer.digest);
+  });
+
+  it('writes nothing past the size cap of a body without a size: the download fails as too large, keeps nothing', async () => {
+    // Not a multiple of the worker's 512 KiB batches: the cap falls inside one.
+    const cap = 1024 * 1024 + 100 * 1024;
+    const r = await rig({ maxBlobBytes: cap });
+    // Small chunks, so the worker batches them: the cap counts what waits in a batch too.
+    Object.assign(hub.faults, { chunkedBlobs: true, trickle: { bytesPerTick: 32 * 1024, tickMs: 1 } });
+    const { dl, reader } = r.pull();
+    const got = await drain(reader, dl);
+    await dl.finished.catch(() => undefined);
+    expect(got.error?.message).toMatch(/more than limits\.maxBlobBytes \(1150976\) of a blob without a size/);
+    expect(got.bytes.length).toBeLessThanOrEqual(cap);
+    // What the worker wrote (the upstream client counts the written bytes), not what it read.
+    expect(r.upstreamBytes()).toBeLessThanOrEqual(cap);
+    expect(r.events).toEqual(['started', 'failed']);
+    expect(await r.store.stat(layer.digest)).toBeUndefined();
+    expect(await readdir(join(r.root, 'tmp'))).toEqual([]);
   });
 
   it('keeps nothing and cuts every reader when the bytes do not match the digest', async () => {

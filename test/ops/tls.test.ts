@@ -14,8 +14,7 @@ import { makeImage, makeLayer } from '../helpers/images.js';
 import { MAIN_JS } from '../helpers/spawn.js';
 import { requireTools } from '../helpers/tools.js';
 
-const SKIP = requireTools('TLS', { openssl: hasTool('openssl') });
-if (SKIP) console.warn(`[ops] skipping TLS tests: ${SKIP}`);
+const SKIP = requireTools('serving HTTPS', { openssl: hasTool('openssl') });
 
 describe.skipIf(SKIP !== undefined)('serving HTTPS', () => {
   let dir = '';

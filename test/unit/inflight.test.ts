@@ -164,6 +164,24 @@ function delegate(inner: FsBlobStore): BlobStore {
   };
 }
 
+/** Every method of `w`, bound, with `overrides` in their place. */
+function wrapWriter(w: BlobWriter, overrides: Partial<Pick<BlobWriter, 'write' | 'commit'>>): BlobWriter {
+  return {
+    get digest() {
+      return w.digest;
+    },
+    get written() {
+      return w.written;
+    },
+    write: (c) => w.write(c),
+    readAt: (p, l, into) => w.readAt(p, l, into),
+    commit: (size, onVerified) => w.commit(size, onVerified),
+    abort: () => w.abort(),
+    close: () => w.close(),
+    ...overrides,
+  };
+}
+
 /** A store whose writers fail with ENOSPC from the start, or once `capacity` bytes are written (a disk filling up mid-download). */
 function fullStore(inner: FsBlobStore, capacity?: number): BlobStore {
   return {
@@ -171,24 +189,14 @@ function fullStore(inner: FsBlobStore, capacity?: number): BlobStore {
     createWriter: async (d): Promise<BlobWriter> => {
       if (capacity === undefined) throw enospc();
       const w = await inner.createWriter(d);
-      return {
-        get digest() {
-          return w.digest;
-        },
-        get written() {
-          return w.written;
-        },
+      return wrapWriter(w, {
         write: async (c) => {
           // Writes are coalesced behind the download, so capacity is counted in bytes, not calls.
           const n = Array.isArray(c) ? c.reduce((a, b) => a + b.length, 0) : c.length;
           if (w.written + n > capacity) throw enospc();
           await w.write(c);
         },
-        readAt: (p, l) => w.readAt(p, l),
-        commit: (size, onVerified) => w.commit(size, onVerified),
-        abort: () => w.abort(),
-        close: () => w.close(),
-      };
+      });
     },
   };
 }
@@ -439,6 +447,23 @@ describe('InflightDownloads', () => {
       expect(observer.count('failed')).toBe(1);
     });
 
+    it('without a cap, a resume answered without a size is held to the size the first body announced', async () => {
+      const blob = randomBytes(300 * 1024);
+      const d = digestOf(blob);
+      // Cut after 100 KiB; the resume comes back chunked, the rest of the blob and then 4 MiB more.
+      const up = scripted(blob, [{ cutAfter: 100 * 1024 }, { size: null, data: Buffer.concat([blob, randomBytes(4 * MiB)]) }]);
+      const dl = inflight.join(d, ORIGIN, up.source);
+      const r = await collect(dl.createReader());
+      expect(r.ended).toBe(false);
+      expect((r.error as UpstreamError).kind).toBe('protocol');
+      expect(r.error!.message).toMatch(/more than the blob's 307200 bytes/);
+      expect(dl.received).toBeLessThanOrEqual(blob.length);
+      expect(up.offsets).toEqual([0, 100 * 1024]);
+      await dl.finished.catch(() => undefined);
+      expect(await store.stat(d)).toBeUndefined();
+      expect(await tmpEntries()).toEqual([]);
+    });
+
     it('a body announcing more is refused before any byte is kept; up to the cap a blob is stored as ever', async () => {
       inflight = new InflightDownloads({ store, observer, maxBlobBytes: MiB });
       const big = randomBytes(MiB + 1);
@@ -647,7 +672,7 @@ describe('InflightDownloads', () => {
     expectBytes(r.bytes, blob.subarray(100, 300_001));
   });
 
-  it('settled() waits out a verified download\'s last step (the store has the blob after it); at once when there is none or it is not verified yet', async () => {
+  it('holdsVerified(): from verification on, while the store still makes the blob durable and after; never before, nor for a pass-through', async () => {
     const blob = randomBytes(200 * 1024);
     const d = digestOf(blob);
     // The store's last step held: the writer verifies (readers get the last byte), then waits to rename.
@@ -657,41 +682,35 @@ describe('InflightDownloads', () => {
       ...delegate(store),
       createWriter: async (digest) => {
         const w = await store.createWriter(digest);
-        return {
-          get digest() {
-            return w.digest;
-          },
-          get written() {
-            return w.written;
-          },
-          write: (c) => w.write(c),
-          readAt: (p, l, into) => w.readAt(p, l, into),
+        return wrapWriter(w, {
           commit: async (size, onVerified) => {
             if (digestOf(await w.readAt(0, w.written)) === digest) onVerified?.();
             await held;
             await w.commit(size);
           },
-          abort: () => w.abort(),
-          close: () => w.close(),
-        };
+        });
       },
     };
     inflight = new InflightDownloads({ store: gated, observer, lingerMs: 60_000 });
-    const pending = async (p: Promise<void>) => Promise.race([p.then(() => 'settled'), sleep(30).then(() => 'pending')]);
-    expect(await pending(inflight.settled(d))).toBe('settled'); // no download
-    const up = scripted(blob, [{ pace: { bytes: 64 * 1024, everyMs: 5 } }]);
-    const dl = inflight.join(d, ORIGIN, up.source);
-    expect(dl.verified).toBe(false);
-    expect(await pending(inflight.settled(d))).toBe('settled'); // under way, not verified
-    const r = await collect(dl.createReader());
-    expectBytes(r.bytes, blob);
-    expect(dl.verified).toBe(true);
+    expect(inflight.holdsVerified(d)).toBe(false); // no download
+    const dl = inflight.join(d, ORIGIN, scripted(blob, [{ pace: { bytes: 64 * 1024, everyMs: 5 } }]).source);
+    await dl.ready;
+    expect(inflight.holdsVerified(d)).toBe(false); // under way, not verified
+    expectBytes((await collect(dl.createReader())).bytes, blob);
     expect(await store.stat(d)).toBeUndefined();
-    const settled = inflight.settled(d);
-    expect(await pending(settled)).toBe('pending');
+    expect(inflight.holdsVerified(d)).toBe(true);
     release();
-    await settled;
+    await dl.finished;
     expect(await store.stat(d)).toEqual({ digest: d, size: blob.length });
+    expect(inflight.holdsVerified(d)).toBe(true); // lingering for late joiners
+
+    // Verified too, but passed through a full store: nothing is kept.
+    inflight = new InflightDownloads({ store: fullStore(store), observer, lingerMs: 60_000 });
+    const other = randomBytes(100 * 1024);
+    const passed = inflight.join(digestOf(other), ORIGIN, scripted(other).source);
+    expectBytes((await collect(passed.createReader())).bytes, other);
+    expect(passed.verified).toBe(true);
+    expect(inflight.holdsVerified(digestOf(other))).toBe(false);
   });
 
   it('a finished download is forgotten after the linger', async () => {
