@@ -610,6 +610,7 @@ export async function buildMirror(config: Config, opts: MirrorOptions = {}): Pro
       observer: metrics.cacheObserver(),
       logger,
       maxPageSize: config.limits.maxPageSize,
+      maxBlobBytes: config.limits.maxBlobBytes,
       defaultUpstream: config.defaultRegistry,
     },
     {

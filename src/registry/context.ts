@@ -33,6 +33,8 @@ export interface RegistryDeps {
   observer: CacheObserver;
   logger: Logger;
   maxPageSize: number;
+  /** limits.maxBlobBytes: a HEAD answers for a larger blob as its GET does (refused); absent: no cap. */
+  maxBlobBytes?: number;
   defaultUpstream: string;
 }
 

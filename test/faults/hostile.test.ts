@@ -214,12 +214,17 @@ describe('hostile upstream answers', () => {
     }
   });
 
-  it('a blob announced larger than limits.maxBlobBytes (1100 KiB here) is a 502 OCI error before any byte is kept', async () => {
+  it('a blob announced larger than limits.maxBlobBytes (1100 KiB here) is a 502 OCI error before any byte is kept, for a HEAD too', async () => {
     const r = await rawGet(`${mirror.url}/v2/library/alpine/blobs/${overLayer.digest}`, { timeoutMs: 20_000 });
     expectOciError(r, [502], ['UNAVAILABLE']);
     expect(r.body.toString()).toContain(`announces a blob of ${overLayer.size} bytes, over limits.maxBlobBytes (${MAX_BLOB})`);
+    // A HEAD answers as the GET does, not 200 with a size the GET then refuses.
+    expect((await rawGet(`${mirror.url}/v2/library/alpine/blobs/${overLayer.digest}`, { method: 'HEAD' })).status).toBe(502);
     await waitFor(() => tmpEntries(mirror.dataDir).length === 0, 3000, () => `an empty tmp/ (has ${tmpEntries(mirror.dataDir).join(', ')})`);
-    expect(tree(mirror.dataDir)).toEqual(dataTree);
+    // No bytes kept; upstream did confirm the repository holds the blob (the HEAD), and that is recorded.
+    const now = tree(mirror.dataDir);
+    expect(now.filter((p) => !dataTree.includes(p))).toEqual([`repos/docker.io/library/alpine/_links/sha256/${overLayer.digest.slice(7)}`]);
+    dataTree = now;
   });
 
   it('a blob body without a size that never ends is cut at limits.maxBlobBytes: the client never gets a clean end, upstream is hung up on, nothing is kept', async () => {
