@@ -5,7 +5,7 @@
  */
 import type { Readable } from 'node:stream';
 import type { ByteRange } from '../storage/store.js';
-import { isUpstreamError, UpstreamError } from '../upstream/errors.js';
+import { blobOverCap, isUpstreamError } from '../upstream/errors.js';
 import type { BlobHead } from '../upstream/types.js';
 import type { BlobSource } from '../transfer/inflight.js';
 import { SingleFlight } from '../util/single-flight.js';
@@ -85,7 +85,7 @@ export class BlobService {
     const max = this.ctx.deps.maxBlobBytes;
     // Its GET would be refused before a byte is kept (transfer/fill.ts): a HEAD says so too.
     if (local === undefined && max !== undefined && head.size !== undefined && head.size > max) {
-      throw new UpstreamError('protocol', ref.upstream, `upstream announces a blob of ${head.size} bytes, over limits.maxBlobBytes (${max})`);
+      throw blobOverCap(ref.upstream, head.size, max);
     }
     this.ctx.deps.observer.result('blob', ref.upstream, local !== undefined ? 'hit' : 'miss');
     return { size: local ?? head.size };

@@ -18,7 +18,7 @@
 import type { Hash } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { StoreFullError, type ExternalAppend } from '../storage/store.js';
-import { SINK_LIMIT_CODE, SinkFailure, UpstreamError } from '../upstream/errors.js';
+import { blobOverCap, SINK_LIMIT_CODE, SinkFailure, UpstreamError } from '../upstream/errors.js';
 import type { BlobBody, BlobSink, SunkBody } from '../upstream/types.js';
 import type { Download } from './download.js';
 import { isTransient, PassThroughAbandonedError } from './errors.js';
@@ -242,7 +242,7 @@ export class Fill {
     const max = this.opts.maxBytes;
     if (max !== undefined && body.size !== undefined && body.size > max) {
       body.cancel();
-      throw this.tooLarge(`upstream announces a blob of ${body.size} bytes, over limits.maxBlobBytes (${max})`);
+      throw blobOverCap(upstreamOf(dl.origin), body.size, max);
     }
     if (dl.state === 'starting') dl.markRunning(body.size);
     // A body from before where we are (a 200 ignoring the Range, a 206 from a CDN that rounds ranges
@@ -348,11 +348,8 @@ export class Fill {
 
   private overBound(): UpstreamError {
     const { dl } = this;
-    return this.tooLarge(dl.size !== undefined ? `upstream sent more than the blob's ${dl.size} bytes` : `upstream sent more than limits.maxBlobBytes (${this.opts.maxBytes}) of a blob without a size`);
-  }
-
-  private tooLarge(message: string): UpstreamError {
-    return new UpstreamError('protocol', upstreamOf(this.dl.origin), message);
+    const what = dl.size !== undefined ? `the blob's ${dl.size} bytes` : `limits.maxBlobBytes (${this.opts.maxBytes}) of a blob without a size`;
+    return new UpstreamError('protocol', upstreamOf(dl.origin), `upstream sent more than ${what}`);
   }
 
   /** The store filled up: hash what reached the disk and what was still queued, then pass through. */

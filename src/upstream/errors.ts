@@ -61,6 +61,11 @@ export class UpstreamError extends Error {
 
 export const isUpstreamError = (e: unknown): e is UpstreamError => e instanceof UpstreamError;
 
+/** Upstream announced a blob larger than limits.maxBlobBytes: its GET and its HEAD are refused alike. */
+export function blobOverCap(upstream: string, size: number, max: number): UpstreamError {
+  return new UpstreamError('protocol', upstream, `upstream announces a blob of ${size} bytes, over limits.maxBlobBytes (${max})`);
+}
+
 /**
  * The `code` of a SunkBody.write that stopped at its `limit` (upstream/types.ts): the body went on
  * past the position it was allowed to reach. offload/thread.cjs, plain JavaScript, spells it out too.
